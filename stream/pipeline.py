@@ -1,0 +1,328 @@
+"""The worker's processing of one micro-batch, between the faust shell and the pure core.
+
+A batch goes through three phases:
+
+1. *classify* (async, read-only): skip offsets the state already covers, decode and validate,
+   spot duplicate event ids, look up item vectors (unknown items are parked), encode queries;
+2. *dead-letter* (async): send rejected records to the DLQ and wait for the broker's ack, so a
+   crash can only re-send them, never lose them;
+3. *apply* (synchronous, no ``await``): bandit partials, profiles, user stats, the users
+   index, outcome counters and ``next_offset`` change together.  A snapshot can only ever see
+   state between batches, and a cancelled batch has changed nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from index import VectorIndex
+from stream.catalog import ItemCatalog
+from stream.core.bandit import BanditParams
+from stream.core.events import Event, Limits, Reject, decode_event
+from stream.core.profile import ProfileParams
+from stream.encoding import EncoderService
+from stream.errors import StateError
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.state import Parked, PartitionState, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+# (partition, offset, kafka timestamp ms, key, value)
+Record = tuple[int, int, int, bytes | None, bytes | None]
+DlqSender = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Accepted:
+    st: PartitionState
+    ev: Event
+    offset: int
+    msg_ts: int
+    raw: bytes
+
+
+class Pipeline:
+    """State of one worker: partition states, catalogue, indexes, encoder, metrics."""
+
+    def __init__(self, settings: Settings, encoder) -> None:
+        self.s = settings
+        self.limits = Limits(min_ts=settings.min_ts, max_future_ms=settings.max_future_ms,
+                             max_text_len=settings.max_text_len,
+                             max_bytes=settings.max_message_bytes)
+        self.pp = ProfileParams(half_life_ms=settings.half_life_ms, weights=settings.event_weight_map())
+        self.bp = BanditParams(prior_alpha=settings.prior_alpha, prior_beta=settings.prior_beta,
+                               reward_weights=settings.reward_weight_map())
+        self.encoder = encoder
+        self.dim: int = encoder.dim
+        self.model: str = encoder.fingerprint
+        self.states: dict[int, PartitionState] = {}
+        self.metrics = Metrics(lambda: list(self.states.values()))
+        self.encoder_service = EncoderService(encoder, settings.encoder_batch,
+                                              settings.encoder_max_wait_s, self.metrics)
+        self.catalog = ItemCatalog(self.dim, self.limits)
+        self.users_index = VectorIndex(self.dim, name="users")
+        self.store = SnapshotStore(settings.state_dir, settings.events_topic)
+        self.send_dlq: DlqSender | None = None
+        self.lock = asyncio.Lock()
+        self._dirty: set[int] = set()
+        self._catalog_version_seen = 0
+        self.assigned_once = asyncio.Event()
+        self.gaps = 0
+
+    # ------------------------------------------------------------------ assignment
+    def load_partition(self, partition: int) -> PartitionState:
+        """Load a partition's snapshot (or start empty) and index its users."""
+        d = self.store.read(partition)
+        if d is None:
+            st = PartitionState.empty(partition, self.dim, self.pp, self.bp, self.s.dedupe_window,
+                                      self.model)
+        else:
+            if d.get("model") != self.model:
+                raise StateError(
+                    f"snapshot {self.store.path(partition)} holds vectors of model {d.get('model')}, "
+                    f"this worker's encoder is {self.model}: rebuild state, or point "
+                    "PROFILES_ENCODER_PATH at the model that made it")
+            st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, self.s.dedupe_window)
+        users = st.profiles.users()
+        if users:
+            self.users_index.upsert(users, st.profiles.vectors(users))
+        self.states[partition] = st
+        log.info("partition %d: resumed at offset %d from %s (%d users, %d parked)", partition,
+                 st.next_offset, "snapshot" if d is not None else "empty state", len(users),
+                 len(st.parked))
+        self._refresh_sizes()
+        return st
+
+    async def assign(self, partitions: Iterable[int]) -> None:
+        async with self.lock:
+            for p in partitions:
+                if p not in self.states:
+                    self.load_partition(p)
+        self.assigned_once.set()
+
+    async def revoke(self, partitions: Iterable[int]) -> None:
+        """Snapshot and drop partitions this worker no longer owns."""
+        async with self.lock:
+            for p in partitions:
+                st = self.states.get(p)
+                if st is None:
+                    continue
+                await self._write_snapshot(st)
+                self.users_index.remove(st.profiles.users())
+                del self.states[p]
+                self._dirty.discard(p)
+                self.metrics.forget_partition(self.s.events_topic, p)
+            self._refresh_sizes()
+
+    # ------------------------------------------------------------------ snapshots
+    async def _write_snapshot(self, st: PartitionState) -> None:
+        t0 = time.perf_counter()
+        blob = self.store.dumps(st)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.write, st.partition, blob)
+        self.metrics.snapshots.inc()
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+
+    async def snapshot(self, everything: bool = False) -> int:
+        """Write snapshots of partitions changed since the last one; returns how many."""
+        async with self.lock:
+            parts = list(self.states) if everything else sorted(self._dirty & set(self.states))
+            for p in parts:
+                await self._write_snapshot(self.states[p])
+            self._dirty.clear()
+            return len(parts)
+
+    # ------------------------------------------------------------------ batches
+    async def process(self, records: Sequence[Record]) -> None:
+        async with self.lock:
+            await self._process(records)
+            if self.catalog.version != self._catalog_version_seen:
+                await self._resolve_parked()
+
+    async def _process(self, records: Sequence[Record]) -> None:
+        accepted: list[_Accepted] = []
+        rejects: list[tuple[PartitionState, bytes | None, bytes, str, str, int, str]] = []
+        high: dict[int, int] = {}
+        seen: set[tuple[int, str]] = set()
+        duplicates: list[tuple[PartitionState, Event]] = []
+        redelivered = 0
+        for p, off, msg_ts, key, raw in records:
+            st = self.states.get(p)
+            if st is None:  # revoked while buffered: its new owner applies it
+                continue
+            if off < st.next_offset:
+                redelivered += 1
+                continue
+            if off > high.get(p, st.next_offset - 1) + 1 and off != st.next_offset:
+                self.gaps += 1
+                log.warning("partition %d: offset gap %d -> %d", p, high.get(p, st.next_offset - 1), off)
+            high[p] = off
+            raw = raw or b""
+            ev = decode_event(raw, msg_ts, self.limits)
+            if isinstance(ev, Reject):
+                rejects.append((st, key, raw, ev.reason, ev.detail, off, "unknown"))
+                continue
+            if ev.event_id in st.dedupe or (p, ev.event_id) in seen:
+                duplicates.append((st, ev))
+                continue
+            seen.add((p, ev.event_id))
+            accepted.append(_Accepted(st, ev, off, msg_ts, raw))
+        if redelivered:
+            self.metrics.redelivered.inc(redelivered)
+
+        # Vectors: known items now, unknown items park, queries go through the encoder.
+        item_rows = [i for i, a in enumerate(accepted) if a.ev.type != "search"]
+        query_rows = [i for i, a in enumerate(accepted) if a.ev.type == "search"]
+        vectors = np.zeros((len(accepted), self.dim), dtype=np.float32)
+        parked: set[int] = set()
+        if item_rows:
+            vecs, missing = self.catalog.vectors([accepted[i].ev.item_id for i in item_rows])
+            vectors[item_rows] = vecs
+            parked = {item_rows[j] for j in missing}
+        if query_rows:
+            vectors[query_rows] = await self.encoder_service.encode([accepted[i].ev.query for i in query_rows])
+
+        if rejects:
+            await self._dead_letter([(key, raw, reason, detail, st.partition, off)
+                                     for st, key, raw, reason, detail, off, _ in rejects])
+
+        # ---- apply: synchronous from here on -------------------------------------
+        now = time.time()
+        for st, _key, _raw, reason, _detail, _off, etype in rejects:
+            st.dlq[reason] += 1
+            st.outcomes[(etype, "rejected")] += 1
+        for st, ev in duplicates:
+            st.outcomes[(ev.type, "duplicate")] += 1
+        by_state: dict[int, list[int]] = defaultdict(list)
+        for i, a in enumerate(accepted):
+            a.st.dedupe.add(a.ev.event_id)
+            if i in parked:
+                a.st.parked.append(Parked(a.ev, a.offset, a.msg_ts, now, a.raw))
+            else:
+                by_state[a.st.partition].append(i)
+        self._apply_bandit(accepted)
+        for p, rows in by_state.items():
+            self._apply_profiles(self.states[p], [accepted[i].ev for i in rows], vectors[rows],
+                                 [accepted[i].msg_ts for i in rows])
+        for p, off in high.items():
+            self.states[p].next_offset = off + 1
+            self._dirty.add(p)
+        self.metrics.batch_size.observe(len(records))
+        self._refresh_sizes()
+
+    def _apply_bandit(self, accepted: list[_Accepted]) -> None:
+        """Bandit partials count every accepted event with an arm, parked or not."""
+        groups: dict[int, tuple[list[str], list[str]]] = {}
+        for a in accepted:
+            arm = a.ev.arm or a.ev.item_id
+            if arm is None:
+                continue
+            arms, types = groups.setdefault(a.st.partition, ([], []))
+            arms.append(arm)
+            types.append(a.ev.type)
+        for p, (arms, types) in groups.items():
+            self.states[p].arms.update(arms, types)
+
+    def _apply_profiles(self, st: PartitionState, events: list[Event], vectors: np.ndarray,
+                        msg_ts: list[int]) -> None:
+        if not events:
+            return
+        users = [e.user_id for e in events]
+        types = [e.type for e in events]
+        ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
+        weights = np.array([self.pp.weights.get(t, 0.0) for t in types], dtype=np.float64)
+        touched = st.profiles.apply(users, ts, weights, vectors)
+        st.users.update(users, types, ts, [self.catalog.category(e.item_id) if e.item_id else None
+                                           for e in events], [e.item_id for e in events])
+        self.users_index.upsert(touched, st.profiles.vectors(touched))
+        for t in types:
+            st.outcomes[(t, "applied")] += 1
+        now = time.time()
+        hist = self.metrics.ingest_to_index
+        for m in msg_ts:
+            hist.observe(max(0.0, now - m / 1000.0))
+
+    # ------------------------------------------------------------------ parked events
+    async def resolve_parked(self) -> None:
+        async with self.lock:
+            await self._resolve_parked()
+
+    async def _resolve_parked(self) -> None:
+        """Apply parked events whose item arrived; dead-letter those that waited too long."""
+        self._catalog_version_seen = self.catalog.version
+        now = time.time()
+        expired: list[tuple[PartitionState, Parked]] = []
+        ready: dict[int, list[Parked]] = defaultdict(list)
+        for st in self.states.values():
+            for pk in st.parked:
+                if pk.event.item_id in self.catalog.items:
+                    ready[st.partition].append(pk)
+                elif now - pk.parked_at > self.s.park_timeout_s:
+                    expired.append((st, pk))
+        if not ready and not expired:
+            return
+        if expired:
+            await self._dead_letter([(pk.event.user_id.encode(), pk.raw, "unknown_item",
+                                      f"item {pk.event.item_id!r} unknown after {self.s.park_timeout_s:g}s",
+                                      st.partition, pk.offset) for st, pk in expired])
+        # ---- apply: synchronous
+        gone = {id(pk) for _, pk in expired} | {id(pk) for pks in ready.values() for pk in pks}
+        for st, pk in expired:
+            st.dlq["unknown_item"] += 1
+            st.outcomes[(pk.event.type, "rejected")] += 1
+        for p, pks in ready.items():
+            st = self.states[p]
+            vecs, missing = self.catalog.vectors([pk.event.item_id for pk in pks])
+            assert not missing
+            self._apply_profiles(st, [pk.event for pk in pks], vecs, [pk.msg_ts for pk in pks])
+        for st in self.states.values():
+            if any(id(pk) in gone for pk in st.parked):
+                st.parked = [pk for pk in st.parked if id(pk) not in gone]
+                self._dirty.add(st.partition)
+        self._refresh_sizes()
+
+    # ------------------------------------------------------------------ helpers
+    async def _dead_letter(self, items: list[tuple[bytes | None, bytes, str, str, int, int]]) -> None:
+        if self.send_dlq is None:
+            raise RuntimeError("no dead-letter sender configured")
+        await asyncio.gather(*(
+            self.send_dlq(key, raw, [("reason", reason.encode()), ("detail", detail.encode()[:500]),
+                                     ("source_topic", self.s.events_topic.encode()),
+                                     ("source_partition", str(p).encode()),
+                                     ("source_offset", str(off).encode())])
+            for key, raw, reason, detail, p, off in items))
+
+    def _refresh_sizes(self) -> None:
+        self.metrics.index_vectors.labels("users").set(len(self.users_index))
+        self.metrics.index_vectors.labels("items").set(len(self.catalog.index))
+
+    def update_lag(self, highwater: Callable[[int], int | None]) -> None:
+        topic = self.s.events_topic
+        for p, st in self.states.items():
+            self.metrics.applied_offset.labels(topic, str(p)).set(st.next_offset)
+            hw = highwater(p)
+            if hw is not None:
+                self.metrics.lag.labels(topic, str(p)).set(max(0, hw - st.next_offset))
+
+    def state_of(self, user: str) -> PartitionState | None:
+        for st in self.states.values():
+            if user in st.profiles:
+                return st
+        return None
+
+    def summary(self) -> dict:
+        """Totals across owned partitions (the demo's and tests' view)."""
+        out: dict[str, float] = defaultdict(float)
+        for st in self.states.values():
+            for (_t, outcome), n in st.outcomes.items():
+                out[f"events_{outcome}"] += n
+            out["parked"] += len(st.parked)
+            out["users"] += len(st.profiles)
+        return dict(out)

@@ -1,0 +1,158 @@
+"""One settings object, read from ``PROFILES_*`` environment variables in one place.
+
+Every field has a default that works on the embedded broker; each maps to the environment
+variable ``PROFILES_<FIELD>`` (upper case).  The CLI's ``--help`` lists them, and
+``Settings.from_env()`` is the only place that reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "PROFILES_"
+
+
+class Secret(str):
+    """A string that never shows itself in repr/str-formatting of settings."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self else "Secret('')"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+def _weights(text: str) -> dict[str, float]:
+    """Parse ``view=1,click=2`` into a dict."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected name=value, got {part!r}")
+        out[name.strip()] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service configuration (see README, "Configuration")."""
+
+    bootstrap_servers: str = field(default="127.0.0.1:9092", metadata={"help": "Kafka bootstrap servers"})
+    events_topic: str = field(default="events", metadata={"help": "topic of shopper events"})
+    items_topic: str = field(default="items", metadata={"help": "topic of the item catalogue"})
+    dlq_topic: str = field(default="events.dlq", metadata={"help": "dead-letter topic"})
+    partitions: int = field(default=4, metadata={"help": "partitions of the events topic when created"})
+    group_id: str = field(default="profiles", metadata={"help": "consumer group / faust app id"})
+    state_dir: str = field(default="./state", metadata={"help": "where partition snapshots live"})
+    snapshot_interval_s: float = field(default=2.0, metadata={"help": "seconds between state snapshots"})
+    half_life_ms: float = field(default=7 * 24 * 3600 * 1000.0, metadata={"help": "profile half-life in event time (ms)"})
+    event_weights: str = field(
+        default="view=1,click=2,add_to_cart=4,purchase=8,search=1.5",
+        metadata={"help": "profile weight per event type"},
+    )
+    reward_weights: str = field(
+        default="click=1,add_to_cart=0,purchase=0", metadata={"help": "bandit reward per event type"}
+    )
+    prior_alpha: float = field(default=1.0, metadata={"help": "Beta prior alpha of a new arm"})
+    prior_beta: float = field(default=1.0, metadata={"help": "Beta prior beta of a new arm"})
+    explore_weight: float = field(default=0.2, metadata={"help": "weight of the Thompson draw in re-ranking"})
+    seed: int = field(default=42, metadata={"help": "seed of every random generator"})
+    batch_size: int = field(default=500, metadata={"help": "max events per micro-batch"})
+    batch_max_wait_s: float = field(default=0.05, metadata={"help": "max seconds a micro-batch waits to fill"})
+    encoder_path: str = field(default="", metadata={"help": "model folder (empty: the bundled all-MiniLM-L6-v2)"})
+    encoder_device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    encoder_kind: str = field(default="transformer", metadata={"help": "transformer, or hashing (tests only)"})
+    encoder_batch: int = field(default=128, metadata={"help": "max texts per encoder batch"})
+    encoder_max_wait_s: float = field(default=0.01, metadata={"help": "max seconds a text waits for an encoder batch"})
+    http_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
+    http_port: int = field(default=8080, metadata={"help": "HTTP port (API + /metrics)"})
+    min_ts: int = field(default=0, metadata={"help": "reject events with ts (epoch ms) below this"})
+    max_future_ms: int = field(default=86_400_000, metadata={"help": "reject ts beyond Kafka time + this"})
+    max_text_len: int = field(default=1024, metadata={"help": "max characters of a query or title"})
+    max_message_bytes: int = field(default=65536, metadata={"help": "max bytes of one event message"})
+    park_timeout_s: float = field(default=60.0, metadata={"help": "seconds an event waits for its item"})
+    max_parked: int = field(default=100_000, metadata={"help": "max parked events per worker"})
+    dedupe_window: int = field(default=1_000_000, metadata={"help": "event ids remembered per partition"})
+    session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
+    log_level: str = field(default="info", metadata={"help": "log level"})
+
+    # -- derived, validated views ------------------------------------------------
+    def event_weight_map(self) -> dict[str, float]:
+        return _weights(self.event_weights)
+
+    def reward_weight_map(self) -> dict[str, float]:
+        return _weights(self.reward_weights)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("half_life_ms", "snapshot_interval_s", "batch_max_wait_s", "park_timeout_s", "session_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be > 0, got {value}")
+        for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.explore_weight <= 1:
+            problems.append(f"explore_weight must be in [0, 1], got {self.explore_weight}")
+        if not 0 < self.http_port < 65536:
+            problems.append(f"http_port must be in 1..65535, got {self.http_port}")
+        if self.encoder_device not in ("auto", "cpu", "cuda"):
+            problems.append(f"encoder_device must be auto, cpu or cuda, got {self.encoder_device!r}")
+        if self.encoder_kind not in ("transformer", "hashing"):
+            problems.append(f"encoder_kind must be transformer or hashing, got {self.encoder_kind!r}")
+        for name in ("event_weights", "reward_weights"):
+            try:
+                parsed = _weights(getattr(self, name))
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+                continue
+            bad = [k for k, v in parsed.items() if not (math.isfinite(v) and v >= 0)]
+            if bad:
+                problems.append(f"{name}: weights must be finite and >= 0 ({', '.join(bad)})")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    # -- construction ------------------------------------------------------------
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return ENV_PREFIX + name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``PROFILES_*`` variables (then apply explicit overrides, e.g. CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(cls.env_name(f.name))
+            if raw is not None:
+                values[f.name] = _convert(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        return {self.env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _convert(f: dataclasses.Field, raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{Settings.env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+    return raw

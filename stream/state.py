@@ -1,0 +1,168 @@
+"""Per-partition state and its snapshots.
+
+Everything the worker derives from one partition of the events topic lives in one
+``PartitionState``: profiles, user stats, bandit partials, the dedupe window, parked events,
+exactly-once outcome counters and ``next_offset`` — the first offset the state does *not*
+cover.  A snapshot writes all of it atomically (temp file + rename), so state and offset can
+never disagree: on assignment the worker loads the snapshot and seeks to ``next_offset``;
+records below it that arrive anyway are skipped as redelivered.  That gives the exactly-once
+effect without Kafka transactions (which Tansu lacks) and without trusting ``end_offsets``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream.core.bandit import ArmStats, BanditParams
+from stream.core.events import Event
+from stream.core.profile import ProfileParams, ProfileTable, UserStats
+from stream.errors import StateError
+
+SNAPSHOT_VERSION = 1
+
+
+class DedupeWindow:
+    """The last ``capacity`` event ids seen, with O(1) membership."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._order: deque[str] = deque()
+        self._set: set[str] = set()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._set
+
+    def add(self, event_id: str) -> None:
+        self._order.append(event_id)
+        self._set.add(event_id)
+        while len(self._order) > self.capacity:
+            self._set.discard(self._order.popleft())
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def state(self) -> list[str]:
+        return list(self._order)
+
+    @classmethod
+    def from_state(cls, ids: list[str], capacity: int) -> DedupeWindow:
+        w = cls(capacity)
+        for i in ids[-capacity:]:
+            w.add(i)
+        return w
+
+
+@dataclass
+class Parked:
+    """An event waiting for its item's vector (kept in state, so never lost)."""
+
+    event: Event
+    offset: int
+    msg_ts: int
+    parked_at: float  # wall clock (time.time) when parked
+    raw: bytes
+
+
+@dataclass
+class PartitionState:
+    partition: int
+    profiles: ProfileTable
+    users: UserStats
+    arms: ArmStats
+    dedupe: DedupeWindow
+    next_offset: int = 0
+    parked: list[Parked] = field(default_factory=list)
+    outcomes: Counter = field(default_factory=Counter)  # (type, outcome) -> n
+    dlq: Counter = field(default_factory=Counter)  # reason -> n
+    model: str = ""  # encoder fingerprint the vectors were made with
+
+    @classmethod
+    def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
+              dedupe: int, model: str) -> PartitionState:
+        return cls(partition, ProfileTable(dim, pp), UserStats(pp), ArmStats(bp), DedupeWindow(dedupe),
+                   model=model)
+
+    def to_dict(self) -> dict:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "partition": self.partition,
+            "next_offset": self.next_offset,
+            "model": self.model,
+            "profiles": self.profiles.state(),
+            "users": self.users.state(),
+            "arms": self.arms.state(),
+            "dedupe": self.dedupe.state(),
+            "parked": [(p.event, p.offset, p.msg_ts, p.parked_at, p.raw) for p in self.parked],
+            "outcomes": dict(self.outcomes),
+            "dlq": dict(self.dlq),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, dim: int, pp: ProfileParams, bp: BanditParams, dedupe: int) -> PartitionState:
+        if d.get("version") != SNAPSHOT_VERSION:
+            raise StateError(f"snapshot version {d.get('version')} is not {SNAPSHOT_VERSION}")
+        return cls(
+            partition=d["partition"],
+            profiles=ProfileTable.from_state(d["profiles"], dim, pp),
+            users=UserStats.from_state(d["users"], pp),
+            arms=ArmStats.from_state(d["arms"], bp),
+            dedupe=DedupeWindow.from_state(d["dedupe"], dedupe),
+            next_offset=d["next_offset"],
+            parked=[Parked(*p) for p in d["parked"]],
+            outcomes=Counter(d["outcomes"]),
+            dlq=Counter(d["dlq"]),
+            model=d["model"],
+        )
+
+
+class SnapshotStore:
+    """Snapshot files ``<dir>/<topic>-<partition>.snap``, written atomically."""
+
+    def __init__(self, directory: str | os.PathLike, topic: str) -> None:
+        self.dir = Path(directory)
+        self.topic = topic
+
+    def path(self, partition: int) -> Path:
+        return self.dir / f"{self.topic}-{partition}.snap"
+
+    def dumps(self, state: PartitionState) -> bytes:
+        """Serialise on the event loop (the state must not change while this runs)."""
+        return pickle.dumps(state.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def write(self, partition: int, blob: bytes) -> None:
+        """Durable atomic replace: write temp, fsync, rename, fsync the directory."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{self.topic}-{partition}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(partition))
+            dfd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def read(self, partition: int) -> dict | None:
+        path = self.path(partition)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return pickle.loads(blob)
+        except Exception as exc:
+            raise StateError(f"snapshot {path} is corrupt: {exc}") from exc
