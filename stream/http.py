@@ -113,7 +113,9 @@ class Api:
         vec = self.p.users_index.get(user)
         if vec is None:
             return _error(404, f"unknown user {user!r}")
-        hits = self.p.users_index.search(vec[None, :], k, exclude=[{user}])[0]
+        # include_self=1 lets tests check that a profile is its own nearest neighbour
+        exclude = None if request.query.get("include_self") in ("1", "true") else [{user}]
+        hits = self.p.users_index.search(vec[None, :], k, exclude=exclude)[0]
         return web.json_response({"user_id": user,
                                   "similar": [{"user_id": u, "score": s} for u, s in hits]})
 
