@@ -214,6 +214,7 @@ class Pipeline:
         for p, off in high.items():
             self.states[p].next_offset = off + 1
             self._dirty.add(p)
+            self.metrics.applied_offset.labels(self.s.events_topic, str(p)).set(off + 1)
         self.metrics.batch_size.observe(len(records))
         self._refresh_sizes()
 
