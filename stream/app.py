@@ -106,6 +106,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
             None, create_topics, s.bootstrap_servers,
             {s.events_topic: s.partitions, s.items_topic: 1, s.dlq_topic: 1})
         pipeline.encoder_service.start()
+        pipeline.load_catalog()
         runner = web.AppRunner(_api(pipeline, ready).app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, s.http_host, s.http_port).start()

@@ -3,7 +3,9 @@
 Items are not partitioned by user, so each worker needs all of them.  A faust GlobalTable
 would do this, but its recovery trusts ``end_offsets`` (wrong on Tansu); this reader assigns
 every partition itself (no consumer group) and calls itself caught up only when its position
-reaches the *Fetch* high watermark of every partition.  Each item is encoded once on arrival.
+reaches the *Fetch* high watermark of every partition.  Each item is encoded once on arrival;
+the vectors are snapshotted with the offsets they cover (and the model's fingerprint), so a
+restarted worker resumes reading where its snapshot ends instead of re-encoding the catalogue.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 class ItemCatalog:
     """Item vectors (FAISS items index) and metadata, fed from the items topic."""
 
-    def __init__(self, dim: int, limits: Limits) -> None:
+    def __init__(self, dim: int, limits: Limits, model: str = "") -> None:
+        self.model = model
+        self.offsets: dict[int, int] = {}  # partition -> next offset the catalogue covers
         self.index = VectorIndex(dim, name="items")
         self.items: dict[str, Item] = {}
         self.limits = limits
@@ -67,8 +71,24 @@ class ItemCatalog:
         self.version += 1
         return len(ids)
 
+    def state(self) -> dict:
+        return {"model": self.model, "offsets": dict(self.offsets), "index": self.index.state(),
+                "items": [(i.item_id, i.title, i.category, i.brand, i.price) for i in self.items.values()]}
+
+    def load_state(self, d: dict) -> bool:
+        """Adopt a snapshot if it was made by the same model; returns whether it was used."""
+        if d.get("model") != self.model:
+            log.warning("item snapshot made by model %s, not %s: re-encoding the catalogue",
+                        d.get("model"), self.model)
+            return False
+        self.index = VectorIndex.from_state(d["index"])
+        self.items = {t[0]: Item(*t) for t in d["items"]}
+        self.offsets = dict(d["offsets"])
+        self.version += 1
+        return True
+
     async def run(self, bootstrap: str, topic: str, encoder_service, consumer_config: dict) -> None:
-        """Read the topic from the beginning forever."""
+        """Read the topic (from the snapshot's offsets, else from the beginning) forever."""
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                     auto_offset_reset="earliest", **consumer_config)
         await consumer.start()
@@ -82,12 +102,18 @@ class ItemCatalog:
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
+            for tp in tps:
+                if tp.partition in self.offsets:
+                    consumer.seek(tp, self.offsets[tp.partition])
             empty_polls = 0
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=2000)
                 values = [m.value for msgs in batches.values() for m in msgs if m.value is not None]
                 if values:
                     n = await self.add_raw(values, encoder_service)
+                    for tp, msgs in batches.items():
+                        if msgs:
+                            self.offsets[tp.partition] = msgs[-1].offset + 1
                     log.debug("catalogue +%d items (%d total)", n, len(self.index))
                     empty_polls = 0
                 else:

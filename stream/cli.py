@@ -1,4 +1,4 @@
-"""``profiles``: the one command-line entry point.
+"""profiles: real-time user profiles from Kafka events (faust, a transformer encoder, FAISS).
 
 Bad arguments and expected failures print one line (``profiles: error: ...``) and exit 2
 (usage) or 1 (runtime); no tracebacks.

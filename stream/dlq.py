@@ -127,6 +127,8 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
             return counts[0], counts[1]
 
         # Pass two: re-publish matching records below the ends found in pass one.
+        from kafka.errors import KafkaTimeoutError
+
         from stream.replay import _make_producer
 
         try:
@@ -155,7 +157,11 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
                 return
             try:
                 fut = producer.send(settings.events_topic, key=rec.key, value=rec.value)
-            except Exception as exc:
+            except KafkaTimeoutError as exc:
+                # No metadata for the events topic: every further send would block as long.
+                raise BrokerError(f"cannot publish to topic {settings.events_topic!r} on "
+                                  f"{settings.bootstrap_servers}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - e.g. MessageSizeTooLargeError: count it
                 on_err(exc)
             else:
                 fut.add_callback(on_ok)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -67,9 +68,11 @@ class Pipeline:
         self.metrics = Metrics(lambda: list(self.states.values()))
         self.encoder_service = EncoderService(encoder, settings.encoder_batch,
                                               settings.encoder_max_wait_s, self.metrics)
-        self.catalog = ItemCatalog(self.dim, self.limits)
+        self.catalog = ItemCatalog(self.dim, self.limits, self.model)
+        self._catalog_saved = 0
         self.users_index = VectorIndex(self.dim, name="users")
         self.store = SnapshotStore(settings.state_dir, settings.events_topic)
+        self.items_store = SnapshotStore(settings.state_dir, settings.items_topic)
         self.send_dlq: DlqSender | None = None
         self.lock = asyncio.Lock()
         self._dirty: set[int] = set()
@@ -137,13 +140,27 @@ class Pipeline:
             for p in parts:
                 await self._write_snapshot(self.states[p])
             self._dirty.clear()
+            if self.catalog.version != self._catalog_saved:
+                self._catalog_saved = self.catalog.version
+                blob = pickle.dumps(self.catalog.state(), protocol=pickle.HIGHEST_PROTOCOL)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.items_store.write, "catalogue", blob)
             return len(parts)
+
+    def load_catalog(self) -> None:
+        """Adopt the item catalogue's snapshot, if there is one made by this model."""
+        d = self.items_store.read("catalogue")
+        if d is not None and self.catalog.load_state(d):
+            self._catalog_saved = self.catalog.version
+            log.info("item catalogue: %d items from snapshot, resuming at offsets %s",
+                     len(self.catalog.index), self.catalog.offsets)
 
     # ------------------------------------------------------------------ batches
     async def process(self, records: Sequence[Record]) -> None:
         async with self.lock:
             await self._process(records)
-            if self.catalog.version != self._catalog_version_seen:
+            if (self.catalog.version != self._catalog_version_seen
+                    or sum(len(st.parked) for st in self.states.values()) > self.s.max_parked):
                 await self._resolve_parked()
 
     async def _process(self, records: Sequence[Record]) -> None:
@@ -256,27 +273,34 @@ class Pipeline:
             await self._resolve_parked()
 
     async def _resolve_parked(self) -> None:
-        """Apply parked events whose item arrived; dead-letter those that waited too long."""
+        """Apply parked events whose item arrived; dead-letter those that waited too long
+        (``unknown_item``) or that overflow ``max_parked`` (``park_overflow``, oldest first)."""
         self._catalog_version_seen = self.catalog.version
         now = time.time()
-        expired: list[tuple[PartitionState, Parked]] = []
+        expired: list[tuple[PartitionState, Parked, str]] = []
+        waiting: list[tuple[PartitionState, Parked]] = []
         ready: dict[int, list[Parked]] = defaultdict(list)
         for st in self.states.values():
             for pk in st.parked:
                 if pk.event.item_id in self.catalog.items:
                     ready[st.partition].append(pk)
                 elif now - pk.parked_at > self.s.park_timeout_s:
-                    expired.append((st, pk))
+                    expired.append((st, pk, "unknown_item"))
+                else:
+                    waiting.append((st, pk))
+        if len(waiting) > self.s.max_parked:
+            waiting.sort(key=lambda sp: sp[1].parked_at)
+            expired += [(st, pk, "park_overflow") for st, pk in waiting[:len(waiting) - self.s.max_parked]]
         if not ready and not expired:
             return
         if expired:
-            await self._dead_letter([(pk.event.user_id.encode(), pk.raw, "unknown_item",
-                                      f"item {pk.event.item_id!r} unknown after {self.s.park_timeout_s:g}s",
-                                      st.partition, pk.offset) for st, pk in expired])
+            await self._dead_letter([(pk.event.user_id.encode(), pk.raw, reason,
+                                      f"item {pk.event.item_id!r} unknown after {now - pk.parked_at:.1f}s",
+                                      st.partition, pk.offset) for st, pk, reason in expired])
         # ---- apply: synchronous
-        gone = {id(pk) for _, pk in expired} | {id(pk) for pks in ready.values() for pk in pks}
-        for st, pk in expired:
-            st.dlq["unknown_item"] += 1
+        gone = {id(pk) for _, pk, _ in expired} | {id(pk) for pks in ready.values() for pk in pks}
+        for st, pk, reason in expired:
+            st.dlq[reason] += 1
             st.outcomes[(pk.event.type, "rejected")] += 1
         for p, pks in ready.items():
             st = self.states[p]

@@ -127,14 +127,14 @@ class SnapshotStore:
         self.dir = Path(directory)
         self.topic = topic
 
-    def path(self, partition: int) -> Path:
+    def path(self, partition: int | str) -> Path:
         return self.dir / f"{self.topic}-{partition}.snap"
 
     def dumps(self, state: PartitionState) -> bytes:
         """Serialise on the event loop (the state must not change while this runs)."""
         return pickle.dumps(state.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
 
-    def write(self, partition: int, blob: bytes) -> None:
+    def write(self, partition: int | str, blob: bytes) -> None:
         """Durable atomic replace: write temp, fsync, rename, fsync the directory."""
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{self.topic}-{partition}.")
@@ -156,7 +156,7 @@ class SnapshotStore:
                 pass
             raise
 
-    def read(self, partition: int) -> dict | None:
+    def read(self, partition: int | str) -> dict | None:
         path = self.path(partition)
         try:
             blob = path.read_bytes()
