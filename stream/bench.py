@@ -395,9 +395,9 @@ def _machine() -> list[str]:
             return "-"
 
     return [f"machine: nproc {os.cpu_count()}, CPU {cpu}, {platform.system()} {platform.release()}",
-            f"python {platform.python_version()}, torch {ver('torch')}, faust-streaming "
-            f"{ver('faust-streaming')}, aiokafka {ver('aiokafka')}, kafka-python {ver('kafka-python')}, "
-            f"orjson {ver('orjson')}, numpy {ver('numpy')}"]
+            (f"python {platform.python_version()}, torch {ver('torch')}, faust-streaming "
+             f"{ver('faust-streaming')}, aiokafka {ver('aiokafka')}, kafka-python {ver('kafka-python')}, "
+             f"orjson {ver('orjson')}, numpy {ver('numpy')}")]
 
 
 def _fmt_rate(r: dict) -> tuple[float, float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.registry.register(StateCollector(states))
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
         self.ingest_to_index = Histogram(
             "profiles_ingest_to_index_seconds",
             "Kafka message timestamp to the profile being searchable in the index",

@@ -300,6 +300,7 @@ class Pipeline:
         # ---- apply: synchronous
         gone = {id(pk) for _, pk, _ in expired} | {id(pk) for pks in ready.values() for pk in pks}
         for st, pk, reason in expired:
+            st.dedupe.discard(pk.event.event_id)
             st.dlq[reason] += 1
             st.outcomes[(pk.event.type, "rejected")] += 1
         for p, pks in ready.items():

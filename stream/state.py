@@ -43,11 +43,15 @@ class DedupeWindow:
         while len(self._order) > self.capacity:
             self._set.discard(self._order.popleft())
 
+    def discard(self, event_id: str) -> None:
+        """Forget an id (a dead-lettered event may come back through ``profiles dlq replay``)."""
+        self._set.discard(event_id)
+
     def __len__(self) -> int:
         return len(self._order)
 
     def state(self) -> list[str]:
-        return list(self._order)
+        return [i for i in self._order if i in self._set]
 
     @classmethod
     def from_state(cls, ids: list[str], capacity: int) -> DedupeWindow:

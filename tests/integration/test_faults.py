@@ -170,3 +170,29 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
         if imp or rew:
             body = worker2.json(f"/arms/{arm}")
             assert (body["impressions"], body["rewards"]) == (imp, rew), arm
+
+
+def test_dead_lettered_unknown_items_come_back_with_dlq_replay(broker, topics, dataset,
+                                                               start_worker):
+    """Events for an item that arrives too late are dead-lettered, then replayed after the fix."""
+    from stream.dlq import replay_dlq
+
+    ds, paths = dataset
+    _prepare(broker, topics, paths)
+    worker = start_worker(park_timeout_s=1.0)
+    worker.wait_ready(240)
+    late = [{"event_id": f"late-{i}", "user_id": f"late-user-{i % 3}", "type": "click",
+             "ts": 1_700_000_000_000 + i, "item_id": "late-item"} for i in range(6)]
+    assert _send(broker, topics["events_topic"],
+                 [(e["user_id"].encode(), orjson.dumps(e)) for e in late]) == 6
+    worker.wait_for(lambda: worker.stats().get("events_rejected", 0) == 6, 120, "6 unknown_item")
+    assert worker.json("/users/late-user-0/profile")["_status"] == 404
+    # the fix: the item is published; then the dead letters are replayed
+    assert _send(broker, topics["items_topic"], [(b"late-item", orjson.dumps(
+        {"item_id": "late-item", "title": "Trailblazer hydration pack, 12 l, blue"}))]) == 1
+    settings = worker.settings
+    republished, skipped = replay_dlq(settings, reasons=["unknown_item"], timeout_s=2.0)
+    assert (republished, skipped) == (6, 0)
+    worker.wait_for(lambda: worker.stats().get("events_applied", 0) == 6, 120, "6 applied")
+    body = worker.json("/users/late-user-0/profile")
+    assert body["_status"] == 200 and body["events"] == 2

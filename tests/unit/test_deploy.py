@@ -52,11 +52,16 @@ WORKER_METRICS = {
     "profiles_snapshots": "counter",
     "profiles_snapshot_seconds": "histogram",
     "profiles_ready": "gauge",
+    # prometheus_client's ProcessCollector
+    "process_cpu_seconds": "counter",
+    "process_max_fds": "gauge",
+    "process_open_fds": "gauge",
+    "process_resident_memory_bytes": "gauge",
+    "process_virtual_memory_bytes": "gauge",
+    "process_start_time_seconds": "gauge",
 }
 # Series Prometheus makes itself for every target.
 SCRAPE_SERIES = {"up"}
-# prometheus_client's ProcessCollector series the dashboard uses (see
-# test_worker_exports_process_metrics: the worker's registry does not include them yet).
 PROCESS_SERIES = {"process_resident_memory_bytes"}
 
 
@@ -358,9 +363,6 @@ def test_worker_metrics_constant_is_current():
     assert live == WORKER_METRICS
 
 
-@pytest.mark.xfail(strict=True, reason="stream/metrics.py registers no ProcessCollector on the "
-                   "worker's registry, so process_resident_memory_bytes (dashboard memory panel) "
-                   "is not exported; fix: ProcessCollector(registry=r) in Metrics.__init__")
 def test_worker_exports_process_metrics():
     from prometheus_client import generate_latest
 
