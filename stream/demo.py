@@ -43,6 +43,10 @@ def summary(worker: WorkerProcess, elapsed: float) -> dict:
     }
 
 
+def say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
 def run_demo(args) -> int:
     from stream.generate import generate
     from stream.replay import create_topics, load_items, replay
@@ -51,7 +55,6 @@ def run_demo(args) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     broker = None
     worker = None
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True))
     try:
         if args.bootstrap:
             bootstrap = args.bootstrap

@@ -124,7 +124,7 @@ class EncoderService:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), timeout=due)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             batch = self._batcher.poll(time.monotonic())
             if batch:

@@ -38,9 +38,10 @@ class WorkerProcess:
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         return self
 
     def alive(self) -> bool:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
+from pathlib import Path
+
 import pytest
 
 
@@ -14,11 +19,6 @@ def real_encoder():
 
 
 # ---------------------------------------------------------------------------- integration
-import json  # noqa: E402
-import os  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
-
 
 def pytest_collection_modifyitems(config, items):
     """Tests in tests/integration are integration tests; tests/gpu are gpu tests."""

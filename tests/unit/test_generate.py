@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import orjson
 import pytest
 
 from stream.generate import CATEGORIES, EVENT_TYPES, Dataset, generate
-import itertools
 
 pytestmark = pytest.mark.unit
 
