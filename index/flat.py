@@ -77,17 +77,23 @@ class VectorIndex:
             last[id_] = row  # later duplicates overwrite earlier ones
         new_rows: list[int] = []
         new_ids: list[str] = []
+        old_slots: list[int] = []
+        old_rows: list[int] = []
+        slot_of = self._slot_of
         for id_, row in last.items():
-            slot = self._slot_of.get(id_)
+            slot = slot_of.get(id_)
             if slot is None and self._free:
                 slot = self._free.pop()
-                self._slot_of[id_] = slot
+                slot_of[id_] = slot
                 self._id_at[slot] = id_
             if slot is None:
                 new_ids.append(id_)
                 new_rows.append(row)
             else:
-                self._view[slot] = vecs[row]
+                old_slots.append(slot)
+                old_rows.append(row)
+        if old_slots:  # one vectorised scatter into FAISS's storage
+            self._view[old_slots] = vecs[old_rows]
         if new_ids:
             start = self._index.ntotal
             self._index.add(vecs[new_rows])
@@ -142,6 +148,19 @@ class VectorIndex:
                     break
             results.append(hits)
         return results
+
+    def get_many(self, ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+        """Vectors of ``ids`` (zero rows for unknown ids) and the positions that are unknown."""
+        slot_of = self._slot_of
+        slots = [slot_of.get(i, -1) for i in ids]
+        missing = [pos for pos, slot in enumerate(slots) if slot < 0]
+        if not missing:
+            return self._view[slots], missing
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        known = [pos for pos, slot in enumerate(slots) if slot >= 0]
+        if known:
+            out[known] = self._view[[slots[pos] for pos in known]]
+        return out, missing
 
     def get(self, id: str) -> np.ndarray | None:
         """Copy of the stored vector, or None if the id is not live."""

@@ -38,15 +38,7 @@ class ItemCatalog:
 
     def vectors(self, item_ids: list[str]) -> tuple[np.ndarray, list[int]]:
         """Vectors of the known items and the positions (in ``item_ids``) that are unknown."""
-        out = np.zeros((len(item_ids), self.index.dim), dtype=np.float32)
-        missing = []
-        for i, item_id in enumerate(item_ids):
-            v = self.index.get(item_id)
-            if v is None:
-                missing.append(i)
-            else:
-                out[i] = v
-        return out, missing
+        return self.index.get_many(item_ids)
 
     def category(self, item_id: str) -> str | None:
         it = self.items.get(item_id)

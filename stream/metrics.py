@@ -10,11 +10,44 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed a whole numpy array at a time.
+
+    ``prometheus_client.Histogram.observe`` costs a lock and a Python call per value; the
+    worker observes ingest→index latency for every event of a batch, so it bins them with one
+    ``searchsorted`` instead.  Exposition is identical to a regular histogram.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.array([*buckets, float("inf")], dtype=np.float64)
+        self.counts = np.zeros(len(self.bounds), dtype=np.int64)  # per bucket, not cumulative
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size:
+            idx = np.searchsorted(self.bounds, values, side="left")  # first bound >= value ("le")
+            self.counts += np.bincount(idx, minlength=len(self.bounds))
+            self.sum += float(values.sum())
+
+    def collect(self):
+        cumulative = np.cumsum(self.counts)
+        yield HistogramMetricFamily(
+            self.name, self.documentation, sum_value=self.sum,
+            buckets=[(floatToGoString(b), int(c)) for b, c in zip(self.bounds, cumulative)])
 
 
 class StateCollector(Collector):
@@ -63,10 +96,10 @@ class Metrics:
         r = self.registry
         self.registry.register(StateCollector(states))
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
-        self.ingest_to_index = Histogram(
+        self.ingest_to_index = BatchHistogram(
             "profiles_ingest_to_index_seconds",
             "Kafka message timestamp to the profile being searchable in the index",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, r,
         )
         self.batch_size = Histogram(
             "profiles_batch_size", "Events per applied micro-batch",

@@ -225,9 +225,9 @@ class Pipeline:
             else:
                 by_state[a.st.partition].append(i)
         self._apply_bandit(accepted)
-        for p, rows in by_state.items():
-            self._apply_profiles(self.states[p], [accepted[i].ev for i in rows], vectors[rows],
-                                 [accepted[i].msg_ts for i in rows])
+        self._apply_profiles({p: ([accepted[i].ev for i in rows], vectors[rows],
+                                  [accepted[i].msg_ts for i in rows])
+                              for p, rows in by_state.items()})
         for p, off in high.items():
             self.states[p].next_offset = off + 1
             self._dirty.add(p)
@@ -248,24 +248,34 @@ class Pipeline:
         for p, (arms, types) in groups.items():
             self.states[p].arms.update(arms, types)
 
-    def _apply_profiles(self, st: PartitionState, events: list[Event], vectors: np.ndarray,
-                        msg_ts: list[int]) -> None:
-        if not events:
+    def _apply_profiles(self, work: dict[int, tuple[list[Event], np.ndarray, list[int]]]) -> None:
+        """Apply events to their partitions' profiles, then update the users index once."""
+        touched_all: list[str] = []
+        vectors_all: list[np.ndarray] = []
+        msg_ts_all: list[int] = []
+        weight_of = self.pp.weights
+        category = self.catalog.category
+        for p, (events, vectors, msg_ts) in work.items():
+            if not events:
+                continue
+            st = self.states[p]
+            users = [e.user_id for e in events]
+            types = [e.type for e in events]
+            ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
+            weights = np.fromiter((weight_of.get(t, 0.0) for t in types), dtype=np.float64,
+                                  count=len(types))
+            touched = st.profiles.apply(users, ts, weights, vectors)
+            item_ids = [e.item_id for e in events]
+            st.users.update(users, types, ts, [category(i) if i else None for i in item_ids], item_ids)
+            touched_all += touched
+            vectors_all.append(st.profiles.vectors(touched))
+            st.outcomes.update((t, "applied") for t in types)
+            msg_ts_all += msg_ts
+        if not touched_all:
             return
-        users = [e.user_id for e in events]
-        types = [e.type for e in events]
-        ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
-        weights = np.array([self.pp.weights.get(t, 0.0) for t in types], dtype=np.float64)
-        touched = st.profiles.apply(users, ts, weights, vectors)
-        st.users.update(users, types, ts, [self.catalog.category(e.item_id) if e.item_id else None
-                                           for e in events], [e.item_id for e in events])
-        self.users_index.upsert(touched, st.profiles.vectors(touched))
-        for t in types:
-            st.outcomes[(t, "applied")] += 1
-        now = time.time()
-        hist = self.metrics.ingest_to_index
-        for m in msg_ts:
-            hist.observe(max(0.0, now - m / 1000.0))
+        self.users_index.upsert(touched_all, np.concatenate(vectors_all))
+        latency = time.time() - np.asarray(msg_ts_all, dtype=np.float64) / 1000.0
+        self.metrics.ingest_to_index.observe_many(np.maximum(latency, 0.0))
 
     # ------------------------------------------------------------------ parked events
     async def resolve_parked(self) -> None:
@@ -303,11 +313,11 @@ class Pipeline:
             st.dedupe.discard(pk.event.event_id)
             st.dlq[reason] += 1
             st.outcomes[(pk.event.type, "rejected")] += 1
+        work = {}
         for p, pks in ready.items():
-            st = self.states[p]
-            vecs, missing = self.catalog.vectors([pk.event.item_id for pk in pks])
-            assert not missing
-            self._apply_profiles(st, [pk.event for pk in pks], vecs, [pk.msg_ts for pk in pks])
+            vecs, _missing = self.catalog.vectors([pk.event.item_id for pk in pks])
+            work[p] = ([pk.event for pk in pks], vecs, [pk.msg_ts for pk in pks])
+        self._apply_profiles(work)
         for st in self.states.values():
             if any(id(pk) in gone for pk in st.parked):
                 st.parked = [pk for pk in st.parked if id(pk) not in gone]

@@ -81,6 +81,7 @@ class Settings:
     max_parked: int = field(default=100_000, metadata={"help": "max parked events per worker"})
     dedupe_window: int = field(default=1_000_000, metadata={"help": "event ids remembered per partition"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
+    fetch_max_wait_ms: int = field(default=50, metadata={"help": "longest a Fetch waits for new data"})
     log_level: str = field(default="info", metadata={"help": "log level"})
 
     # -- derived, validated views ------------------------------------------------
