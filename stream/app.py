@@ -44,6 +44,20 @@ def tune_fetch_wait(max_wait_ms: int) -> None:
     cls._create_worker_consumer = create
 
 
+def broker_credentials(s: Settings):
+    """faust credentials from the SASL/SSL settings (None for PLAINTEXT)."""
+    if s.security_protocol == "PLAINTEXT":
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=s.ssl_cafile or None)
+    if s.security_protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(username=s.sasl_username, password=s.sasl_password.reveal(),
+                                 mechanism=s.sasl_mechanism,
+                                 ssl_context=context if s.security_protocol == "SASL_SSL" else None)
+
+
 def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     s = settings
     tune_fetch_wait(s.fetch_max_wait_ms)
@@ -65,6 +79,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         producer_linger=0.005,
         producer_acks=-1,
         loghandlers=[],
+        broker_credentials=broker_credentials(s),
     )
     events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, partitions=s.partitions)
     dlq = app.topic(s.dlq_topic, key_type=bytes, value_type=bytes, partitions=1)
@@ -78,7 +93,12 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         await app.producer.send_and_wait(dlq.get_topic_name(), key, value, partition=None,
                                          timestamp=None, headers=headers)
 
+    async def publish_event(key: bytes, value: bytes) -> None:
+        await app.producer.send_and_wait(events.get_topic_name(), key, value, partition=None,
+                                         timestamp=None, headers=None)
+
     pipeline.send_dlq = send_dlq
+    pipeline.publish_event = publish_event
 
     def ready() -> bool:
         return pipeline.catalog.caught_up.is_set() and pipeline.assigned_once.is_set() and not app.rebalancing
@@ -116,7 +136,8 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         await pipeline.catalog.caught_up.wait()
         async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
             records = [(e.message.partition, e.message.offset,
-                        int((e.message.timestamp or 0) * 1000), e.message.key, e.message.value)
+                        int((e.message.timestamp or 0) * 1000), e.message.key, e.message.value,
+                        e.message.headers)
                        for e in batch]
             await pipeline.process(records)
 
@@ -126,8 +147,9 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
 
         install_seek()
         await asyncio.get_running_loop().run_in_executor(
-            None, create_topics, s.bootstrap_servers,
-            {s.events_topic: s.partitions, s.items_topic: 1, s.dlq_topic: 1})
+            None, lambda: create_topics(s.bootstrap_servers,
+                                  {s.events_topic: s.partitions, s.items_topic: 1, s.dlq_topic: 1},
+                                  client_config=s.kafka_security()))
         pipeline.encoder_service.start()
         pipeline.load_catalog()
         runner = web.AppRunner(_api(pipeline, ready).app(), access_log=None)
@@ -137,7 +159,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         app._profiles_runner = runner  # keep a reference for shutdown
         asyncio.get_running_loop().create_task(
             pipeline.catalog.run(s.bootstrap_servers, s.items_topic, pipeline.encoder_service,
-                                 {"fetch_max_wait_ms": s.fetch_max_wait_ms}))
+                                 {"fetch_max_wait_ms": s.fetch_max_wait_ms, **s.kafka_security("aiokafka")}))
 
     @app.timer(s.snapshot_interval_s)
     async def snapshot_timer() -> None:
@@ -148,6 +170,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         nonlocal ready_logged
         pipeline.update_lag(lambda p: app.consumer.highwater(TP(s.events_topic, p)))
         await pipeline.resolve_parked()
+        await pipeline.expire()
         ok = ready()
         pipeline.metrics.ready.set(1 if ok else 0)
         if ok and not ready_logged:

@@ -113,6 +113,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=_positive(float), default=20.0)
     p.set_defaults(func=cmd_bench_pipeline)
 
+    p = bsub.add_parser("encoder", help="encoder sentences/s and FLOP/s by batch size, dtype, length")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated")
+    p.add_argument("--tokens", default="32,128", help="comma-separated sequence lengths")
+    p.add_argument("--dtypes", default=None, help="fp32,bf16 (default: fp32 on CPU, fp32,bf16 on CUDA)")
+    p.add_argument("--seconds", type=_positive(float), default=1.0, help="time per measurement")
+    p.add_argument("--peak-tflops", type=_positive(float), default=None,
+                   help="device peak TFLOP/s for the dtype (default: known GPU table / CPU estimate)")
+    p.add_argument("--compile", action="store_true", help="also torch.compile the model")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.set_defaults(func=cmd_bench_encoder)
+
+    encp = sub.add_parser("encoder", help="fine-tune and evaluate the encoder on a behaviour log")
+    esub = encp.add_subparsers(dest="encoder_command", required=True, metavar="ACTION")
+    p = esub.add_parser("finetune", help="contrastive fine-tuning on (profile so far -> next item)")
+    p.add_argument("--events", type=Path, required=True)
+    p.add_argument("--items", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--base", default=None, help="base model folder (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--epochs", type=_positive(int), default=1)
+    p.add_argument("--batch-size", type=_positive(int), default=128)
+    p.add_argument("--lr", type=_positive(float), default=5e-5)
+    p.add_argument("--max-steps", type=_positive(int), default=None, help="step budget")
+    p.add_argument("--eval-every", type=_positive(int), default=25, help="steps between validations")
+    p.add_argument("--patience", type=_positive(int), default=4, help="validations without gain")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-progress", action="store_true")
+    _add_settings_flags(p, ["half_life_ms", "event_weights"])
+    p.set_defaults(func=cmd_encoder_finetune)
+    p = esub.add_parser("eval", help="next-item retrieval on the test split: popularity / untuned / fine-tuned")
+    p.add_argument("--events", type=Path, required=True)
+    p.add_argument("--items", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, help="fine-tuned model directory")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _add_settings_flags(p, ["half_life_ms", "event_weights"])
+    p.set_defaults(func=cmd_encoder_eval)
+
     dlq = sub.add_parser("dlq", help="dead-letter topic commands")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     p = dsub.add_parser("replay", help="re-publish dead-lettered events to the events topic")
@@ -120,7 +161,118 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     _add_settings_flags(p, ["bootstrap_servers", "events_topic", "dlq_topic"])
     p.set_defaults(func=cmd_dlq_replay)
+    _add_bandit_commands(sub)
+    _add_movielens(sub)
     return parser
+
+
+def _add_movielens(sub) -> None:
+    """``profiles data movielens``, added to the ``data`` group (created here if absent)."""
+    data = sub.choices.get("data")
+    if data is None:
+        data = sub.add_parser("data", help="real data sets (fetched at run time, never committed)")
+        data.add_subparsers(dest="data_command", required=True, metavar="SET")
+    dsub = next(a for a in data._actions if isinstance(a, argparse._SubParsersAction))
+    p = dsub.add_parser("movielens", help="MovieLens-100k (from the recbole 1.2.1 wheel) -> items + events JSONL")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache", type=Path, default=None,
+                   help="where the downloaded wheel is kept (default ~/.cache/profiles/movielens)")
+    p.set_defaults(func=cmd_data_movielens)
+
+
+def _add_bandit_commands(sub) -> None:
+    """``profiles bandit ope|convert-obd`` and ``profiles data obd`` (stream/offpolicy.py,
+    stream/obd.py)."""
+    bandit = sub.add_parser("bandit", help="bandit tools: off-policy evaluation, OBD conversion")
+    bsub = bandit.add_subparsers(dest="bandit_command", required=True, metavar="ACTION")
+    p = bsub.add_parser("ope", help="off-policy estimates (IPW, SNIPW, DR) of a policy's click rate")
+    p.add_argument("--log", type=Path, required=True,
+                   help="OBD CSV, our events JSONL (views with propensity + clicks), or "
+                        "rows {arm, position, propensity, reward}")
+    p.add_argument("--policy", action="append", required=True,
+                   help="thompson, ucb1[:c=2], egreedy[:epsilon=0.1] (repeatable)")
+    p.add_argument("--train-frac", type=float, default=0.5,
+                   help="fit the policy on this first fraction of the log (by time), evaluate on the rest")
+    p.add_argument("--n-boot", type=_positive(int), default=1000, help="bootstrap resamples")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--prior-alpha", type=_positive(float), default=1.0)
+    p.add_argument("--prior-beta", type=_positive(float), default=1.0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_bandit_ope)
+    p = bsub.add_parser("convert-obd", help="convert an Open Bandit Dataset CSV to event JSONL")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="events JSONL to write")
+    p.add_argument("--items", type=Path, default=None,
+                   help="item_context.csv (default: next to the CSV, if there)")
+    p.add_argument("--items-out", type=Path, default=None)
+    p.set_defaults(func=cmd_bandit_convert_obd)
+
+    data = sub.add_parser("data", help="real data sets (fetched at run time, never committed)")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SET")
+    p = dsub.add_parser("obd", help="Open Bandit Dataset from the obp 0.5.7 sdist -> events + items JSONL")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--campaign", choices=["random", "bts"], default="random")
+    p.add_argument("--population", choices=["all", "men", "women"], default="all")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "realtime-profiles",
+                   help="where the downloaded sdist is kept")
+    p.set_defaults(func=cmd_data_obd)
+
+
+def cmd_bandit_ope(args) -> int:
+    import json
+
+    from stream.core.policies import parse_policy
+    from stream.offpolicy import format_report, read_log, run_ope
+
+    _need_file(args.log)
+    if not 0 < args.train_frac < 1:
+        raise ConfigError(f"--train-frac must be in (0, 1), got {args.train_frac}")
+    if not 0 < args.level < 1:
+        raise ConfigError(f"--level must be in (0, 1), got {args.level}")
+    try:
+        policies = [parse_policy(spec) for spec in args.policy]
+    except ValueError as exc:
+        raise ConfigError(f"--policy: {exc}") from None
+    log = read_log(args.log)
+    header, results = run_ope(log, policies, train_frac=args.train_frac,
+                              prior=(args.prior_alpha, args.prior_beta), n_boot=args.n_boot,
+                              level=args.level, seed=args.seed)
+    if args.json:
+        print(json.dumps({**header, "policies": [r.as_dict(log.arms) for r in results]}, indent=1))
+    else:
+        print(format_report(header, results, log.arms, args.level))
+    return 0
+
+
+def cmd_bandit_convert_obd(args) -> int:
+    from stream.obd import convert_csv
+
+    _need_file(args.csv)
+    items = args.items
+    if items is None:
+        guess = args.csv.with_name("item_context.csv")
+        items = guess if guess.is_file() else None
+    elif not items.is_file():
+        raise ConfigError(f"no such file: {items}")
+    s = convert_csv(args.csv, args.out, items, args.items_out)
+    print(f"rows {s['rows']}, clicks {s['clicks']} -> {s['events']} events: {s['events_file']}"
+          + (f"; {s['items']} items: {s['items_file']}" if "items" in s else ""))
+    return 0
+
+
+def cmd_data_obd(args) -> int:
+    from stream.obd import prepare_obd
+
+    try:
+        s = prepare_obd(args.out, args.cache, args.campaign, args.population)
+    except RuntimeError as exc:
+        raise ProfilesError(str(exc)) from None
+    print(f"OBD {args.campaign}/{args.population}: {s['rows']} impressions, {s['clicks']} clicks")
+    print(f"events: {s['events_file']} ({s['events']} events)")
+    print(f"items: {s['items_file']} ({s['items']} items)")
+    print(f"csv: {s['csv']}")
+    return 0
 
 
 # ---------------------------------------------------------------------------- commands
@@ -153,9 +305,9 @@ def cmd_items_load(args) -> int:
 
     s = _settings(args)
     _need_file(args.file)
-    create_topics(s.bootstrap_servers, {s.items_topic: 1})
+    create_topics(s.bootstrap_servers, {s.items_topic: 1}, client_config=s.kafka_security())
     summary = load_items(args.file, bootstrap=s.bootstrap_servers, topic=s.items_topic,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, producer_config=s.kafka_security())
     print(f"items: sent {summary.sent}, failed {summary.failed}")
     return 1 if summary.failed else 0
 
@@ -167,9 +319,11 @@ def cmd_replay(args) -> int:
     _need_file(args.file)
     if args.speed is not None and args.rate is not None:
         raise ConfigError("--speed and --rate are mutually exclusive")
-    create_topics(s.bootstrap_servers, {s.events_topic: s.partitions})
+    create_topics(s.bootstrap_servers, {s.events_topic: s.partitions},
+                  client_config=s.kafka_security())
     summary = replay(args.file, bootstrap=s.bootstrap_servers, topic=s.events_topic, speed=args.speed,
-                     rate=args.rate, limit=args.limit, progress=not args.no_progress)
+                     rate=args.rate, limit=args.limit, progress=not args.no_progress,
+                     producer_config=s.kafka_security())
     print(f"events: sent {summary.sent}, failed {summary.failed}, {summary.seconds:.1f}s"
           + (f", errors {summary.errors}" if summary.errors else ""))
     return 1 if summary.failed else 0
@@ -195,6 +349,58 @@ def cmd_bench_pipeline(args) -> int:
     from stream.bench import bench_pipeline
 
     return bench_pipeline(args)
+
+
+def cmd_bench_encoder(args) -> int:
+    from encoder.bench import bench_encoder_cli
+
+    return bench_encoder_cli(args)
+
+
+def cmd_data_movielens(args) -> int:
+    from stream.movielens import RATING_TO_TYPE, movielens
+
+    paths = movielens(args.out, args.cache)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print("ratings -> types: " + ", ".join(f"{r}={t}" for r, t in sorted(RATING_TO_TYPE.items())))
+    return 0
+
+
+def cmd_encoder_finetune(args) -> int:
+    from encoder import EncoderError
+    from encoder.finetune import FinetuneConfig, finetune
+
+    s = _settings(args)
+    for f in (args.events, args.items):
+        _need_file(f)
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         max_steps=args.max_steps, device=args.device, seed=args.seed,
+                         eval_every=args.eval_every, patience=args.patience,
+                         half_life_ms=s.half_life_ms, event_weights=s.event_weight_map())
+    try:
+        meta = finetune(args.events, args.items, args.out, cfg, base=args.base,
+                        progress=not args.no_progress)
+    except EncoderError as exc:
+        raise ProfilesError(str(exc)) from exc
+    v = meta["validation"]
+    print(f"model: {args.out} (fingerprint {meta['fingerprint']}); val Recall@20 untuned "
+          f"{v['untuned']:.4f} -> {v['best']:.4f} at step {v['best_step']}; "
+          f"{meta['training']['seconds']:.0f}s")
+    return 0
+
+
+def cmd_encoder_eval(args) -> int:
+    from encoder import EncoderError
+    from encoder.evaluate import run_eval
+
+    s = _settings(args)
+    for f in (args.events, args.items):
+        _need_file(f)
+    try:
+        return run_eval(args, s)
+    except EncoderError as exc:
+        raise ProfilesError(str(exc)) from exc
 
 
 def cmd_dlq_replay(args) -> int:

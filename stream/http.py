@@ -1,17 +1,33 @@
-"""HTTP API (aiohttp) served by each worker: profiles, candidates, look-alikes, arms, metrics."""
+"""HTTP API (aiohttp) served by each worker: profiles, candidates, look-alikes, arms, metrics.
+
+User ids in URLs are raw ids; with ``PROFILES_ID_SECRET`` set they are pseudonymised here,
+exactly as at ingest.  With ``PROFILES_API_TOKEN`` set every route except ``/metrics``,
+``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``.
+"""
 
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
+import time
+import uuid
+from dataclasses import replace
 
 import numpy as np
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream.core.bandit import rerank, seeded_rng
+from stream.core.bandit import ArmStats, context_arm, seeded_rng
+from stream.core.policies import parse_policy
+from stream.decisions import DecisionLogger, decision_record
 from stream.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+
+OPEN_PATHS = frozenset(("/metrics", "/healthz", "/readyz"))
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -36,16 +52,42 @@ class Api:
         self.ready = ready  # () -> bool
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._auth])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/users/{id}/profile", self.profile)
+        app.router.add_delete("/users/{id}", self.forget)
         app.router.add_get("/users/{id}/candidates", self.candidates)
         app.router.add_get("/users/{id}/similar", self.similar)
         app.router.add_get("/arms/{arm}", self.arm)
+        app.router.add_get("/arms", self.top_arms)
         app.router.add_get("/stats", self.stats)
         return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        token = self.p.s.api_token.reveal()
+        if token and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return _error(401, "missing or wrong bearer token")
+        return await handler(request)
+
+    def _user(self, request: web.Request) -> str:
+        return self.p.pseudonymize(request.match_info["id"])
+
+    async def forget(self, request: web.Request) -> web.Response:
+        """Publish a ``forget`` event for the user; the worker owning them erases everything."""
+        raw_id = request.match_info["id"]
+        if self.p.publish_event is None:
+            return _error(503, "not ready")
+        event_id = f"forget-{uuid.uuid4().hex}"
+        ts = int(time.time() * 1000)
+        await self.p.publish_event(raw_id.encode(), orjson.dumps(
+            {"event_id": event_id, "user_id": raw_id, "type": "forget", "ts": ts}))
+        return web.json_response({"user_id": self._user(request), "event_id": event_id, "ts": ts},
+                                 status=202)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -66,7 +108,7 @@ class Api:
         return web.json_response(s)
 
     async def profile(self, request: web.Request) -> web.Response:
-        user = request.match_info["id"]
+        user = self._user(request)
         st = self.p.state_of(user)
         if st is None:
             return _error(404, f"unknown user {user!r}")
@@ -79,7 +121,7 @@ class Api:
         return web.json_response(body)
 
     async def candidates(self, request: web.Request) -> web.Response:
-        user = request.match_info["id"]
+        user = self._user(request)
         k = _k(request, 20)
         st = self.p.state_of(user)
         if st is None:
@@ -95,20 +137,35 @@ class Api:
         arms = [h[0] for h in hits]
         sims = np.array([h[1] for h in hits], dtype=np.float64)
         stats = _merged_view(self.p, arms)
-        rng = seeded_rng(self.p.s.seed, user)
-        order = rerank(arms, sims, stats, rng, explore_weight=self.p.s.explore_weight)[:k]
+        # bandit re-rank (PROFILES_BANDIT_POLICY; Thompson by default: the same draws as before)
+        policy = _policy(self.p.s.bandit_policy)
+        alpha, beta = stats.posteriors(arms)
+        w = self.p.s.explore_weight
+        order = policy.rank(alpha, beta, seeded_rng(self.p.s.seed, user), similarity=sims,
+                            explore_weight=w)
+        decision = None
+        if self.p.s.decisions_topic:  # decision logging with per-shown-arm propensities
+            decision = decision_record(policy, user, arms, alpha, beta, sims, w, order, k,
+                                       self.p.s.seed)
+            _decision_logger(self.p).submit(decision)
         out = []
-        for i in order:
+        for j, i in enumerate(order[:k]):
             item = self.p.catalog.items.get(arms[i])
             imp, rew = stats.counts(arms[i])
-            out.append({"item_id": arms[i], "score": float(sims[i]),
-                        "title": item.title if item else None,
-                        "category": item.category if item else None,
-                        "impressions": imp, "rewards": rew})
-        return web.json_response({"user_id": user, "candidates": out})
+            c = {"item_id": arms[i], "score": float(sims[i]),
+                 "title": item.title if item else None,
+                 "category": item.category if item else None,
+                 "impressions": imp, "rewards": rew}
+            if decision is not None:
+                c["propensity"] = decision["shown"][j]["propensity"]
+            out.append(c)
+        body = {"user_id": user, "candidates": out, "policy": policy.describe()}
+        if decision is not None:
+            body["decision_id"] = decision["decision_id"]
+        return web.json_response(body)
 
     async def similar(self, request: web.Request) -> web.Response:
-        user = request.match_info["id"]
+        user = self._user(request)
         k = _k(request, 10)
         vec = self.p.users_index.get(user)
         if vec is None:
@@ -120,25 +177,63 @@ class Api:
                                   "similar": [{"user_id": u, "score": s} for u, s in hits]})
 
     async def arm(self, request: web.Request) -> web.Response:
+        """Counts and Beta posterior of one arm; ``?context=2`` for its per-position counts
+        (PROFILES_BANDIT_CONTEXT=position).  With discounting, counts are as of ``anchor``."""
         arm = request.match_info["arm"]
-        stats = _merged_view(self.p, [arm])
-        imp, rew = stats.counts(arm)
-        if imp == 0 and rew == 0:
-            return _error(404, f"unknown arm {arm!r}")
-        a, b = stats.posterior(arm)
-        return web.json_response({"arm": arm, "impressions": imp, "rewards": rew,
-                                  "alpha": a, "beta": b, "mean": a / (a + b)})
+        context = request.query.get("context")
+        if context is not None and not self.p.bp.context:
+            return _error(400, "per-context arms are off (PROFILES_BANDIT_CONTEXT)")
+        if context is None:
+            stats = _merged_view(self.p, [arm])
+            key = arm
+        else:
+            key = context_arm(arm, context)
+            stats = ArmStats.merged([st.arms.contextual for st in self.p.states.values()
+                                     if st.arms.contextual is not None],
+                                    replace(self.p.bp, context=""), arms=[key])
+        imp, rew = stats.counts(key)
+        if key not in stats:
+            return _error(404, f"unknown arm {arm!r}" + (f" in context {context!r}" if context else ""))
+        a, b = stats.posterior(key)
+        body = {"arm": arm, "impressions": imp, "rewards": rew, "alpha": a, "beta": b,
+                "mean": a / (a + b)}
+        if context is not None:
+            body["context"] = context
+        if stats.discounted:
+            body.update(half_life_ms=self.p.bp.half_life_ms, anchor=stats.anchor)
+        return web.json_response(body)
+
+    async def top_arms(self, request: web.Request) -> web.Response:
+        """The ``k`` arms with the most impressions, with posteriors (``GET /arms?k=20``)."""
+        k = _k(request, 20)
+        stats = ArmStats.merged([st.arms for st in self.p.states.values()], self.p.bp)
+        names = stats.arms()
+        imps = np.array([stats.counts(a)[0] for a in names])
+        top = np.argsort(-imps, kind="stable")[:k]
+        out = []
+        for i in top:
+            imp, rew = stats.counts(names[i])
+            a, b = stats.posterior(names[i])
+            out.append({"arm": names[i], "impressions": imp, "rewards": rew, "alpha": a,
+                        "beta": b, "mean": a / (a + b)})
+        return web.json_response({"arms": out, "total_arms": len(names),
+                                  "policy": self.p.s.bandit_policy})
 
 
-def _merged_view(p: Pipeline, arms: list[str]):
-    """Sum the per-partition partials for just these arms (the posterior is their sum)."""
-    from stream.core.bandit import ArmStats
+@functools.lru_cache(maxsize=8)
+def _policy(spec: str):
+    return parse_policy(spec)
 
-    imps = np.zeros(len(arms))
-    rews = np.zeros(len(arms))
-    for st in p.states.values():
-        for j, arm in enumerate(arms):
-            i, r = st.arms.counts(arm)
-            imps[j] += i
-            rews[j] += r
-    return ArmStats(p.bp).add(arms, imps, rews)
+
+def _decision_logger(p: Pipeline) -> DecisionLogger:
+    logger = getattr(p, "_decision_logger", None)
+    if logger is None:
+        logger = DecisionLogger(p.s.bootstrap_servers, p.s.decisions_topic)
+        p._decision_logger = logger
+    return logger
+
+
+def _merged_view(p: Pipeline, arms: list[str]) -> ArmStats:
+    """Sum the per-partition partials for just these arms (the posterior is their sum;
+    discounted partials are brought to the latest anchor first)."""
+    return ArmStats.merged([st.arms for st in p.states.values()], p.bp, arms=arms)

@@ -65,9 +65,11 @@ class StateCollector(Collector):
         imps = CounterMetricFamily("profiles_bandit_impressions", "Bandit impressions counted")
         rews = CounterMetricFamily("profiles_bandit_rewards", "Bandit rewards counted (weighted)")
         parked = GaugeMetricFamily("profiles_parked_events", "Events waiting for their item's vector")
+        forget = CounterMetricFamily("profiles_forget", "Users erased by a forget event")
+        expired = CounterMetricFamily("profiles_expired", "Profiles removed by the TTL")
         outcome_totals: dict[tuple[str, str], float] = {}
         dlq_totals: dict[str, float] = {}
-        n_parked = 0
+        n_parked = n_forget = n_expired = 0
         imp_total = rew_total = 0.0
         for st in self._states():
             for key, n in st.outcomes.items():
@@ -75,6 +77,8 @@ class StateCollector(Collector):
             for reason, n in st.dlq.items():
                 dlq_totals[reason] = dlq_totals.get(reason, 0) + n
             n_parked += len(st.parked)
+            n_forget += st.outcomes.get(("forget", "applied"), 0)
+            n_expired += st.expired
             i, r = st.arms.totals()
             imp_total += i
             rew_total += r
@@ -85,7 +89,9 @@ class StateCollector(Collector):
         imps.add_metric([], imp_total)
         rews.add_metric([], rew_total)
         parked.add_metric([], n_parked)
-        yield from (events, dlq, imps, rews, parked)
+        forget.add_metric([], n_forget)
+        expired.add_metric([], n_expired)
+        yield from (events, dlq, imps, rews, parked, forget, expired)
 
 
 class Metrics:

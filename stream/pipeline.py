@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from index import VectorIndex
 from stream.catalog import ItemCatalog
@@ -31,14 +32,45 @@ from stream.core.profile import ProfileParams
 from stream.encoding import EncoderService
 from stream.errors import StateError
 from stream.metrics import Metrics
+from stream.privacy import HASHED_HEADER, Pseudonymizer
 from stream.settings import Settings
 from stream.state import Parked, PartitionState, SnapshotStore
 
 log = logging.getLogger(__name__)
 
-# (partition, offset, kafka timestamp ms, key, value)
-Record = tuple[int, int, int, bytes | None, bytes | None]
-DlqSender = Callable[[bytes | None, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+# (partition, offset, kafka timestamp ms, key, value[, headers])
+Record = tuple
+DlqSender = Callable[[bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Reject:
+    st: PartitionState
+    key: bytes | None
+    raw: bytes
+    reason: str
+    detail: str
+    offset: int
+    etype: str
+    user: str | None
+    dlq_key: bytes = b""
+    scrubbed: bool = False  # raw already has its user id pseudonymised
+
+
+def _hashed(headers) -> bool:
+    return any(k == HASHED_HEADER for k, _ in headers or ())
+
+
+def _user_of(raw: bytes, pseudonymize: Pseudonymizer) -> str | None:
+    """The (pseudonymised) user id of an invalid record, when it has one."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    uid = obj.get("user_id") if isinstance(obj, dict) else None
+    if isinstance(uid, (str, int)) and not isinstance(uid, bool) and str(uid):
+        return pseudonymize(str(uid))
+    return None
 
 
 @dataclass(slots=True)
@@ -60,7 +92,9 @@ class Pipeline:
                              max_bytes=settings.max_message_bytes)
         self.pp = ProfileParams(half_life_ms=settings.half_life_ms, weights=settings.event_weight_map())
         self.bp = BanditParams(prior_alpha=settings.prior_alpha, prior_beta=settings.prior_beta,
-                               reward_weights=settings.reward_weight_map())
+                               reward_weights=settings.reward_weight_map(),
+                               half_life_ms=settings.bandit_half_life_ms or None,
+                               context=settings.bandit_context)
         self.encoder = encoder
         self.dim: int = encoder.dim
         self.model: str = encoder.fingerprint
@@ -74,6 +108,8 @@ class Pipeline:
         self.store = SnapshotStore(settings.state_dir, settings.events_topic)
         self.items_store = SnapshotStore(settings.state_dir, settings.items_topic)
         self.send_dlq: DlqSender | None = None
+        self.publish_event: Callable[[bytes, bytes], Awaitable[None]] | None = None
+        self.pseudonymize = Pseudonymizer(settings.id_secret.reveal())
         self.lock = asyncio.Lock()
         self._dirty: set[int] = set()
         self._catalog_version_seen = 0
@@ -86,14 +122,15 @@ class Pipeline:
         d = self.store.read(partition)
         if d is None:
             st = PartitionState.empty(partition, self.dim, self.pp, self.bp, self.s.dedupe_window,
-                                      self.model)
+                                      self.model, self.s.rate_limit_events, self.s.rate_limit_window_ms)
         else:
             if d.get("model") != self.model:
                 raise StateError(
                     f"snapshot {self.store.path(partition)} holds vectors of model {d.get('model')}, "
                     f"this worker's encoder is {self.model}: rebuild state, or point "
                     "PROFILES_ENCODER_PATH at the model that made it")
-            st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, self.s.dedupe_window)
+            st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, self.s.dedupe_window,
+                                          self.s.rate_limit_events, self.s.rate_limit_window_ms)
         users = st.profiles.users()
         if users:
             self.users_index.upsert(users, st.profiles.vectors(users))
@@ -165,12 +202,14 @@ class Pipeline:
 
     async def _process(self, records: Sequence[Record]) -> None:
         accepted: list[_Accepted] = []
-        rejects: list[tuple[PartitionState, bytes | None, bytes, str, str, int, str]] = []
+        rejects: list[_Reject] = []
         high: dict[int, int] = {}
         seen: set[tuple[int, str]] = set()
         duplicates: list[tuple[PartitionState, Event]] = []
         redelivered = 0
-        for p, off, msg_ts, key, raw in records:
+        pseudo = self.pseudonymize
+        for rec in records:
+            p, off, msg_ts, key, raw = rec[:5]
             st = self.states.get(p)
             if st is None:  # revoked while buffered: its new owner applies it
                 continue
@@ -184,8 +223,11 @@ class Pipeline:
             raw = raw or b""
             ev = decode_event(raw, msg_ts, self.limits)
             if isinstance(ev, Reject):
-                rejects.append((st, key, raw, ev.reason, ev.detail, off, "unknown"))
+                rejects.append(_Reject(st, key, raw, ev.reason, ev.detail, off, "unknown", None))
                 continue
+            if pseudo.enabled and not (len(rec) > 5 and _hashed(rec[5])):
+                ev = Event(ev.event_id, pseudo(ev.user_id), ev.type, ev.ts, ev.item_id, ev.query,
+                           ev.arm, ev.position, ev.propensity)
             if ev.event_id in st.dedupe or (p, ev.event_id) in seen:
                 duplicates.append((st, ev))
                 continue
@@ -194,39 +236,73 @@ class Pipeline:
         if redelivered:
             self.metrics.redelivered.inc(redelivered)
 
+        # Forgets win over anything older of the same user, whatever the arrival order.
+        forgets = [a for a in accepted if a.ev.type == "forget"]
+        tomb: dict[tuple[int, str], int] = {}
+        for a in forgets:
+            k = (a.st.partition, a.ev.user_id)
+            tomb[k] = max(a.ev.ts, tomb.get(k, a.ev.ts))
+        forgotten: list[_Accepted] = []
+        live: list[_Accepted] = []
+        for a in accepted:
+            if a.ev.type == "forget":
+                continue
+            t = a.st.tombstones.get(a.ev.user_id)
+            t2 = tomb.get((a.st.partition, a.ev.user_id)) if tomb else None
+            if (t is not None and a.ev.ts <= t) or (t2 is not None and a.ev.ts <= t2):
+                forgotten.append(a)
+            else:
+                live.append(a)
+        live, rate_updates = self._rate_cap(live, rejects)
+
         # Vectors: known items now, unknown items park, queries go through the encoder.
-        item_rows = [i for i, a in enumerate(accepted) if a.ev.type != "search"]
-        query_rows = [i for i, a in enumerate(accepted) if a.ev.type == "search"]
-        vectors = np.zeros((len(accepted), self.dim), dtype=np.float32)
+        item_rows = [i for i, a in enumerate(live) if a.ev.type != "search"]
+        query_rows = [i for i, a in enumerate(live) if a.ev.type == "search"]
+        vectors = np.zeros((len(live), self.dim), dtype=np.float32)
         parked: set[int] = set()
         if item_rows:
-            vecs, missing = self.catalog.vectors([accepted[i].ev.item_id for i in item_rows])
+            vecs, missing = self.catalog.vectors([live[i].ev.item_id for i in item_rows])
             vectors[item_rows] = vecs
             parked = {item_rows[j] for j in missing}
         if query_rows:
-            vectors[query_rows] = await self.encoder_service.encode([accepted[i].ev.query for i in query_rows])
+            vectors[query_rows] = await self.encoder_service.encode([live[i].ev.query for i in query_rows])
 
+        # Dead letters (and the erasure of a forgotten user's dead letters) are acknowledged by
+        # the broker before the state changes: a crash can repeat them, never lose them.
         if rejects:
-            await self._dead_letter([(key, raw, reason, detail, st.partition, off)
-                                     for st, key, raw, reason, detail, off, _ in rejects])
+            await self._dead_letter(rejects)
+        if forgets:
+            await self._erase_dead_letters(forgets)
 
         # ---- apply: synchronous from here on -------------------------------------
         now = time.time()
-        for st, _key, _raw, reason, _detail, _off, etype in rejects:
-            st.dlq[reason] += 1
-            st.outcomes[(etype, "rejected")] += 1
+        for r in rejects:
+            r.st.dlq[r.reason] += 1
+            r.st.outcomes[(r.etype, "rejected")] += 1
+            if r.user is not None:
+                r.st.dlq_keys.setdefault(r.user, []).append(r.dlq_key)
         for st, ev in duplicates:
             st.outcomes[(ev.type, "duplicate")] += 1
-        by_state: dict[int, list[int]] = defaultdict(list)
-        for i, a in enumerate(accepted):
+        for a in forgets:
+            self._forget(a)
+        for a in forgotten:
             a.st.dedupe.add(a.ev.event_id)
+            a.st.outcomes[(a.ev.type, "forgotten")] += 1
+        by_state: dict[int, list[int]] = defaultdict(list)
+        for i, a in enumerate(live):
+            a.st.dedupe.add(a.ev.event_id)
+            if a.ev.ts > a.st.newest_ts:
+                a.st.newest_ts = a.ev.ts
             if i in parked:
-                a.st.parked.append(Parked(a.ev, a.offset, a.msg_ts, now, a.raw))
+                raw = self.pseudonymize.scrub(a.raw) or b"" if pseudo.enabled else a.raw
+                a.st.parked.append(Parked(a.ev, a.offset, a.msg_ts, now, raw))
             else:
                 by_state[a.st.partition].append(i)
-        self._apply_bandit(accepted)
-        self._apply_profiles({p: ([accepted[i].ev for i in rows], vectors[rows],
-                                  [accepted[i].msg_ts for i in rows])
+        for p, updates in rate_updates.items():
+            self.states[p].rate.commit(updates)
+        self._apply_bandit(live)
+        self._apply_profiles({p: ([live[i].ev for i in rows], vectors[rows],
+                                  [live[i].msg_ts for i in rows])
                               for p, rows in by_state.items()})
         for p, off in high.items():
             self.states[p].next_offset = off + 1
@@ -235,18 +311,54 @@ class Pipeline:
         self.metrics.batch_size.observe(len(records))
         self._refresh_sizes()
 
+    def _rate_cap(self, live: list[_Accepted], rejects: list[_Reject]):
+        """Split off events over a user's rate cap (they become ``rate_limited`` rejects)."""
+        if not self.s.rate_limit_events or not live:
+            return live, {}
+        by_p: dict[int, list[_Accepted]] = defaultdict(list)
+        for a in live:
+            by_p[a.st.partition].append(a)
+        kept: list[_Accepted] = []
+        updates = {}
+        for p, group in by_p.items():
+            allowed, updates[p] = self.states[p].rate.check([a.ev.user_id for a in group],
+                                                           [a.ev.ts for a in group])
+            for a, ok in zip(group, allowed):
+                if ok:
+                    kept.append(a)
+                else:
+                    rejects.append(_Reject(a.st, a.ev.user_id.encode(), a.raw, "rate_limited",
+                                           f"over {self.s.rate_limit_events} events per "
+                                           f"{self.s.rate_limit_window_ms} ms", a.offset, a.ev.type,
+                                           a.ev.user_id))
+        return kept, updates
+
+    def _forget(self, a: _Accepted) -> None:
+        """Erase a user from this partition's state and the users index; keep a tombstone."""
+        st, user = a.st, a.ev.user_id
+        st.erase(user)
+        self.users_index.remove([user])
+        st.tombstones[user] = max(a.ev.ts, st.tombstones.get(user, a.ev.ts))
+        st.dedupe.add(a.ev.event_id)
+        st.outcomes[("forget", "applied")] += 1
+        log.info("audit: forget user=%s partition=%d offset=%d ts=%d", user, st.partition, a.offset,
+                 a.ev.ts)
+
     def _apply_bandit(self, accepted: list[_Accepted]) -> None:
         """Bandit partials count every accepted event with an arm, parked or not."""
-        groups: dict[int, tuple[list[str], list[str]]] = {}
+        groups: dict[int, tuple[list[str], list[str], list[int], list[int | None]]] = {}
         for a in accepted:
             arm = a.ev.arm or a.ev.item_id
             if arm is None:
                 continue
-            arms, types = groups.setdefault(a.st.partition, ([], []))
+            arms, types, ts, ctx = groups.setdefault(a.st.partition, ([], [], [], []))
             arms.append(arm)
             types.append(a.ev.type)
-        for p, (arms, types) in groups.items():
-            self.states[p].arms.update(arms, types)
+            ts.append(a.ev.ts)  # event time: discounted counts (bandit_half_life_ms)
+            ctx.append(a.ev.position)  # per-context arms (bandit_context=position)
+        for p, (arms, types, ts, ctx) in groups.items():
+            self.states[p].arms.update(arms, types, ts=ts,
+                                       contexts=ctx if self.bp.context == "position" else None)
 
     def _apply_profiles(self, work: dict[int, tuple[list[Event], np.ndarray, list[int]]]) -> None:
         """Apply events to their partitions' profiles, then update the users index once."""
@@ -277,6 +389,32 @@ class Pipeline:
         latency = time.time() - np.asarray(msg_ts_all, dtype=np.float64) / 1000.0
         self.metrics.ingest_to_index.observe_many(np.maximum(latency, 0.0))
 
+    # ------------------------------------------------------------------ expiry
+    async def expire(self) -> int:
+        """Drop profiles idle longer than the TTL, in event time against each partition's newest
+        event (so a historic log replays with the same outcome as a live stream)."""
+        ttl = self.s.profile_ttl_ms
+        if not ttl:
+            return 0
+        removed = 0
+        async with self.lock:
+            for st in self.states.values():
+                if not st.newest_ts:
+                    continue
+                idle = st.profiles.idle(st.newest_ts - ttl)
+                for user in idle:
+                    st.profiles.remove(user)
+                    st.users.remove(user)
+                    st.rate.forget(user)
+                if idle:
+                    self.users_index.remove(idle)
+                    st.expired += len(idle)
+                    self._dirty.add(st.partition)
+                    removed += len(idle)
+            if removed:
+                self._refresh_sizes()
+        return removed
+
     # ------------------------------------------------------------------ parked events
     async def resolve_parked(self) -> None:
         async with self.lock:
@@ -303,16 +441,19 @@ class Pipeline:
             expired += [(st, pk, "park_overflow") for st, pk in waiting[:len(waiting) - self.s.max_parked]]
         if not ready and not expired:
             return
-        if expired:
-            await self._dead_letter([(pk.event.user_id.encode(), pk.raw, reason,
-                                      f"item {pk.event.item_id!r} unknown after {now - pk.parked_at:.1f}s",
-                                      st.partition, pk.offset) for st, pk, reason in expired])
+        dead = [_Reject(st, pk.event.user_id.encode(), pk.raw, reason,
+                        f"item {pk.event.item_id!r} unknown after {now - pk.parked_at:.1f}s",
+                        pk.offset, pk.event.type, pk.event.user_id, scrubbed=True)
+                for st, pk, reason in expired]
+        if dead:
+            await self._dead_letter(dead)
         # ---- apply: synchronous
         gone = {id(pk) for _, pk, _ in expired} | {id(pk) for pks in ready.values() for pk in pks}
-        for st, pk, reason in expired:
+        for r, (st, pk, reason) in zip(dead, expired):
             st.dedupe.discard(pk.event.event_id)
             st.dlq[reason] += 1
             st.outcomes[(pk.event.type, "rejected")] += 1
+            st.dlq_keys.setdefault(r.user, []).append(r.dlq_key)
         work = {}
         for p, pks in ready.items():
             vecs, _missing = self.catalog.vectors([pk.event.item_id for pk in pks])
@@ -325,15 +466,34 @@ class Pipeline:
         self._refresh_sizes()
 
     # ------------------------------------------------------------------ helpers
-    async def _dead_letter(self, items: list[tuple[bytes | None, bytes, str, str, int, int]]) -> None:
+    async def _dead_letter(self, rejects: list[_Reject]) -> None:
+        """Send rejects to the DLQ: key ``user/partition/offset`` (unique, so a user's records
+        can be erased one by one through log compaction), headers with reason and source."""
         if self.send_dlq is None:
             raise RuntimeError("no dead-letter sender configured")
-        await asyncio.gather(*(
-            self.send_dlq(key, raw, [("reason", reason.encode()), ("detail", detail.encode()[:500]),
-                                     ("source_topic", self.s.events_topic.encode()),
-                                     ("source_partition", str(p).encode()),
-                                     ("source_offset", str(off).encode())])
-            for key, raw, reason, detail, p, off in items))
+        sends = []
+        for r in rejects:
+            if r.user is None:
+                r.user = _user_of(r.raw, self.pseudonymize)
+            value = (self.pseudonymize.scrub(r.raw) if self.pseudonymize.enabled and not r.scrubbed
+                     else r.raw)
+            r.dlq_key = f"{r.user or '?'}/{r.st.partition}/{r.offset}".encode()
+            headers = [("reason", r.reason.encode()), ("detail", r.detail.encode()[:500]),
+                       ("source_topic", self.s.events_topic.encode()),
+                       ("source_partition", str(r.st.partition).encode()),
+                       ("source_offset", str(r.offset).encode())]
+            if self.pseudonymize.enabled:
+                headers.append((HASHED_HEADER, b"1"))
+            else:
+                headers.append(("source_key", r.key or b""))
+            sends.append(self.send_dlq(r.dlq_key, value, headers))
+        await asyncio.gather(*sends)
+
+    async def _erase_dead_letters(self, forgets: list[_Accepted]) -> None:
+        """Tombstones for every DLQ record of the users being forgotten (compaction erases them)."""
+        keys = [k for a in forgets for k in a.st.dlq_keys.get(a.ev.user_id, ())]
+        if keys and self.send_dlq is not None:
+            await asyncio.gather(*(self.send_dlq(k, None, [("reason", b"erased")]) for k in keys))
 
     def _refresh_sizes(self) -> None:
         self.metrics.index_vectors.labels("users").set(len(self.users_index))

@@ -254,7 +254,7 @@ def load_items(path: Path | str, *, bootstrap: str, topic: str = "items", progre
 
 
 def create_topics(bootstrap: str, topics: Mapping[str, int], replication: int = 1,
-                  timeout_s: float = 30) -> None:
+                  timeout_s: float = 30, client_config: Mapping | None = None) -> None:
     """Create missing topics with the given partition counts; wait for the broker up to timeout_s.
 
     Existing topics are left alone (their partition count is not changed).
@@ -282,7 +282,8 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], replication: int = 
         try:
             ms = max(1000, int(remaining * 1000))
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="profiles-admin",
-                                     bootstrap_timeout_ms=ms, request_timeout_ms=min(ms, 30000))
+                                     bootstrap_timeout_ms=ms, request_timeout_ms=min(ms, 30000),
+                                     **dict(client_config or {}))
             existing = set(admin.list_topics())
             missing = {t: p for t, p in topics.items() if t not in existing}
             if missing:

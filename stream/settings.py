@@ -25,8 +25,14 @@ class Secret(str):
     def __repr__(self) -> str:
         return "Secret('**********')" if self else "Secret('')"
 
+    def __str__(self) -> str:
+        return "**********" if self else ""
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
     def reveal(self) -> str:
-        return str.__str__(self)
+        return str.__str__(self)  # the plain value (str's own __str__, not the masked one)
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -63,6 +69,15 @@ class Settings:
     prior_alpha: float = field(default=1.0, metadata={"help": "Beta prior alpha of a new arm"})
     prior_beta: float = field(default=1.0, metadata={"help": "Beta prior beta of a new arm"})
     explore_weight: float = field(default=0.2, metadata={"help": "weight of the Thompson draw in re-ranking"})
+    bandit_policy: str = field(
+        default="thompson",
+        metadata={"help": "re-ranking policy: thompson, ucb1[:c=2], egreedy[:epsilon=0.1]"},
+    )
+    bandit_half_life_ms: float = field(
+        default=0.0, metadata={"help": "half-life of bandit counts in event time (ms); 0 = no discounting"})
+    bandit_context: str = field(default="", metadata={"help": "per-context arms: '' (none) or 'position'"})
+    bandit_top_arms: int = field(default=20, metadata={"help": "arms exported as per-arm metrics (top by impressions)"})
+    decisions_topic: str = field(default="", metadata={"help": "log served rankings to this topic ('' = off)"})
     seed: int = field(default=42, metadata={"help": "seed of every random generator"})
     batch_size: int = field(default=500, metadata={"help": "max events per micro-batch"})
     batch_max_wait_s: float = field(default=0.05, metadata={"help": "max seconds a micro-batch waits to fill"})
@@ -82,6 +97,24 @@ class Settings:
     dedupe_window: int = field(default=1_000_000, metadata={"help": "event ids remembered per partition"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
     fetch_max_wait_ms: int = field(default=50, metadata={"help": "longest a Fetch waits for new data"})
+    # -- privacy and protection (README, "Privacy and failure") ------------------
+    id_secret: Secret = field(default=Secret(""), metadata={
+        "help": "HMAC-SHA256 key: user ids are pseudonymised at ingest (empty: raw ids are stored)"})
+    api_token: Secret = field(default=Secret(""), metadata={
+        "help": "bearer token required by the HTTP API except /metrics and /healthz (empty: open)"})
+    profile_ttl_ms: int = field(default=0, metadata={
+        "help": "drop profiles idle this long in event time vs the newest event (0: keep)"})
+    rate_limit_events: int = field(default=0, metadata={
+        "help": "max events per user per rate window of event time (0: no cap)"})
+    rate_limit_window_ms: int = field(default=60_000, metadata={"help": "the rate window (event time, ms)"})
+    advertised_url: str = field(default="", metadata={
+        "help": "URL other workers use to reach this one (default http://http_host:http_port)"})
+    security_protocol: str = field(default="PLAINTEXT", metadata={
+        "help": "Kafka security: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"})
+    sasl_mechanism: str = field(default="PLAIN", metadata={"help": "Kafka SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"})
+    sasl_username: str = field(default="", metadata={"help": "Kafka SASL user"})
+    sasl_password: Secret = field(default=Secret(""), metadata={"help": "Kafka SASL password"})
+    ssl_cafile: str = field(default="", metadata={"help": "CA bundle for Kafka TLS"})
     log_level: str = field(default="info", metadata={"help": "log level"})
 
     # -- derived, validated views ------------------------------------------------
@@ -92,6 +125,9 @@ class Settings:
         return _weights(self.reward_weights)
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # flags and overrides arrive as plain str: keep secrets masked
+            if isinstance(f.default, Secret) and not isinstance(getattr(self, f.name), Secret):
+                object.__setattr__(self, f.name, Secret(getattr(self, f.name) or ""))
         problems = []
         for name in ("half_life_ms", "snapshot_interval_s", "batch_max_wait_s", "park_timeout_s", "session_timeout_s"):
             value = getattr(self, name)
@@ -100,12 +136,35 @@ class Settings:
         for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.bandit_half_life_ms) and self.bandit_half_life_ms >= 0):
+            problems.append(f"bandit_half_life_ms must be >= 0 (0 = off), got {self.bandit_half_life_ms}")
+        if self.bandit_context not in ("", "position"):
+            problems.append(f"bandit_context must be '' or 'position', got {self.bandit_context!r}")
+        if self.bandit_top_arms < 0:
+            problems.append(f"bandit_top_arms must be >= 0, got {self.bandit_top_arms}")
+        try:
+            from stream.core.policies import parse_policy
+
+            parse_policy(self.bandit_policy)
+        except ValueError as exc:
+            problems.append(f"bandit_policy: {exc}")
         if not 0 <= self.explore_weight <= 1:
             problems.append(f"explore_weight must be in [0, 1], got {self.explore_weight}")
         if not 0 < self.http_port < 65536:
             problems.append(f"http_port must be in 1..65535, got {self.http_port}")
         if self.encoder_device not in ("auto", "cpu", "cuda"):
             problems.append(f"encoder_device must be auto, cpu or cuda, got {self.encoder_device!r}")
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            problems.append(f"security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "
+                            f"got {self.security_protocol!r}")
+        if self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            problems.append(f"sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, "
+                            f"got {self.sasl_mechanism!r}")
+        for name in ("profile_ttl_ms", "rate_limit_events"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.rate_limit_window_ms < 1:
+            problems.append(f"rate_limit_window_ms must be >= 1, got {self.rate_limit_window_ms}")
         if self.encoder_kind not in ("transformer", "hashing"):
             problems.append(f"encoder_kind must be transformer or hashing, got {self.encoder_kind!r}")
         for name in ("event_weights", "reward_weights"):
@@ -142,11 +201,37 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
-        return {self.env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[self.env_name(f.name)] = value.reveal() if isinstance(value, Secret) else str(value)
+        return out
+
+    def public_url(self) -> str:
+        return self.advertised_url or f"http://{self.http_host}:{self.http_port}"
+
+    def kafka_security(self, client: str = "kafka-python") -> dict[str, Any]:
+        """SASL/SSL options for kafka-python or aiokafka clients (empty for PLAINTEXT)."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=self.sasl_password.reveal())
+        if self.security_protocol.endswith("SSL"):
+            if client == "aiokafka":
+                from aiokafka.helpers import create_ssl_context
+
+                opts["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile or None)
+            elif self.ssl_cafile:
+                opts["ssl_cafile"] = self.ssl_cafile
+        return opts
 
 
 def _convert(f: dataclasses.Field, raw: str) -> Any:
     kind = type(f.default)
+    if kind is Secret:
+        return Secret(raw)
     try:
         if kind is bool:
             return raw.strip().lower() in ("1", "true", "yes", "on")

@@ -21,6 +21,7 @@ from pathlib import Path
 from stream.core.bandit import ArmStats, BanditParams
 from stream.core.events import Event
 from stream.core.profile import ProfileParams, ProfileTable, UserStats
+from stream.core.ratelimit import RateCap
 from stream.errors import StateError
 
 SNAPSHOT_VERSION = 1
@@ -84,12 +85,26 @@ class PartitionState:
     outcomes: Counter = field(default_factory=Counter)  # (type, outcome) -> n
     dlq: Counter = field(default_factory=Counter)  # reason -> n
     model: str = ""  # encoder fingerprint the vectors were made with
+    rate: RateCap = field(default_factory=lambda: RateCap(0, 1))
+    tombstones: dict[str, int] = field(default_factory=dict)  # user -> ts of their forget
+    dlq_keys: dict[str, list[bytes]] = field(default_factory=dict)  # user -> keys of their DLQ records
+    newest_ts: int = 0  # newest event time applied (TTL is measured against it)
+    expired: int = 0  # profiles removed by the TTL
 
     @classmethod
     def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
-              dedupe: int, model: str) -> PartitionState:
+              dedupe: int, model: str, rate_limit: int = 0, rate_window_ms: int = 1) -> PartitionState:
         return cls(partition, ProfileTable(dim, pp), UserStats(pp), ArmStats(bp), DedupeWindow(dedupe),
-                   model=model)
+                   model=model, rate=RateCap(rate_limit, rate_window_ms))
+
+    def erase(self, user: str) -> None:
+        """Remove every trace of ``user`` from this partition's state (not the tombstone)."""
+        self.profiles.remove(user)
+        self.users.remove(user)
+        self.rate.forget(user)
+        self.dlq_keys.pop(user, None)
+        if any(pk.event.user_id == user for pk in self.parked):
+            self.parked = [pk for pk in self.parked if pk.event.user_id != user]
 
     def to_dict(self) -> dict:
         return {
@@ -104,10 +119,16 @@ class PartitionState:
             "parked": [(p.event, p.offset, p.msg_ts, p.parked_at, p.raw) for p in self.parked],
             "outcomes": dict(self.outcomes),
             "dlq": dict(self.dlq),
+            "rate": self.rate.state(),
+            "tombstones": dict(self.tombstones),
+            "dlq_keys": dict(self.dlq_keys),
+            "newest_ts": self.newest_ts,
+            "expired": self.expired,
         }
 
     @classmethod
-    def from_dict(cls, d: dict, dim: int, pp: ProfileParams, bp: BanditParams, dedupe: int) -> PartitionState:
+    def from_dict(cls, d: dict, dim: int, pp: ProfileParams, bp: BanditParams, dedupe: int,
+                  rate_limit: int = 0, rate_window_ms: int = 1) -> PartitionState:
         if d.get("version") != SNAPSHOT_VERSION:
             raise StateError(f"snapshot version {d.get('version')} is not {SNAPSHOT_VERSION}")
         return cls(
@@ -121,6 +142,11 @@ class PartitionState:
             outcomes=Counter(d["outcomes"]),
             dlq=Counter(d["dlq"]),
             model=d["model"],
+            rate=RateCap.from_state(d.get("rate", {}), rate_limit, rate_window_ms),
+            tombstones=dict(d.get("tombstones", {})),
+            dlq_keys=dict(d.get("dlq_keys", {})),
+            newest_ts=d.get("newest_ts", 0),
+            expired=d.get("expired", 0),
         )
 
 

@@ -3,6 +3,17 @@
 Each worker keeps one :class:`ArmStats` per Kafka partition it owns.  Impressions and
 rewards are plain sums, so the posterior over the whole stream is the element-wise sum of
 the partials: several workers (any partition assignment) answer exactly as one would.
+
+Discounting (``BanditParams.half_life_ms``): an event at time ``ts`` counts
+``2^((ts - T)/H)`` at time ``T``.  A partial stores its counts *as of its anchor* (the newest
+event time it has seen), like a profile: a newer event rescales the table by
+``2^((old - new)/H)`` and moves the anchor, so epoch-ms times never overflow.  Two partials
+merge by bringing both to the later anchor and adding, which is exact in real arithmetic, so
+discounted partials stay mergeable and order-independent (to float rounding).
+
+Per-context arms (``BanditParams.context = "position"``): each event is also counted under
+the key ``context_arm(arm, ctx)`` in a second table, so ``counts(arm)`` keeps the global
+totals and ``counts(arm, context=ctx)`` the contextual ones.
 """
 
 from __future__ import annotations
@@ -10,12 +21,19 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"click": 1.0, "add_to_cart": 0.0, "purchase": 0.0}
+CONTEXTS: tuple[str, ...] = ("", "position")
+CONTEXT_SEP = "@"
+
+
+def context_arm(arm: str, context: object) -> str:
+    """Key of ``arm`` within a context, e.g. ``context_arm("i7", 2) == "i7@2"``."""
+    return f"{arm}{CONTEXT_SEP}{context}"
 
 
 def _finite_nonneg(x: object) -> bool:
@@ -32,8 +50,21 @@ class BanditParams:
         default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS)
     )
     impression_types: tuple[str, ...] = ("view",)
+    #: half-life of counts in event time (ms); None = no discounting (plain counts)
+    half_life_ms: float | None = None
+    #: "" = one table of arms; "position" = also count per (arm, position)
+    context: str = ""
 
     def __post_init__(self) -> None:
+        if self.half_life_ms is not None and not (
+            isinstance(self.half_life_ms, (int, float)) and math.isfinite(self.half_life_ms)
+            and self.half_life_ms > 0
+        ):
+            raise ValueError(
+                f"half_life_ms must be None (no discounting) or a finite number > 0, "
+                f"got {self.half_life_ms!r}")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}")
         for name in ("prior_alpha", "prior_beta"):
             v = getattr(self, name)
             if not _finite_nonneg(v) or v == 0:
@@ -49,6 +80,8 @@ class BanditParams:
             self, "reward_weights", {str(k): float(v) for k, v in self.reward_weights.items()}
         )
         object.__setattr__(self, "impression_types", tuple(str(t) for t in self.impression_types))
+        if self.half_life_ms is not None:
+            object.__setattr__(self, "half_life_ms", float(self.half_life_ms))
 
 
 class ArmStats:
@@ -61,6 +94,33 @@ class ArmStats:
         self._rew = np.zeros(cap, dtype=np.float64)
         self._index: dict[str, int] = {}
         self._names: list[str] = []
+        #: event time (ms) the counts are expressed at; only used with discounting
+        self.anchor: float | None = None
+        #: per-context counts (keys ``context_arm(arm, ctx)``), when params.context is set
+        self.contextual: ArmStats | None = None
+
+    @property
+    def discounted(self) -> bool:
+        return self.params.half_life_ms is not None
+
+    def _align(self, anchor: float | None) -> None:
+        """Move this table's anchor forward to ``anchor`` (rescaling its counts)."""
+        if anchor is None or not self.discounted:
+            return
+        if self.anchor is None:
+            self.anchor = float(anchor)
+        elif anchor > self.anchor:
+            n = len(self._names)
+            f = 2.0 ** ((self.anchor - anchor) / self.params.half_life_ms)
+            self._imp[:n] *= f
+            self._rew[:n] *= f
+            self.anchor = float(anchor)
+
+    def _decay_to(self, anchor: float | None) -> np.ndarray:
+        """Per-event factor 2^((ts - anchor)/H) that brings counts made at ``anchor`` to ours."""
+        if not self.discounted or anchor is None or self.anchor is None:
+            return np.float64(1.0)
+        return np.float64(2.0 ** ((float(anchor) - self.anchor) / self.params.half_life_ms))
 
     def _grow(self, need: int) -> None:
         cap = len(self._imp)
@@ -97,23 +157,54 @@ class ArmStats:
         self._imp[:n] += np.bincount(rows, weights=imp, minlength=n)
         self._rew[:n] += np.bincount(rows, weights=rew, minlength=n)
 
-    def update(self, arms: Sequence[str], types: Sequence[str]) -> ArmStats:
-        """Count a batch of events: +1 impression for impression types, +reward_weights[type]."""
+    def update(self, arms: Sequence[str], types: Sequence[str],
+               ts: Sequence[float] | np.ndarray | None = None,
+               contexts: Sequence[object] | None = None) -> ArmStats:
+        """Count a batch of events: +1 impression for impression types, +reward_weights[type].
+
+        With discounting each event counts ``2^((ts - anchor)/H)`` (``ts`` required, epoch ms);
+        with a context each event is also counted under ``context_arm(arm, ctx)`` (events whose
+        context is None only count globally).
+        """
         if len(arms) != len(types):
             raise ValueError(f"{len(arms)} arms but {len(types)} types")
         if not len(arms):
             return self
+        decay = None
+        if self.discounted:
+            if ts is None or len(ts) != len(arms):
+                raise ValueError("discounted counts need one event time (ts, ms) per event")
+            t = np.asarray(ts, dtype=np.float64).reshape(-1)
+            if not np.isfinite(t).all():
+                raise ValueError("event times must be finite")
+            self._align(float(t.max()))
+            decay = np.exp2((t - self.anchor) / self.params.half_life_ms)
+        if self.params.context and contexts is not None:
+            if len(contexts) != len(arms):
+                raise ValueError(f"{len(arms)} arms but {len(contexts)} contexts")
+            keep = [i for i, c in enumerate(contexts) if c is not None]
+            if keep:
+                if self.contextual is None:
+                    self.contextual = ArmStats(replace(self.params, context=""))
+                self.contextual.update([context_arm(arms[i], contexts[i]) for i in keep],
+                                       [types[i] for i in keep],
+                                       None if ts is None else [ts[i] for i in keep])
         # Map the few distinct type names once, then index: no per-event dict work.
         utypes, tinv = np.unique(np.asarray(types, dtype=object).astype(str), return_inverse=True)
         imp_of = np.array([t in self.params.impression_types for t in utypes], dtype=np.float64)
         rw = self.params.reward_weights
         rew_of = np.array([rw.get(t, 0.0) for t in utypes], dtype=np.float64)
         tinv = tinv.reshape(-1)
-        self._scatter(self._rows(arms), imp_of[tinv], rew_of[tinv])
+        imp, rew = imp_of[tinv], rew_of[tinv]
+        if decay is not None:
+            imp, rew = imp * decay, rew * decay
+        self._scatter(self._rows(arms), imp, rew)
         return self
 
-    def add(self, arms: Sequence[str], impressions: np.ndarray, rewards: np.ndarray) -> ArmStats:
-        """Add raw counts per arm (arms may repeat)."""
+    def add(self, arms: Sequence[str], impressions: np.ndarray, rewards: np.ndarray,
+            anchor: float | None = None) -> ArmStats:
+        """Add raw counts per arm (arms may repeat); with discounting, counts are as of
+        ``anchor`` (event time, ms) and are brought to this table's anchor."""
         imp = np.asarray(impressions, dtype=np.float64).reshape(-1)
         rew = np.asarray(rewards, dtype=np.float64).reshape(-1)
         if imp.shape[0] != len(arms) or rew.shape[0] != len(arms):
@@ -123,38 +214,69 @@ class ArmStats:
         if not (np.isfinite(imp).all() and np.isfinite(rew).all()):
             raise ValueError("impressions and rewards must be finite")
         if len(arms):
+            if self.discounted and anchor is not None:
+                self._align(anchor)
+                f = self._decay_to(anchor)
+                imp, rew = imp * f, rew * f
             self._scatter(self._rows(arms), imp, rew)
         return self
+
+    def _add_table(self, other: ArmStats, arms: Sequence[str] | None = None) -> None:
+        n = len(other)
+        if arms is None:
+            self.add(other._names, other._imp[:n], other._rew[:n], anchor=other.anchor)
+        else:
+            rows = [other._index[a] for a in arms if a in other._index]
+            self.add([other._names[r] for r in rows], other._imp[rows], other._rew[rows],
+                     anchor=other.anchor)
+            self._align(other.anchor)  # an empty subset still moves the time forward
+        if other.contextual is not None and arms is None:
+            if self.contextual is None:
+                self.contextual = ArmStats(other.contextual.params)
+            self.contextual._add_table(other.contextual)
 
     def merge(self, other: ArmStats) -> ArmStats:
         """A NEW ArmStats equal to self + other (partials are mergeable)."""
         if other.params != self.params:
             raise ValueError("cannot merge ArmStats with different BanditParams")
         out = ArmStats(self.params, capacity=len(self) + len(other))
-        out.add(self._names, self._imp[: len(self)], self._rew[: len(self)])
-        out.add(other._names, other._imp[: len(other)], other._rew[: len(other)])
+        out._add_table(self)
+        out._add_table(other)
         return out
 
     @classmethod
-    def merged(cls, parts: Iterable[ArmStats], params: BanditParams) -> ArmStats:
-        """Sum of any number of partials (empty -> empty table)."""
+    def merged(cls, parts: Iterable[ArmStats], params: BanditParams,
+               arms: Sequence[str] | None = None) -> ArmStats:
+        """Sum of any number of partials (empty -> empty table); ``arms``: only these arms
+        (and no contextual table), which is what a request needs."""
         out = cls(params)
         for p in parts:
             if p.params != params:
                 raise ValueError("cannot merge ArmStats with different BanditParams")
-            out.add(p._names, p._imp[: len(p)], p._rew[: len(p)])
+            out._add_table(p, arms)
         return out
 
-    def counts(self, arm: str) -> tuple[float, float]:
-        """(impressions, rewards); (0, 0) for an unknown arm."""
+    def counts(self, arm: str, context: object = None, at: float | None = None
+               ) -> tuple[float, float]:
+        """(impressions, rewards); (0, 0) for an unknown arm.  ``context``: the counts of
+        ``arm`` in that context (needs ``params.context``); ``at``: discounted counts as of
+        event time ``at`` (ms, default the anchor; earlier times are not extrapolated)."""
+        if context is not None:
+            if self.contextual is None:
+                return 0.0, 0.0
+            return self.contextual.counts(context_arm(arm, context), at=at)
         r = self._index.get(arm)
         if r is None:
             return 0.0, 0.0
-        return float(self._imp[r]), float(self._rew[r])
+        imp, rew = float(self._imp[r]), float(self._rew[r])
+        if at is not None and self.discounted and self.anchor is not None and at > self.anchor:
+            f = 2.0 ** ((self.anchor - at) / self.params.half_life_ms)
+            imp, rew = imp * f, rew * f
+        return imp, rew
 
-    def posterior(self, arm: str) -> tuple[float, float]:
+    def posterior(self, arm: str, context: object = None) -> tuple[float, float]:
         """Beta(alpha, beta) = (prior_alpha + rewards, prior_beta + max(impressions - rewards, 0))."""
-        imp, rew = self.counts(arm)
+        imp, rew = self.counts(arm, context)
         return self.params.prior_alpha + rew, self.params.prior_beta + max(imp - rew, 0.0)
 
     def posteriors(self, arms: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -188,13 +310,19 @@ class ArmStats:
         n = len(self)
         return dict(zip(self._names, zip(self._imp[:n].tolist(), self._rew[:n].tolist())))
 
-    def state(self) -> dict[str, np.ndarray | list]:
+    def state(self) -> dict[str, Any]:
         n = len(self)
-        return {
+        out: dict[str, Any] = {
             "arms": list(self._names),
             "impressions": self._imp[:n].copy(),
             "rewards": self._rew[:n].copy(),
         }
+        # optional keys only when used, so plain snapshots keep their old shape
+        if self.anchor is not None:
+            out["anchor"] = self.anchor
+        if self.contextual is not None:
+            out["contextual"] = self.contextual.state()
+        return out
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: BanditParams) -> ArmStats:
@@ -202,7 +330,15 @@ class ArmStats:
         if len(set(arms)) != len(arms):
             raise ValueError("state has duplicate arms")
         out = cls(params, capacity=max(len(arms), 1))
-        return out.add(arms, state["impressions"], state["rewards"])
+        anchor = state.get("anchor")
+        out.add(arms, state["impressions"], state["rewards"],
+                anchor=None if anchor is None else float(anchor))
+        if out.discounted and anchor is not None:
+            out.anchor = float(anchor)
+        ctx = state.get("contextual")
+        if ctx is not None:
+            out.contextual = cls.from_state(ctx, replace(params, context=""))
+        return out
 
 
 def thompson_scores(

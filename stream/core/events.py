@@ -33,7 +33,9 @@ __all__ = [
     "encode_event",
 ]
 
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search")
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search", "forget")
+# Types that carry no item: a search has a query; a forget erases the user (right to erasure).
+_NO_ITEM_TYPES = frozenset(("search", "forget"))
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 
 REASONS: tuple[str, ...] = (
@@ -211,7 +213,7 @@ def decode_event(raw: bytes, msg_ts_ms: int | None, limits: Limits) -> Event | R
         item_id = _id(item_id, "item_id", limits, True)
         if type(item_id) is Reject:
             return item_id
-    elif etype != "search":
+    elif etype not in _NO_ITEM_TYPES:
         return Reject("missing_field", f"missing required field 'item_id' for type '{etype}'")
 
     query = get("query")

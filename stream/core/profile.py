@@ -218,6 +218,13 @@ class ProfileTable:
         heapq.heappush(self._free, row)
         return True
 
+    def idle(self, cutoff_ts: int) -> list[str]:
+        """Users whose newest event (their anchor) is older than ``cutoff_ts`` (vectorised scan)."""
+        live = self._anchor[: self._next]
+        rows = np.flatnonzero((live != _NO_ANCHOR) & (live < cutoff_ts))
+        names = self._names
+        return [names[r] for r in rows.tolist() if names[r] is not None]
+
     def __contains__(self, user: object) -> bool:
         return user in self._index
 

@@ -52,6 +52,8 @@ WORKER_METRICS = {
     "profiles_snapshots": "counter",
     "profiles_snapshot_seconds": "histogram",
     "profiles_ready": "gauge",
+    "profiles_forget": "counter",
+    "profiles_expired": "counter",
     # prometheus_client's ProcessCollector
     "process_cpu_seconds": "counter",
     "process_max_fds": "gauge",
@@ -388,13 +390,98 @@ def test_dashboard_panels_all_query_prometheus(dashboard):
 
 def test_dashboard_has_the_agreed_panels(dashboard):
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    for needle in ("rate(profiles_events_total[1m])", "profiles_ingest_to_index_seconds_bucket",
-                   "profiles_consumer_lag", "profiles_dlq_total", "profiles_index_vectors",
+    for needle in ("sum by (type, outcome) (rate(profiles_events_total[$__rate_interval]))",
+                   "profiles_ingest_to_index_seconds_bucket", "profiles_consumer_lag",
+                   "profiles_dlq_total", "profiles_index_vectors",
                    "profiles_bandit_impressions_total", "profiles_bandit_rewards_total",
                    "profiles_batch_size", "profiles_encoder_seconds_bucket",
-                   "process_resident_memory_bytes"):
+                   "profiles_encoder_errors_total", "process_resident_memory_bytes",
+                   "process_cpu_seconds_total"):
         assert needle in exprs, needle
-    assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
+    for q in ("0.5", "0.95", "0.99"):
+        assert (f"histogram_quantile({q}, sum by (le) "
+                "(rate(profiles_ingest_to_index_seconds_bucket[$__rate_interval])))") in exprs, q
+
+
+# Grafana variables a panel may use, and what they stand for in PromQL (for checks only).
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+
+
+def padding_problems(expr: str) -> list[str]:
+    """Why a panel query could return data without the worker having produced it.
+
+    Forbidden: ``or`` (as in ``or vector(0)``), ``vector(...)``, ``absent(...)``, any
+    sub-expression with no metric selector (a bare number or constant), and metrics the worker
+    does not export.
+    """
+    e = expr
+    for var, value in GRAFANA_VARIABLES.items():
+        e = e.replace(var, value)
+    problems = []
+    if re.search(r"\bor\b", re.sub(r'"(?:[^"\\]|\\.)*"', '""', e)):
+        problems.append("uses `or` (padding)")
+    for fn in ("vector", "absent", "absent_over_time", "scalar", "time"):
+        if re.search(rf"\b{fn}\s*\(", e):
+            problems.append(f"uses {fn}()")
+    names = metric_names(e)
+    if not names:
+        problems.append("selects no metric (a constant)")
+    if names - EXPORTED:
+        problems.append(f"selects {sorted(names - EXPORTED)}, not exported by the worker")
+    # every operand of a binary operator at the top level must select a metric
+    depth, start, parts = 0, 0, []
+    for i, ch in enumerate(e):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth == 0 and ch in "+-*/%^" and not (ch == "-" and e[i + 1:i + 2].isdigit()
+                                                 and e[:i].rstrip().endswith(("(", ","))):
+            parts.append(e[start:i])
+            start = i + 1
+    parts.append(e[start:])
+    for part in parts:
+        if part.strip() and not metric_names(part):
+            problems.append(f"operand {part.strip()!r} is a constant")
+    return problems
+
+
+def test_padding_check_catches_padding():
+    assert padding_problems("sum(rate(profiles_dlq_total[$__rate_interval]))") == []
+    assert padding_problems("sum(rate(profiles_dlq_total[5m])) or vector(0)")
+    assert padding_problems("sum(rate(profiles_dlq_total[5m])) + 0")
+    assert padding_problems("vector(1)")
+    assert padding_problems("42")
+    assert padding_problems("sum(up{job=\"profiles\"}) or on() absent(up{job=\"profiles\"})")
+    assert padding_problems("sum(nonexistent_metric)")
+
+
+def test_dashboard_queries_are_not_padded(dashboard):
+    for p in dashboard["panels"]:
+        for t in p["targets"]:
+            assert not padding_problems(t["expr"]), (p["title"], t["expr"], padding_problems(t["expr"]))
+
+
+def test_operations_doc_covers_every_panel_and_alert(dashboard, rules):
+    # docs/operations.md (or the README, once merged) documents each query and alert verbatim.
+    text = "\n".join(f.read_text() for f in (ROOT / "README.md", ROOT / "docs" / "operations.md")
+                     if f.is_file())
+    for p in dashboard["panels"]:
+        assert p["title"] in text, f"panel {p['title']!r} not documented"
+        for t in p["targets"]:
+            assert t["expr"] in text, f"query of panel {p['title']!r} not documented: {t['expr']}"
+    for r in rules:
+        assert r["alert"] in text, f"alert {r['alert']} not documented"
+
+
+def test_gpu_override_changes_only_the_worker(services):
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    assert set(gpu) == {"worker"}
+    w = gpu["worker"]
+    assert "download.pytorch.org/whl/cu" in w["build"]["args"]["TORCH_INDEX"]
+    assert "TORCH_INDEX" in DOCKERFILE.read_text()
+    assert w["environment"]["PROFILES_ENCODER_DEVICE"] == "cuda"
+    devices = w["deploy"]["resources"]["reservations"]["devices"]
+    assert devices and all("gpu" in d["capabilities"] for d in devices)
+    assert w["image"] != services["worker"]["image"]
 
 
 # ---------------------------------------------------------------------------- promtool
@@ -427,62 +514,24 @@ def test_promtool_check_rules():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+PROM_TESTS = ROOT / "deploy" / "prometheus" / "tests" / "profiles_test.yml"
+
+
 @promtool
-def test_promtool_alert_unit_tests(tmp_path):
-    inst = {"job": "profiles", "instance": "worker:8080"}
-    labels = '{job="profiles", instance="worker:8080"}'
-    tests = {
-        "rule_files": [str(PROM_RULES_DIR / "profiles.yml")],
-        "evaluation_interval": "1m",
-        "tests": [
-            {   # worker down for 2 minutes: fires; never while it is up
-                "interval": "1m",
-                "input_series": [{"series": f"up{labels}", "values": "1 1 0 0 0 0"}],
-                "alert_rule_test": [
-                    {"eval_time": "1m", "alertname": "ProfilesWorkerDown", "exp_alerts": []},
-                    {"eval_time": "5m", "alertname": "ProfilesWorkerDown", "exp_alerts": [{
-                        "exp_labels": dict(inst, severity="critical"),
-                        "exp_annotations": {
-                            "summary": "profiles worker worker:8080 is not answering scrapes",
-                            "description": "Prometheus has failed to scrape /metrics for over a minute.",
-                        }}]},
-                ],
-            },
-            {   # not ready for long enough: fires
-                "interval": "1m",
-                "input_series": [{"series": f"profiles_ready{labels}", "values": "0x10"}],
-                "alert_rule_test": [
-                    {"eval_time": "3m", "alertname": "ProfilesNotReady", "exp_alerts": []},
-                    {"eval_time": "6m", "alertname": "ProfilesNotReady", "exp_alerts": [{
-                        "exp_labels": dict(inst, severity="warning"),
-                        "exp_annotations": {
-                            "summary": "profiles worker worker:8080 has not been ready for 5 minutes",
-                            "description": "State recovery, the item catalogue catch-up or a "
-                                           "rebalance has not finished.",
-                        }}]},
-                ],
-            },
-            {   # lag above 10k for 10 minutes on one partition: fires for that partition only
-                "interval": "1m",
-                "input_series": [
-                    {"series": 'profiles_consumer_lag{job="profiles", instance="worker:8080", '
-                               'topic="events", partition="0"}', "values": "20000x15"},
-                    {"series": 'profiles_consumer_lag{job="profiles", instance="worker:8080", '
-                               'topic="events", partition="1"}', "values": "5x15"},
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "12m", "alertname": "ProfilesConsumerLagHigh", "exp_alerts": [{
-                        "exp_labels": {"topic": "events", "partition": "0", "severity": "warning"},
-                        "exp_annotations": {
-                            "summary": "consumer lag 20000 on events[0]",
-                            "description": "The worker is more than 10k events behind on this "
-                                           "partition for 10 minutes.",
-                        }}]},
-                ],
-            },
-        ],
-    }
-    path = tmp_path / "profiles_test.yml"
-    path.write_text(yaml.safe_dump(tests, sort_keys=False))
-    res = _promtool("test", "rules", str(path))
+def test_promtool_alert_unit_tests():
+    res = _promtool("test", "rules", str(PROM_TESTS))
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_silent(rules):
+    spec = yaml.safe_load(PROM_TESTS.read_text())
+    rule_files = [(PROM_TESTS.parent / f).resolve() for f in spec["rule_files"]]
+    assert rule_files == sorted(p.resolve() for p in PROM_RULES_DIR.glob("*.yml"))
+    fires, silent = set(), set()
+    for case in spec["tests"]:
+        for t in case.get("alert_rule_test", []):
+            (fires if t["exp_alerts"] else silent).add(t["alertname"])
+    names = {r["alert"] for r in rules}
+    assert names <= fires, f"never shown firing: {sorted(names - fires)}"
+    assert names <= silent, f"never shown silent: {sorted(names - silent)}"

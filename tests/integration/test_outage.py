@@ -1,0 +1,155 @@
+"""Broker outage: a fault-injecting proxy between every client and the broker drops all
+connections for 20 s in the middle of a replay.
+
+The test's own Tansu broker advertises the proxy's address, so after bootstrap the worker (its
+group consumer, its item-catalogue reader, its producer) and the replaying producer reach the
+broker only through the proxy.  The worker is never restarted: it must reconnect, rejoin its
+group and carry on by itself.  Afterwards the log holds every event exactly once, every event
+was applied exactly once and every profile equals the offline oracle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from stream.broker import free_port
+from stream.replay import create_topics, load_items, replay
+from stream.runner import WorkerProcess
+from stream.settings import Settings
+from tests.conftest import total_outcomes
+from tests.faultproxy import ProxiedBroker
+from tests.oracle import oracle_bandit, oracle_profiles
+
+pytestmark = pytest.mark.timeout(900)
+DEFAULTS = Settings()
+OUTAGE_S = 20.0
+
+
+def _read_log(bootstrap: str, topic: str, partitions: int, timeout_s: float = 120) -> Counter:
+    """event_id -> how many records of the topic carry it, read up to each Fetch high watermark
+    (Tansu's ListOffsets "latest" is not to be trusted)."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      fetch_max_wait_ms=100)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ids: Counter = Counter()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for msgs in c.poll(timeout_ms=200, max_records=5000).values():
+                ids.update(orjson.loads(m.value)["event_id"] for m in msgs)
+            if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
+                return ids
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {timeout_s}s")
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["refuse", "blackhole"])
+def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors, tmp_path):
+    ds, paths = dataset
+    n = len(ds.events)
+    tag = uuid.uuid4().hex[:10]
+    with ProxiedBroker(log_path=str(tmp_path / "broker.log"), mode=mode) as broker:
+        proxy = broker.proxy
+        settings = Settings.from_env(
+            {}, bootstrap_servers=broker.bootstrap, state_dir=str(tmp_path / "state"),
+            http_port=free_port(), session_timeout_s=6.0, events_topic=f"events-{tag}",
+            items_topic=f"items-{tag}", dlq_topic=f"events.dlq-{tag}", group_id=f"profiles-{tag}")
+        create_topics(broker.bootstrap, {settings.events_topic: settings.partitions,
+                                         settings.items_topic: 1, settings.dlq_topic: 1})
+        assert load_items(paths["items"], bootstrap=broker.bootstrap, topic=settings.items_topic,
+                          progress=False).sent == len(ds.items)
+        worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+        try:
+            worker.wait_ready(300)
+            pid = worker.proc.pid
+            result = {}
+
+            def produce() -> None:
+                # A resilient producer: idempotent (kafka-python's default with acks=all), retries
+                # without limit inside a delivery timeout far longer than the outage.
+                result["summary"] = replay(
+                    paths["events"], bootstrap=broker.bootstrap, topic=settings.events_topic,
+                    rate=1000, progress=False,
+                    producer_config={"retries": 2**31 - 1, "delivery_timeout_ms": 300_000,
+                                     "reconnect_backoff_max_ms": 500})
+
+            producer = threading.Thread(target=produce, daemon=True)
+            producer.start()
+            worker.wait_for(lambda: worker.stats().get("events_applied", 0) >= 0.25 * n, 300,
+                            "25% applied", interval=0.05)
+            dropped_before = proxy.dropped
+            proxy.drop_all(OUTAGE_S)
+            t_drop = time.monotonic()
+            applied_at_drop = worker.stats()["events_applied"]  # HTTP does not go through the proxy
+            assert 0.25 * n <= applied_at_drop < 0.75 * n, applied_at_drop
+            assert proxy.dropped - dropped_before >= 3, proxy  # worker + producer connections
+            # during the outage the worker stays up and serves what it has
+            deadline = t_drop + OUTAGE_S + 10
+            while proxy.down and time.monotonic() < deadline:
+                assert worker.alive(), f"worker died during the outage; log: {worker.log_path}"
+                assert worker.get("/healthz")[0] == 200
+                proxy.wait_restored(0.5)
+            assert proxy.wait_restored(0), "the proxy did not restore"
+            outage_s = time.monotonic() - t_drop
+            assert outage_s >= OUTAGE_S - 0.5
+            # the clients kept knocking while the broker was unreachable
+            assert proxy.refused + proxy.blackholed > 0, proxy
+
+            producer.join(300)
+            assert not producer.is_alive(), "the replay did not finish"
+            summary = result["summary"]
+            assert summary.sent == n and summary.failed == 0, summary
+
+            # the log holds each event exactly once (nothing lost, nothing doubled by retries)
+            in_log = _read_log(broker.bootstrap, settings.events_topic, settings.partitions)
+            assert sum(in_log.values()) == n and len(in_log) == n, \
+                (sum(in_log.values()), len(in_log), [i for i, c in in_log.items() if c > 1][:5])
+
+            worker.wait_for(lambda: total_outcomes(worker) == n, 600, "all outcomes after the outage")
+            recovered_s = time.monotonic() - t_drop
+            assert worker.alive() and worker.proc.pid == pid  # recovered by itself
+            worker.wait_ready(60)
+            stats = worker.stats()
+            assert stats["events_applied"] == n, stats
+            assert stats.get("events_duplicate", 0) == 0 and stats.get("events_rejected", 0) == 0, stats
+            assert sorted(int(p) for p in stats["partitions"]) == list(range(settings.partitions))
+            assert sum(stats["partitions"].values()) == n  # next_offset = end of every partition
+
+            item_vecs, query_vecs = oracle_vectors
+            expected = oracle_profiles(ds.events, item_vecs, query_vecs, DEFAULTS.event_weight_map(),
+                                       DEFAULTS.half_life_ms)
+            worst = 0.0
+            for user, want in expected.items():
+                body = worker.json(f"/users/{user}/profile?vector=1")
+                assert body["_status"] == 200, (user, body)
+                worst = max(worst, float(np.max(np.abs(np.asarray(body["vector"]) - want))))
+            assert worst <= 1e-5, worst
+            for arm, (imp, rew) in oracle_bandit(ds.events, DEFAULTS.reward_weight_map()).items():
+                if imp or rew:
+                    body = worker.json(f"/arms/{arm}")
+                    assert (body["impressions"], body["rewards"]) == (imp, rew), (arm, body)
+            print(f"outage ({mode}): dropped at {applied_at_drop}/{n} applied, outage {outage_s:.1f}s, "
+                  f"all applied {recovered_s:.1f}s after the drop; proxy {proxy}; "
+                  f"redelivered {_metric(worker, 'profiles_redelivered_total')}")
+        finally:
+            worker.kill()
+
+
+def _metric(worker, name: str) -> float | None:
+    for fam in worker.metrics().values():
+        for s in fam:
+            if s.name == name:
+                return s.value
+    return None
