@@ -32,7 +32,7 @@ from stream.core.profile import ProfileParams
 from stream.encoding import EncoderService
 from stream.errors import StateError
 from stream.metrics import Metrics
-from stream.privacy import HASHED_HEADER, Pseudonymizer
+from stream.privacy import HASHED_HEADER, Pseudonymizer, tombstone_key
 from stream.settings import Settings
 from stream.state import Parked, PartitionState, SnapshotStore
 
@@ -247,7 +247,7 @@ class Pipeline:
         for a in accepted:
             if a.ev.type == "forget":
                 continue
-            t = a.st.tombstones.get(a.ev.user_id)
+            t = a.st.tombstones.get(tombstone_key(a.ev.user_id)) if a.st.tombstones else None
             t2 = tomb.get((a.st.partition, a.ev.user_id)) if tomb else None
             if (t is not None and a.ev.ts <= t) or (t2 is not None and a.ev.ts <= t2):
                 forgotten.append(a)
@@ -338,11 +338,12 @@ class Pipeline:
         st, user = a.st, a.ev.user_id
         st.erase(user)
         self.users_index.remove([user])
-        st.tombstones[user] = max(a.ev.ts, st.tombstones.get(user, a.ev.ts))
+        tkey = tombstone_key(user)
+        st.tombstones[tkey] = max(a.ev.ts, st.tombstones.get(tkey, a.ev.ts))
         st.dedupe.add(a.ev.event_id)
         st.outcomes[("forget", "applied")] += 1
-        log.info("audit: forget user=%s partition=%d offset=%d ts=%d", user, st.partition, a.offset,
-                 a.ev.ts)
+        log.info("audit: forget user-hash=%s partition=%d offset=%d ts=%d", tkey, st.partition,
+                 a.offset, a.ev.ts)
 
     def _apply_bandit(self, accepted: list[_Accepted]) -> None:
         """Bandit partials count every accepted event with an arm, parked or not."""

@@ -16,6 +16,11 @@ import orjson
 HASHED_HEADER = "profiles-id-hashed"
 
 
+def tombstone_key(user_id: str) -> str:
+    """How a forgotten user is remembered: a one-way hash, never the id itself."""
+    return hashlib.sha256(user_id.encode()).hexdigest()[:32]
+
+
 class Pseudonymizer:
     def __init__(self, secret: str, cache_size: int = 200_000) -> None:
         self._key = secret.encode() if secret else b""

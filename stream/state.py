@@ -86,7 +86,7 @@ class PartitionState:
     dlq: Counter = field(default_factory=Counter)  # reason -> n
     model: str = ""  # encoder fingerprint the vectors were made with
     rate: RateCap = field(default_factory=lambda: RateCap(0, 1))
-    tombstones: dict[str, int] = field(default_factory=dict)  # user -> ts of their forget
+    tombstones: dict[str, int] = field(default_factory=dict)  # tombstone_key(user) -> forget ts
     dlq_keys: dict[str, list[bytes]] = field(default_factory=dict)  # user -> keys of their DLQ records
     newest_ts: int = 0  # newest event time applied (TTL is measured against it)
     expired: int = 0  # profiles removed by the TTL
