@@ -17,6 +17,7 @@ from aiohttp import web
 from faust.types import TP
 
 from stream.pipeline import Pipeline
+from stream.routing import Router
 from stream.settings import Settings
 
 log = logging.getLogger("stream.app")
@@ -80,6 +81,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         producer_acks=-1,
         loghandlers=[],
         broker_credentials=broker_credentials(s),
+        canonical_url=s.public_url(),  # spread to the group: partition -> owner's HTTP URL
     )
     events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, partitions=s.partitions)
     dlq = app.topic(s.dlq_topic, key_type=bytes, value_type=bytes, partitions=1)
@@ -99,6 +101,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
 
     pipeline.send_dlq = send_dlq
     pipeline.publish_event = publish_event
+    pipeline.router = Router(app, s.events_topic, s.public_url())
 
     def ready() -> bool:
         return pipeline.catalog.caught_up.is_set() and pipeline.assigned_once.is_set() and not app.rebalancing

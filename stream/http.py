@@ -23,6 +23,7 @@ from stream.core.bandit import ArmStats, context_arm, seeded_rng
 from stream.core.policies import parse_policy
 from stream.decisions import DecisionLogger, decision_record
 from stream.pipeline import Pipeline
+from stream.routing import FORWARDED
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Api:
         self.ready = ready  # () -> bool
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._auth, self._route])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -63,6 +64,7 @@ class Api:
         app.router.add_get("/arms/{arm}", self.arm)
         app.router.add_get("/arms", self.top_arms)
         app.router.add_get("/stats", self.stats)
+        app.router.add_post("/internal/users/search", self.internal_search)
         return app
 
     @web.middleware
@@ -73,6 +75,25 @@ class Api:
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return _error(401, "missing or wrong bearer token")
         return await handler(request)
+
+    @web.middleware
+    async def _route(self, request: web.Request, handler):
+        """Forward a user's GET to the worker that owns the user's partition."""
+        router = self.p.router
+        if (router is not None and request.method == "GET" and "id" in request.match_info
+                and FORWARDED not in request.headers):
+            owner = router.owner(request.match_info["id"])
+            if owner is not None:
+                return await router.forward(request, owner)
+        return await handler(request)
+
+    async def internal_search(self, request: web.Request) -> web.Response:
+        """This worker's share of a scatter-gather look-alike search."""
+        body = await request.json()
+        vec = np.asarray(body["vector"], dtype=np.float32)
+        k = int(body["k"])
+        hits = self.p.users_index.search(vec[None, :], k, exclude=[set(body.get("exclude", []))])[0]
+        return web.json_response({"hits": [{"user_id": u, "score": sc} for u, sc in hits]})
 
     def _user(self, request: web.Request) -> str:
         return self.p.pseudonymize(request.match_info["id"])
@@ -173,6 +194,11 @@ class Api:
         # include_self=1 lets tests check that a profile is its own nearest neighbour
         exclude = None if request.query.get("include_self") in ("1", "true") else [{user}]
         hits = self.p.users_index.search(vec[None, :], k, exclude=exclude)[0]
+        if self.p.router is not None:  # scatter-gather over the other workers' users
+            hits += await self.p.router.gather_search(
+                [float(x) for x in vec], k, [] if exclude is None else [user],
+                request.headers.get("Authorization"))
+            hits = sorted(hits, key=lambda h: -h[1])[:k]
         return web.json_response({"user_id": user,
                                   "similar": [{"user_id": u, "score": s} for u, s in hits]})
 

@@ -109,6 +109,7 @@ class Pipeline:
         self.items_store = SnapshotStore(settings.state_dir, settings.items_topic)
         self.send_dlq: DlqSender | None = None
         self.publish_event: Callable[[bytes, bytes], Awaitable[None]] | None = None
+        self.router = None  # stream.routing.Router, set by the faust shell
         self.pseudonymize = Pseudonymizer(settings.id_secret.reveal())
         self.lock = asyncio.Lock()
         self._dirty: set[int] = set()

@@ -1,0 +1,83 @@
+"""Any worker answers for any user: find the owner of a user's partition, or every peer.
+
+Each worker advertises its HTTP URL (``PROFILES_ADVERTISED_URL``) as faust's canonical URL; the
+group leader spreads the partition → URL map to every member with each assignment, so routing
+needs no extra service.  Requests for a user owned elsewhere are forwarded once (a header
+stops loops).  Look-alike search is scatter-gather: the owner takes the user's vector, every
+worker searches its own users index, and the owner merges the top k — each worker indexes only
+the users of its partitions, so together the view is complete and exact.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "X-Profiles-Forwarded"
+
+
+class Router:
+    def __init__(self, app, topic: str, self_url: str) -> None:
+        self.app = app  # faust.App
+        self.topic = topic
+        self.self_url = self_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    def owner(self, raw_user: str) -> str | None:
+        """URL of the worker owning ``raw_user``'s partition (None when unknown or local)."""
+        try:
+            url = str(self.app.assignor.external_key_store(self.topic, raw_user.encode())).rstrip("/")
+        except (KeyError, AttributeError):
+            return None
+        return None if url == self.self_url else url
+
+    def peers(self) -> list[str]:
+        try:
+            urls = self.app.assignor.external_topics_metadata().keys()
+        except AttributeError:
+            return []
+        return sorted({u.rstrip("/") for u in map(str, urls)} - {self.self_url})
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self._session
+
+    async def forward(self, request: web.Request, url: str) -> web.Response:
+        headers = {FORWARDED: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            async with self.session().request(request.method, url + request.path_qs,
+                                              headers=headers) as r:
+                body = await r.read()
+                return web.Response(body=body, status=r.status,
+                                    content_type=r.content_type or "application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("forwarding %s to %s failed: %s", request.path, url, exc)
+            return web.json_response({"error": f"owner {url} unreachable"}, status=503)
+
+    async def gather_search(self, vector: list[float], k: int, exclude: list[str],
+                            auth: str | None) -> list[tuple[str, float]]:
+        """Top-k of every peer's users index for ``vector``."""
+        headers = {FORWARDED: "1"}
+        if auth:
+            headers["Authorization"] = auth
+        out: list[tuple[str, float]] = []
+        for url in self.peers():
+            try:
+                async with self.session().post(url + "/internal/users/search", headers=headers,
+                                               json={"vector": vector, "k": k, "exclude": exclude}) as r:
+                    if r.status == 200:
+                        out += [(h["user_id"], h["score"]) for h in (await r.json())["hits"]]
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("look-alike search on %s failed: %s", url, exc)
+        return out
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
