@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# the CPU build of torch first, so the project's torch range is already satisfied
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# obp (test reference for off-policy estimators) declares python<3.11: install it without
+	# that check and without its deps (the test extra above brings the ones it imports)
+	$(PY) -m pip install -q --no-deps --ignore-requires-python obp==0.5.7
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -141,6 +141,8 @@ def bootstrap(per_case: dict[str, dict[str, np.ndarray]], user_idx: np.ndarray, 
 def val_recall(log: LogData, sp: Split, vectors: np.ndarray, params: ProfileParams, k: int = 20) -> float:
     """Recall@k on the validation split (early stopping)."""
     cases = build_cases(log, sp, "val", vectors, params)
+    if len(cases.targets) == 0:
+        raise ValueError("no validation item events: the log is too small to fine-tune on")
     rk = ranks(profile_scores(cases, vectors[: log.n_items]), cases)
     return float((rk <= k).mean())
 
@@ -164,13 +166,13 @@ def evaluate(log: LogData, sp: Split, methods: dict[str, np.ndarray | None], par
 
 
 def format_table(res: dict) -> str:
-    head = f"{'method':<26}" + "".join(f"{m:>24}" for m in METRICS)
+    head = f"{'method':<26}" + "".join(f"{m:>27}" for m in METRICS)
     lines = [f"test cases {res['cases']} from {res['users']} users; 95 % CI: paired bootstrap over "
              f"users, {res['bootstrap']} resamples", head, "-" * len(head)]
 
     def row(name: str, d: dict, signed: bool = False) -> str:
         fmt = "{:+.4f}" if signed else "{:.4f}"
-        cells = "".join(f"{(fmt.format(d[m]['mean']) + ' [' + fmt.format(d[m]['ci95'][0]) + ', ' + fmt.format(d[m]['ci95'][1]) + ']'):>24}"
+        cells = "".join(f"{(fmt.format(d[m]['mean']) + ' [' + fmt.format(d[m]['ci95'][0]) + ', ' + fmt.format(d[m]['ci95'][1]) + ']'):>27}"
                         for m in METRICS)
         return f"{name:<26}{cells}"
 

@@ -47,6 +47,7 @@ class FinetuneConfig:
     max_context: int = 200
     warmup_frac: float = 0.1
     weight_decay: float = 0.01
+    keep_best: bool = True  # save the best-validation weights (False: the last ones)
     half_life_ms: float = DEFAULT_HALF_LIFE_MS
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
@@ -81,6 +82,27 @@ class _Contexts:
             if n > 0:
                 out[k] = v / n
         return out
+
+
+def batch_loss(model: Any, tok: Any, log: LogData, batch: np.ndarray, q: np.ndarray,
+               hist: list[set[int]], tw: list[np.ndarray], temperature: float, max_length: int):
+    """Weighted in-batch InfoNCE of context profiles ``q`` against the batch's target items."""
+    import torch
+
+    dev = next(model.parameters()).device
+    rows = np.array([log.users[ui].rows[j] for ui, j in batch.tolist()])
+    uniq, inv = np.unique(rows, return_inverse=True)
+    # Items already in the user's history are no negatives (they are excluded at evaluation).
+    mask = np.zeros((len(batch), len(uniq)), dtype=bool)
+    for r, (ui, _) in enumerate(batch.tolist()):
+        h = hist[ui]
+        mask[r] = [c != inv[r] and int(x) in h for c, x in enumerate(uniq)]
+    w = torch.tensor([tw[ui][j] for ui, j in batch.tolist()], dtype=torch.float32, device=dev)
+    t = embed(model, tok, [log.texts[r] for r in uniq.tolist()], dev, max_length)
+    logits = torch.from_numpy(q).to(dev) @ t.T / temperature
+    logits = logits.masked_fill(torch.from_numpy(mask).to(dev), float("-inf"))
+    ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(inv).to(dev), reduction="none")
+    return (ce * w).sum() / w.sum().clamp(min=1e-9)
 
 
 def embed(model: Any, tokenizer: Any, texts: list[str], device: Any, max_length: int):
@@ -147,7 +169,7 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
     print(f"finetune: {len(ex)} train examples, {total} steps of {cfg.batch_size}; "
           f"val Recall@20 untuned {base_val:.4f}", file=sys.stderr, flush=True)
     bar = tqdm(total=total, unit="step", desc="finetune", file=sys.stderr, disable=not show)
-    ema, step = None, 0
+    ema, step, losses = None, 0, []
     for step in range(1, total + 1):
         batch = ex[order[(step - 1) * cfg.batch_size : step * cfg.batch_size]]
         q = contexts(batch, cache)
@@ -155,18 +177,7 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
         batch, q = batch[keep], q[keep]
         if len(batch) < 2:
             continue
-        rows = np.array([log.users[ui].rows[j] for ui, j in batch.tolist()])
-        uniq, inv = np.unique(rows, return_inverse=True)
-        mask = np.zeros((len(batch), len(uniq)), dtype=bool)
-        for r, (ui, _) in enumerate(batch.tolist()):
-            h = hist[ui]
-            mask[r] = [c != inv[r] and int(x) in h for c, x in enumerate(uniq)]
-        w = torch.tensor([tw[ui][j] for ui, j in batch.tolist()], dtype=torch.float32, device=dev)
-        t = embed(model, tok, [log.texts[r] for r in uniq.tolist()], dev, enc.max_length)
-        logits = torch.from_numpy(q).to(dev) @ t.T / cfg.temperature
-        logits = logits.masked_fill(torch.from_numpy(mask).to(dev), float("-inf"))
-        ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(inv).to(dev), reduction="none")
-        loss = (ce * w).sum() / w.sum().clamp(min=1e-9)
+        loss = batch_loss(model, tok, log, batch, q, hist, tw, cfg.temperature, enc.max_length)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -174,6 +185,7 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
         sched.step()
         ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
         bar.update(1)
+        losses.append(float(loss.item()))
         bar.set_postfix(loss=f"{ema:.4f}", best_val=f"{best_val:.4f}")
         if step % cfg.eval_every == 0 or step == total:
             cache = refresh()
@@ -190,7 +202,7 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
                     stopped = True
                     break
     bar.close()
-    if best_state is not None:
+    if best_state is not None and cfg.keep_best:
         model.load_state_dict(best_state)
     model.eval()
 
@@ -208,6 +220,8 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
                        "best_step": best_step, "steps_run": step, "stopped_early": stopped,
                        "history": history},
         "training": {"seconds": round(time.monotonic() - t_start, 1), "device": str(dev),
-                     "torch": torch.__version__, "train_examples": int(len(ex))},
+                     "torch": torch.__version__, "train_examples": int(len(ex)),
+                     "loss_first": losses[0] if losses else None,
+                     "loss_last": losses[-1] if losses else None},
     }
     return save_model_dir(model, tok, base_folder, out, meta, enc.max_length)

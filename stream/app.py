@@ -189,6 +189,30 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     return app
 
 
+class RepeatFilter(logging.Filter):
+    """Let each message template through at most once per ``every`` seconds.
+
+    During a broker outage aiokafka logs ~100 identical errors a second; one line per template
+    every few seconds (with how many were held back) says the same.
+    """
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        last, held = self._last.get(record.msg, (0.0, 0))
+        if now - last < self.every:
+            self._last[record.msg] = (last, held + 1)
+            return False
+        self._last[record.msg] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it)"
+        return True
+
+
 def _api(pipeline: Pipeline, ready):
     from stream.http import Api
 
@@ -201,6 +225,10 @@ def run_worker(settings: Settings) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.client", "aiokafka.cluster",
+                 "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",
+                 "aiokafka.producer.sender"):
+        logging.getLogger(name).addFilter(RepeatFilter(10.0))
     t0 = time.monotonic()
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
                        kind=settings.encoder_kind)

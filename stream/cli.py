@@ -294,9 +294,13 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from encoder import EncoderError
     from stream.app import run_worker
 
-    run_worker(_settings(args))
+    try:
+        run_worker(_settings(args))
+    except EncoderError as exc:  # e.g. a corrupt PROFILES_ENCODER_PATH: one line, exit 1
+        raise ProfilesError(str(exc)) from exc
     return 0
 
 

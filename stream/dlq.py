@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from stream.errors import BrokerError, ConfigError
+from stream.privacy import HASHED_HEADER
 from stream.settings import Settings
 
 __all__ = ["replay_dlq"]
@@ -77,6 +78,11 @@ def _read(consumer, tps, timeout_s: float, ends: dict | None, visit: Callable) -
     while True:
         if ends is not None and all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps):
             break
+        # The Fetch high watermark (right on Tansu, unlike ListOffsets) says when we are done.
+        hw = [consumer.highwater(tp) for tp in tps]
+        if ends is None and all(h is not None for h in hw) and all(
+                consumer.position(tp) >= h for tp, h in zip(tps, hw)):
+            break
         remaining = timeout_s - (time.monotonic() - idle_since)
         if remaining <= 0:
             break
@@ -109,18 +115,29 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
         raise ConfigError(f"timeout_s must be > 0, got {timeout_s!r}")
     wanted = None if reasons is None else {r for r in reasons}
 
+    erased: set[bytes] = set()  # keys tombstoned by a forget: their user was erased
+
     def keep(rec) -> bool:
+        if rec.value is None or rec.key in erased:
+            return False
         return wanted is None or _reason(rec.headers) in wanted
 
     consumer, tps = _open_consumer(settings)
     try:
-        # Pass one: scan to the end, count what would go.
-        counts = [0, 0]
+        # Pass one: scan to the end, note erased keys.
+        live: list[tuple[bytes | None, str]] = []  # (key, reason) of records with a value
 
-        def count(rec) -> None:
-            counts[0 if keep(rec) else 1] += 1
+        def scan(rec) -> None:
+            if rec.value is None:
+                erased.add(rec.key)
+            else:
+                live.append((rec.key, _reason(rec.headers)))
 
-        ends = _read(consumer, tps, timeout_s, None, count)
+        ends = _read(consumer, tps, timeout_s, None, scan)
+        matching = sum(1 for key, reason in live
+                       if key not in erased and (wanted is None or reason in wanted))
+        counts = [matching, len(live) - matching]
+        live.clear()
         log.info("dlq %s: %d records (%d match), ends %s", settings.dlq_topic, sum(counts),
                  counts[0], {tp.partition: end for tp, end in ends.items()})
         if dry_run or counts[0] == 0:
@@ -155,8 +172,15 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
             if not keep(rec):
                 skipped += 1
                 return
+            headers = dict(rec.headers or ())
+            # The record goes back to its user's partition: with pseudonymous ids the raw key is
+            # gone, and the key would not hash there (the id is already hashed: say so).
+            partition = headers.get("source_partition")
+            out_headers = [(HASHED_HEADER, b"1")] if HASHED_HEADER in headers else None
             try:
-                fut = producer.send(settings.events_topic, key=rec.key, value=rec.value)
+                fut = producer.send(settings.events_topic, key=headers.get("source_key") or None,
+                                    value=rec.value, headers=out_headers,
+                                    partition=int(partition) if partition else None)
             except KafkaTimeoutError as exc:
                 # No metadata for the events topic: every further send would block as long.
                 raise BrokerError(f"cannot publish to topic {settings.events_topic!r} on "

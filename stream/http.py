@@ -65,6 +65,7 @@ class Api:
         app.router.add_get("/arms", self.top_arms)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/internal/users/search", self.internal_search)
+        app.router.add_post("/internal/arms", self.internal_arms)
         return app
 
     @web.middleware
@@ -94,6 +95,14 @@ class Api:
         k = int(body["k"])
         hits = self.p.users_index.search(vec[None, :], k, exclude=[set(body.get("exclude", []))])[0]
         return web.json_response({"hits": [{"user_id": u, "score": sc} for u, sc in hits]})
+
+    async def internal_arms(self, request: web.Request) -> web.Response:
+        """This worker's partial counts for some arms (the posterior is the sum of partials)."""
+        arms = [str(a) for a in (await request.json())["arms"]]
+        state = _merged_view(self.p, arms).state()
+        state.pop("contextual", None)
+        return web.json_response({k: v.tolist() if isinstance(v, np.ndarray) else v
+                                  for k, v in state.items()})
 
     def _user(self, request: web.Request) -> str:
         return self.p.pseudonymize(request.match_info["id"])
@@ -157,7 +166,7 @@ class Api:
             return web.json_response({"user_id": user, "candidates": []})
         arms = [h[0] for h in hits]
         sims = np.array([h[1] for h in hits], dtype=np.float64)
-        stats = _merged_view(self.p, arms)
+        stats = await _global_view(self.p, arms, request.headers.get("Authorization"))
         # bandit re-rank (PROFILES_BANDIT_POLICY; Thompson by default: the same draws as before)
         policy = _policy(self.p.s.bandit_policy)
         alpha, beta = stats.posteriors(arms)
@@ -210,7 +219,7 @@ class Api:
         if context is not None and not self.p.bp.context:
             return _error(400, "per-context arms are off (PROFILES_BANDIT_CONTEXT)")
         if context is None:
-            stats = _merged_view(self.p, [arm])
+            stats = await _global_view(self.p, [arm], request.headers.get("Authorization"))
             key = arm
         else:
             key = context_arm(arm, context)
@@ -218,7 +227,7 @@ class Api:
                                      if st.arms.contextual is not None],
                                     replace(self.p.bp, context=""), arms=[key])
         imp, rew = stats.counts(key)
-        if key not in stats:
+        if key not in stats or (imp == 0 and rew == 0 and not stats.discounted):
             return _error(404, f"unknown arm {arm!r}" + (f" in context {context!r}" if context else ""))
         a, b = stats.posterior(key)
         body = {"arm": arm, "impressions": imp, "rewards": rew, "alpha": a, "beta": b,
@@ -257,6 +266,16 @@ def _decision_logger(p: Pipeline) -> DecisionLogger:
         logger = DecisionLogger(p.s.bootstrap_servers, p.s.decisions_topic)
         p._decision_logger = logger
     return logger
+
+
+async def _global_view(p: Pipeline, arms: list[str], auth: str | None) -> ArmStats:
+    """The posterior of these arms over *every* worker: local partials plus each peer's."""
+    local = _merged_view(p, arms)
+    if p.router is None:
+        return local
+    parts = [local] + [ArmStats.from_state(st, p.bp)
+                       for st in await p.router.gather_arms(arms, auth)]
+    return ArmStats.merged(parts, p.bp, arms=arms) if len(parts) > 1 else local
 
 
 def _merged_view(p: Pipeline, arms: list[str]) -> ArmStats:

@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from stream.bandit_metrics import BanditArmsCollector
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -51,7 +53,12 @@ class BatchHistogram(Collector):
 
 
 class StateCollector(Collector):
-    """Exposes the exactly-once counters held in partition states."""
+    """Exposes the exactly-once counters held in partition states, one series per partition.
+
+    The ``partition`` label keeps ``rate()`` honest across rebalances: when a partition moves,
+    its series ends on the old owner and starts on the new one with the partition's whole
+    history, instead of one worker-wide total dropping here and jumping there.
+    """
 
     def __init__(self, states: Callable[[], Iterable]) -> None:
         self._states = states
@@ -59,38 +66,32 @@ class StateCollector(Collector):
     def collect(self):
         events = CounterMetricFamily(
             "profiles_events", "Events by type and final outcome (counted once per event)",
-            labels=["type", "outcome"],
+            labels=["type", "outcome", "partition"],
         )
-        dlq = CounterMetricFamily("profiles_dlq", "Dead-lettered events by reason", labels=["reason"])
-        imps = CounterMetricFamily("profiles_bandit_impressions", "Bandit impressions counted")
-        rews = CounterMetricFamily("profiles_bandit_rewards", "Bandit rewards counted (weighted)")
-        parked = GaugeMetricFamily("profiles_parked_events", "Events waiting for their item's vector")
-        forget = CounterMetricFamily("profiles_forget", "Users erased by a forget event")
-        expired = CounterMetricFamily("profiles_expired", "Profiles removed by the TTL")
-        outcome_totals: dict[tuple[str, str], float] = {}
-        dlq_totals: dict[str, float] = {}
-        n_parked = n_forget = n_expired = 0
-        imp_total = rew_total = 0.0
-        for st in self._states():
-            for key, n in st.outcomes.items():
-                outcome_totals[key] = outcome_totals.get(key, 0) + n
-            for reason, n in st.dlq.items():
-                dlq_totals[reason] = dlq_totals.get(reason, 0) + n
-            n_parked += len(st.parked)
-            n_forget += st.outcomes.get(("forget", "applied"), 0)
-            n_expired += st.expired
+        dlq = CounterMetricFamily("profiles_dlq", "Dead-lettered events by reason",
+                                  labels=["reason", "partition"])
+        imps = CounterMetricFamily("profiles_bandit_impressions", "Bandit impressions counted",
+                                   labels=["partition"])
+        rews = CounterMetricFamily("profiles_bandit_rewards", "Bandit rewards counted (weighted)",
+                                   labels=["partition"])
+        parked = GaugeMetricFamily("profiles_parked_events", "Events waiting for their item's vector",
+                                   labels=["partition"])
+        forget = CounterMetricFamily("profiles_forget", "Users erased by a forget event",
+                                     labels=["partition"])
+        expired = CounterMetricFamily("profiles_expired", "Profiles removed by the TTL",
+                                      labels=["partition"])
+        for st in sorted(self._states(), key=lambda st: st.partition):
+            p = str(st.partition)
+            for (etype, outcome), n in sorted(st.outcomes.items()):
+                events.add_metric([etype, outcome, p], n)
+            for reason, n in sorted(st.dlq.items()):
+                dlq.add_metric([reason, p], n)
             i, r = st.arms.totals()
-            imp_total += i
-            rew_total += r
-        for (etype, outcome), n in sorted(outcome_totals.items()):
-            events.add_metric([etype, outcome], n)
-        for reason, n in sorted(dlq_totals.items()):
-            dlq.add_metric([reason], n)
-        imps.add_metric([], imp_total)
-        rews.add_metric([], rew_total)
-        parked.add_metric([], n_parked)
-        forget.add_metric([], n_forget)
-        expired.add_metric([], n_expired)
+            imps.add_metric([p], i)
+            rews.add_metric([p], r)
+            parked.add_metric([p], len(st.parked))
+            forget.add_metric([p], st.outcomes.get(("forget", "applied"), 0))
+            expired.add_metric([p], st.expired)
         yield from (events, dlq, imps, rews, parked, forget, expired)
 
 
@@ -101,6 +102,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.registry.register(StateCollector(states))
+        self.registry.register(BanditArmsCollector(states))
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
         self.ingest_to_index = BatchHistogram(
             "profiles_ingest_to_index_seconds",

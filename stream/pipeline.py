@@ -180,7 +180,8 @@ class Pipeline:
             self._dirty.clear()
             if self.catalog.version != self._catalog_saved:
                 self._catalog_saved = self.catalog.version
-                blob = pickle.dumps(self.catalog.state(), protocol=pickle.HIGHEST_PROTOCOL)
+                blob = self.items_store.frame(
+                    pickle.dumps(self.catalog.state(), protocol=pickle.HIGHEST_PROTOCOL))
                 await asyncio.get_running_loop().run_in_executor(
                     None, self.items_store.write, "catalogue", blob)
             return len(parts)

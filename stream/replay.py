@@ -141,6 +141,8 @@ def _make_producer(bootstrap: str, producer_config: dict | None):
         "batch_size": 256 * 1024,
         "compression_type": None,
         "retries": 5,
+        # A retried send whose first attempt was stored must not be stored twice.
+        "enable_idempotence": True,
         # One in-flight request per connection: retries cannot reorder a user's events.
         "max_in_flight_requests_per_connection": 1,
     }

@@ -78,6 +78,22 @@ class Router:
                 log.warning("look-alike search on %s failed: %s", url, exc)
         return out
 
+    async def gather_arms(self, arms: list[str], auth: str | None) -> list[dict]:
+        """Every peer's partial counts (ArmStats state) for ``arms``."""
+        headers = {FORWARDED: "1"}
+        if auth:
+            headers["Authorization"] = auth
+        out: list[dict] = []
+        for url in self.peers():
+            try:
+                async with self.session().post(url + "/internal/arms", headers=headers,
+                                               json={"arms": arms}) as r:
+                    if r.status == 200:
+                        out.append(await r.json())
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("arm counts from %s failed: %s", url, exc)
+        return out
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -89,6 +89,20 @@ class WorkerProcess:
             out[fam.name] = fam.samples
         return out
 
+    def total(self, family: str, by: str | None = None):
+        """Sum a counter/gauge family's samples over every label but ``by`` (e.g. partition).
+
+        Returns a float, or a dict ``{label value: sum}`` when ``by`` is given.
+        """
+        samples = [s for s in self.metrics().get(family, [])
+                   if not s.name.endswith(("_created", "_bucket", "_count", "_sum"))]
+        if by is None:
+            return float(sum(s.value for s in samples))
+        out: dict[str, float] = {}
+        for s in samples:
+            out[s.labels[by]] = out.get(s.labels[by], 0.0) + s.value
+        return out
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int | None:
         if self.proc is None:
             return None

@@ -11,6 +11,7 @@ effect without Kafka transactions (which Tansu lacks) and without trusting ``end
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -25,6 +26,8 @@ from stream.core.ratelimit import RateCap
 from stream.errors import StateError
 
 SNAPSHOT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class DedupeWindow:
@@ -150,8 +153,17 @@ class PartitionState:
         )
 
 
+_MAGIC = b"PSNAP1"
+_HEADER = len(_MAGIC) + 8
+
+
 class SnapshotStore:
-    """Snapshot files ``<dir>/<topic>-<partition>.snap``, written atomically."""
+    """Snapshot files ``<dir>/<topic>-<partition>.snap``, written atomically.
+
+    A file is ``PSNAP1`` + the 8-byte ``next_offset`` it covers + a pickle.  The header is a
+    fence: with a shared state directory, a stalled former owner of a partition must not
+    replace a newer snapshot written by the partition's new owner.
+    """
 
     def __init__(self, directory: str | os.PathLike, topic: str) -> None:
         self.dir = Path(directory)
@@ -162,10 +174,34 @@ class SnapshotStore:
 
     def dumps(self, state: PartitionState) -> bytes:
         """Serialise on the event loop (the state must not change while this runs)."""
-        return pickle.dumps(state.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+        return self.frame(pickle.dumps(state.to_dict(), protocol=pickle.HIGHEST_PROTOCOL),
+                          state.next_offset)
 
-    def write(self, partition: int | str, blob: bytes) -> None:
-        """Durable atomic replace: write temp, fsync, rename, fsync the directory."""
+    @staticmethod
+    def frame(payload: bytes, next_offset: int = -1) -> bytes:
+        return _MAGIC + next_offset.to_bytes(8, "big", signed=True) + payload
+
+    def covered(self, partition: int | str) -> int | None:
+        """The ``next_offset`` of the snapshot on disk (None when there is none)."""
+        try:
+            with open(self.path(partition), "rb") as f:
+                head = f.read(_HEADER)
+        except FileNotFoundError:
+            return None
+        if len(head) < _HEADER or not head.startswith(_MAGIC):
+            return None
+        return int.from_bytes(head[len(_MAGIC):], "big", signed=True)
+
+    def write(self, partition: int | str, blob: bytes) -> bool:
+        """Durable atomic replace (temp, fsync, rename, fsync the directory), unless the file
+        on disk already covers more offsets; returns whether it was written."""
+        mine = int.from_bytes(blob[len(_MAGIC):_HEADER], "big", signed=True)
+        on_disk = self.covered(partition)
+        if mine >= 0 and on_disk is not None and on_disk > mine:
+            log.warning("snapshot %s covers offsets up to %d, beyond this worker's %d: not "
+                        "overwritten (another worker owns the partition now)",
+                        self.path(partition), on_disk, mine)
+            return False
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{self.topic}-{partition}.")
         try:
@@ -185,6 +221,7 @@ class SnapshotStore:
             except FileNotFoundError:
                 pass
             raise
+        return True
 
     def read(self, partition: int | str) -> dict | None:
         path = self.path(partition)
@@ -192,7 +229,9 @@ class SnapshotStore:
             blob = path.read_bytes()
         except FileNotFoundError:
             return None
+        if not blob.startswith(_MAGIC):
+            raise StateError(f"snapshot {path} is not a profiles snapshot (bad header)")
         try:
-            return pickle.loads(blob)
+            return pickle.loads(blob[_HEADER:])
         except Exception as exc:
             raise StateError(f"snapshot {path} is corrupt: {exc}") from exc

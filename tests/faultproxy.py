@@ -57,6 +57,11 @@ class FaultProxy:
     dropped: int = 0  # live connections reset by drop_all
     refused: int = 0  # connections reset during an outage
     blackholed: int = 0  # connections held silent during an outage
+    # while True, bytes from the broker are discarded: requests land, their answers never come
+    # (the case that makes a non-idempotent retry write a duplicate)
+    lose_responses: bool = False
+    responses_lost: int = 0  # bytes
+    produce_responses_lost: int = 0  # answers to Kafka Produce requests among them
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
     _server: asyncio.AbstractServer | None = field(default=None, repr=False)
@@ -206,8 +211,10 @@ class FaultProxy:
         pair = (writer, up_writer)
         self._live.add(pair)
         self.forwarded += 1
+        produce: set[int] = set()  # correlation ids of this connection's Produce requests
         try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(self._pump(reader, up_writer, False, produce),
+                                 self._pump(up_reader, writer, True, produce))
         finally:
             if pair in self._live:
                 self._live.discard(pair)
@@ -215,9 +222,27 @@ class FaultProxy:
                     with contextlib.suppress(Exception):
                         w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    to_client: bool, produce: set[int]) -> None:
+        # Kafka frames: int32 size, then a request header (int16 api_key, int16 api_version,
+        # int32 correlation_id, ...) or a response header (int32 correlation_id, ...).
+        frames = _FrameScanner(4 if to_client else 8)
         try:
             while data := await reader.read(_CHUNK):
+                if to_client:
+                    lost = self.lose_responses
+                    for header in frames.feed(data):
+                        corr = int.from_bytes(header, "big", signed=True)
+                        if corr in produce:
+                            produce.discard(corr)
+                            self.produce_responses_lost += lost
+                    if lost:
+                        self.responses_lost += len(data)
+                        continue
+                else:
+                    for header in frames.feed(data):
+                        if int.from_bytes(header[:2], "big", signed=True) == 0:  # Produce
+                            produce.add(int.from_bytes(header[4:8], "big", signed=True))
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof():
@@ -225,6 +250,35 @@ class FaultProxy:
         except (OSError, asyncio.IncompleteReadError, RuntimeError):
             # the other direction's peer went away (or we aborted it): close both
             writer.transport.abort()
+
+
+class _FrameScanner:
+    """Splits a byte stream of size-prefixed frames; returns the first ``header_len`` bytes of
+    each frame after its size."""
+
+    def __init__(self, header_len: int) -> None:
+        self.header_len = header_len
+        self.buf = bytearray()
+        self.skip = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        while i < n:
+            if self.skip:
+                take = min(self.skip, n - i)
+                self.skip -= take
+                i += take
+                continue
+            take = min(4 + self.header_len - len(self.buf), n - i)
+            self.buf += data[i:i + take]
+            i += take
+            if len(self.buf) == 4 + self.header_len:
+                size = int.from_bytes(self.buf[:4], "big", signed=True)
+                out.append(bytes(self.buf[4:]))
+                self.skip = max(0, size - self.header_len)
+                self.buf.clear()
+        return out
 
 
 @dataclass

@@ -86,8 +86,7 @@ def test_duplicates_and_dead_letters(broker, topics, dataset, start_worker):
     stats = worker.stats()
     assert stats["events_applied"] == len(good)
     assert stats["events_rejected"] == len(bad)
-    dlq_metric = {s.labels["reason"]: s.value for s in worker.metrics()["profiles_dlq"]
-                  if s.name == "profiles_dlq_total"}
+    dlq_metric = worker.total("profiles_dlq", by="reason")
     assert dlq_metric == {reason: 1.0 for *_, reason in bad}
     dead = _read_dlq(broker, topics["dlq_topic"], len(bad))
     got = sorted((dict(m.headers)["reason"].decode(), m.value) for m in dead)

@@ -3,17 +3,23 @@ connections for 20 s in the middle of a replay.
 
 The test's own Tansu broker advertises the proxy's address, so after bootstrap the worker (its
 group consumer, its item-catalogue reader, its producer) and the replaying producer reach the
-broker only through the proxy.  The worker is never restarted: it must reconnect, rejoin its
+broker only through the proxy.  Just before the drop the proxy loses the broker's answers for a
+moment, so produce requests that landed go unacknowledged and are retried after the outage (the
+idempotent producer must not write them twice).  The worker is never restarted: it must reconnect, rejoin its
 group and carry on by itself.  Afterwards the log holds every event exactly once, every event
 was applied exactly once and every profile equals the offline oracle.
 """
 
 from __future__ import annotations
 
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -21,11 +27,11 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.broker import free_port
-from stream.replay import create_topics, load_items, replay
+from stream.replay import create_topics, load_items
 from stream.runner import WorkerProcess
 from stream.settings import Settings
 from tests.conftest import total_outcomes
-from tests.faultproxy import ProxiedBroker
+from tests.faultproxy import ProxiedBroker, wait_until
 from tests.oracle import oracle_bandit, oracle_profiles
 
 pytestmark = pytest.mark.timeout(900)
@@ -70,28 +76,26 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
                                          settings.items_topic: 1, settings.dlq_topic: 1})
         assert load_items(paths["items"], bootstrap=broker.bootstrap, topic=settings.items_topic,
                           progress=False).sent == len(ds.items)
+        producer = None
         worker = WorkerProcess(settings, tmp_path / "worker.log").start()
         try:
             worker.wait_ready(300)
             pid = worker.proc.pid
-            result = {}
-
-            def produce() -> None:
-                # A resilient producer: idempotent (kafka-python's default with acks=all), retries
-                # without limit inside a delivery timeout far longer than the outage.
-                result["summary"] = replay(
-                    paths["events"], bootstrap=broker.bootstrap, topic=settings.events_topic,
-                    rate=1000, progress=False,
-                    producer_config={"retries": 2**31 - 1, "delivery_timeout_ms": 300_000,
-                                     "reconnect_backoff_max_ms": 500})
-
-            producer = threading.Thread(target=produce, daemon=True)
-            producer.start()
+            # A resilient producer in its own process (its client's reconnect churn stays out of
+            # this one): idempotent (kafka-python's default with acks=all), retries without limit
+            # within a delivery timeout far longer than the outage.
+            producer = _start_producer(paths["events"], broker.bootstrap, settings.events_topic,
+                                       tmp_path / "producer.json", tmp_path / "producer.log")
             worker.wait_for(lambda: worker.stats().get("events_applied", 0) >= 0.25 * n, 300,
                             "25% applied", interval=0.05)
             dropped_before = proxy.dropped
+            # First the answers stop (requests still land: the producer's batches are appended
+            # but never acknowledged, so it must retry them), then every connection is reset.
+            proxy.lose_responses = True
+            wait_until(lambda: proxy.produce_responses_lost > 0, 10, "a Produce answer to be lost")
             proxy.drop_all(OUTAGE_S)
             t_drop = time.monotonic()
+            proxy.lose_responses = False
             applied_at_drop = worker.stats()["events_applied"]  # HTTP does not go through the proxy
             assert 0.25 * n <= applied_at_drop < 0.75 * n, applied_at_drop
             assert proxy.dropped - dropped_before >= 3, proxy  # worker + producer connections
@@ -107,10 +111,9 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
             # the clients kept knocking while the broker was unreachable
             assert proxy.refused + proxy.blackholed > 0, proxy
 
-            producer.join(300)
-            assert not producer.is_alive(), "the replay did not finish"
-            summary = result["summary"]
-            assert summary.sent == n and summary.failed == 0, summary
+            assert producer.wait(300) == 0, (tmp_path / "producer.log").read_text()[-3000:]
+            summary = orjson.loads((tmp_path / "producer.json").read_bytes())
+            assert summary["sent"] == n and summary["failed"] == 0, summary
 
             # the log holds each event exactly once (nothing lost, nothing doubled by retries)
             in_log = _read_log(broker.bootstrap, settings.events_topic, settings.partitions)
@@ -145,6 +148,27 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
                   f"redelivered {_metric(worker, 'profiles_redelivered_total')}")
         finally:
             worker.kill()
+            if producer is not None and producer.poll() is None:
+                os.killpg(producer.pid, signal.SIGKILL)
+                producer.wait(10)
+
+
+_PRODUCER = """
+import sys, orjson
+from stream.replay import replay
+s = replay(sys.argv[1], bootstrap=sys.argv[2], topic=sys.argv[3], rate=1000, progress=False,
+           producer_config={"retries": 2**31 - 1, "delivery_timeout_ms": 300_000,
+                            "reconnect_backoff_max_ms": 500})
+open(sys.argv[4], "wb").write(orjson.dumps(s.__dict__))
+"""
+
+
+def _start_producer(events, bootstrap: str, topic: str, out: Path, log: Path) -> subprocess.Popen:
+    """``replay`` at 1,000 events/s in a child process (own process group); the summary goes to
+    ``out`` as JSON."""
+    with open(log, "wb") as f:
+        return subprocess.Popen([sys.executable, "-c", _PRODUCER, str(events), bootstrap, topic, str(out)],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _metric(worker, name: str) -> float | None:

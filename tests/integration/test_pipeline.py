@@ -63,9 +63,13 @@ def test_every_event_applied_once(replayed, dataset):
     assert stats["items_index"] == len(ds.items)
     by_type = Counter(e["type"] for e in ds.events)
     samples = replayed.metrics()["profiles_events"]
-    got = {s.labels["type"]: s.value for s in samples
-           if s.name == "profiles_events_total" and s.labels["outcome"] == "applied"}
+    got: Counter = Counter()
+    for s in samples:
+        if s.name == "profiles_events_total" and s.labels["outcome"] == "applied":
+            got[s.labels["type"]] += s.value
     assert got == {t: float(n) for t, n in by_type.items()}
+    # one series per partition, so rate() stays right when partitions move between workers
+    assert {s.labels["partition"] for s in samples} == {"0", "1", "2", "3"}
 
 
 def test_profiles_equal_oracle(replayed, dataset, oracle_vectors):

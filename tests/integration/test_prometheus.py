@@ -3,9 +3,10 @@
 Debian's ``prometheus`` binary runs on a free loopback port with a config generated from the
 shipped ``deploy/prometheus/prometheus.yml`` (same jobs and rules; only the scrape targets and
 intervals differ, and the test proves nothing else does) and a temporary TSDB.  One worker
-(real encoder) applies the generated log replayed at a fixed 1,000 events/s, with a few
-malformed records (three DLQ reasons) and searches with new query texts (encoder calls)
-mixed in.  Then, through the Prometheus HTTP API at a time inside the replay window:
+(real encoder) applies the first 12,000 events of the generated log replayed at a fixed
+300 events/s (~41 s), with a few malformed records (three DLQ reasons) and searches with new
+query texts (encoder calls) mixed in.  Then, through the Prometheus HTTP API, at a time inside
+the replay window whose 20 s rate window lies inside it too:
 
 - every target of every dashboard panel returns at least one finite value;
 - the events/s panel agrees within 20 % with the replayed count divided by the elapsed time;
@@ -51,7 +52,11 @@ pytestmark = [
                        reason="prometheus not on PATH (Debian/Ubuntu: apt-get install prometheus)"),
 ]
 
-RATE = 500.0  # events/s published: ~41 s for the 20,400 records
+# Published rate and how much of the generated log: 12,000 events (+ 240 mixed in) in ~41 s.
+# The rate leaves the worker headroom on a busy 2-core machine (measured: it keeps up with
+# ~450 events/s at a load of 10), so what it applies in the window is what was published.
+RATE = 300.0
+N_EVENTS = 12_000
 SCRAPE = "1s"
 # Grafana's $__rate_interval is max($__interval + scrape interval, 4 x scrape interval): 20 s
 # with the compose datasource's 5 s scrape interval, and a value it takes at a 1 s scrape for
@@ -252,11 +257,12 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
     prom.wait_for(lambda: _values(prom.query('up{job="profiles"}')) == [1.0], 60,
                   "the worker's first successful scrape")
 
-    log, mixed = replay_file(ds.events, tmp_path / "events.jsonl")
+    events = ds.events[:N_EVENTS]
+    log, mixed = replay_file(events, tmp_path / "events.jsonl")
     sent = replay(log, bootstrap=broker.bootstrap, topic=topics["events_topic"], rate=RATE,
                   progress=False)
     t_end = time.time()
-    n_records = len(ds.events) + sum(mixed.values())
+    n_records = len(events) + sum(mixed.values())
     assert sent.sent == n_records and sent.failed == 0, sent
     t_start = t_end - sent.seconds
     replayed_rate = sent.sent / sent.seconds
@@ -288,6 +294,8 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
 
     # events/s: the replayed count over the elapsed time, within 20 %
     events_rate = sum(_values(panel("Events/s by type and outcome")))
+    print(f"events/s panel {events_rate:.1f}, replayed {replayed_rate:.1f} "
+          f"({sent.sent} records in {sent.seconds:.1f} s)")
     assert abs(events_rate / replayed_rate - 1) <= 0.20, (
         f"events/s panel {events_rate:.0f} vs replayed {replayed_rate:.0f}; applied and lag "
         f"per second of the replay: {timeline(prom, t_start)}")
@@ -306,8 +314,8 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
     assert all(v >= 0 for _, v in lag)
     assert {m["reason"] for m, _ in panel("DLQ rate by reason")} == set(MALFORMED)
     assert sum(_values(panel("DLQ rate by reason"))) > 0
-    imp_rate = panel("Bandit impressions and rewards per second")[0][0][1]
-    views = sum(e["type"] == "view" for e in ds.events) / n_records
+    imp_rate = panel("Bandit impressions and rewards per second")[0][1]
+    views = sum(e["type"] == "view" for e in events) / n_records
     assert abs(imp_rate / events_rate - views) < 0.1, (imp_rate, events_rate, views)
     ctr = panel("Bandit CTR (all arms)")[0][1]
     assert 0 < ctr < 1, ctr
@@ -318,7 +326,7 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
     assert panel("Process CPU")[0][1] > 0
     assert _values(panel("Worker up")) == [1.0] and _values(panel("Ready")) == [1.0]
 
-    users = len({e["user_id"] for e in ds.events})
+    users = len({e["user_id"] for e in events})
 
     def sizes():
         got = {m["index"]: v for m, v in prom.query("sum by (instance, index) (profiles_index_vectors)")}

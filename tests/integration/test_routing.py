@@ -10,7 +10,7 @@ import pytest
 from stream.replay import create_topics, load_items
 from stream.settings import Settings
 from tests.integration.test_faults import _send
-from tests.oracle import oracle_profiles
+from tests.oracle import oracle_bandit, oracle_profiles
 
 pytestmark = pytest.mark.timeout(600)
 DEFAULTS = Settings()
@@ -72,3 +72,13 @@ def test_any_worker_answers_and_lookalikes_are_complete(broker, topics, dataset,
             want_scores = np.sort(scores[[users.index(u) for u in order]])[::-1]
             got_scores = np.array([h["score"] for h in hits])
             assert np.allclose(got_scores, want_scores, atol=1e-5), (user, got, order)
+
+    # bandit posteriors are the sum of every worker's partials, whichever worker answers
+    counts = oracle_bandit(events, DEFAULTS.reward_weight_map())
+    for arm in sorted(counts)[::25]:
+        imp, rew = counts[arm]
+        if not (imp or rew):
+            continue
+        for w in (a, b):
+            body = w.json(f"/arms/{arm}")
+            assert (body["impressions"], body["rewards"]) == (imp, rew), (arm, body)

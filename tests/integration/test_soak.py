@@ -67,8 +67,7 @@ def test_memory_flat_while_users_churn_through_the_ttl(broker, topics, dataset, 
     rss_mid = min((rss for applied, rss in samples if applied >= n // 2), default=None)
     rss_end = samples[-1][1]
     stats = worker.stats()
-    expired = [s.value for s in worker.metrics()["profiles_expired"]
-               if s.name == "profiles_expired_total"][0]
+    expired = worker.total("profiles_expired")
     print(f"soak: {USERS} users, {n} events; worker RSS at half {rss_mid / 2**20:.0f} MiB, at end "
           f"{rss_end / 2**20:.0f} MiB ({100 * (rss_end / rss_mid - 1):+.1f} %); live profiles "
           f"{stats['users']}, expired {expired:.0f}; broker RSS {_rss(broker.proc.pid) / 2**20:.0f} MiB")

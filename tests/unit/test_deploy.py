@@ -53,6 +53,10 @@ WORKER_METRICS = {
     "profiles_snapshot_seconds": "histogram",
     "profiles_ready": "gauge",
     "profiles_forget": "counter",
+    "profiles_bandit_arm_impressions": "gauge",
+    "profiles_bandit_arm_rewards": "gauge",
+    "profiles_bandit_arm_posterior_mean": "gauge",
+    "profiles_bandit_arms": "gauge",
     "profiles_expired": "counter",
     # prometheus_client's ProcessCollector
     "process_cpu_seconds": "counter",
