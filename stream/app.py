@@ -235,6 +235,7 @@ def run_worker(settings: Settings) -> None:
     log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,
              time.monotonic() - t0)
     pipeline = Pipeline(settings, enc)
+    pipeline.store.check_model(enc.fingerprint)  # before joining the group: a one-line refusal
     app = build_app(settings, pipeline)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

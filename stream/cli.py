@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p, ["half_life_ms", "event_weights"])
     p.set_defaults(func=cmd_encoder_eval)
 
+    p = sub.add_parser("rebuild", help="recompute all profiles with another encoder into "
+                                       "<state-dir>-<model>; --swap points the state dir at it")
+    p.add_argument("--swap", action="store_true",
+                   help="atomically point the state dir (a symlink) at the rebuilt state")
+    _add_settings_flags(p)
+    p.set_defaults(func=cmd_rebuild)
+
     dlq = sub.add_parser("dlq", help="dead-letter topic commands")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     p = dsub.add_parser("replay", help="re-publish dead-lettered events to the events topic")
@@ -405,6 +412,15 @@ def cmd_encoder_eval(args) -> int:
         return run_eval(args, s)
     except EncoderError as exc:
         raise ProfilesError(str(exc)) from exc
+
+
+def cmd_rebuild(args) -> int:
+    import json
+
+    from stream.rebuild import run_rebuild
+
+    print(json.dumps(run_rebuild(_settings(args), args.swap), indent=2))
+    return 0
 
 
 def cmd_dlq_replay(args) -> int:

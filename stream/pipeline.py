@@ -128,7 +128,7 @@ class Pipeline:
             if d.get("model") != self.model:
                 raise StateError(
                     f"snapshot {self.store.path(partition)} holds vectors of model {d.get('model')}, "
-                    f"this worker's encoder is {self.model}: rebuild state, or point "
+                    f"this worker's encoder is {self.model}: run `profiles rebuild`, or point "
                     "PROFILES_ENCODER_PATH at the model that made it")
             st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, self.s.dedupe_window,
                                           self.s.rate_limit_events, self.s.rate_limit_window_ms)
@@ -166,6 +166,7 @@ class Pipeline:
     # ------------------------------------------------------------------ snapshots
     async def _write_snapshot(self, st: PartitionState) -> None:
         t0 = time.perf_counter()
+        self.store.mark_model(self.model)
         blob = self.store.dumps(st)
         await asyncio.get_running_loop().run_in_executor(None, self.store.write, st.partition, blob)
         self.metrics.snapshots.inc()

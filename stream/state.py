@@ -172,6 +172,27 @@ class SnapshotStore:
     def path(self, partition: int | str) -> Path:
         return self.dir / f"{self.topic}-{partition}.snap"
 
+    def model_path(self) -> Path:
+        return self.dir / f"{self.topic}.model"
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse a state directory whose snapshots were made by another encoder."""
+        try:
+            theirs = self.model_path().read_text().strip()
+        except FileNotFoundError:
+            return
+        if theirs != fingerprint:
+            raise StateError(
+                f"state in {self.dir} holds vectors of model {theirs}, this worker's encoder is "
+                f"{fingerprint}: run `profiles rebuild` for the new model, or point "
+                "PROFILES_ENCODER_PATH at the model that made it")
+
+    def mark_model(self, fingerprint: str) -> None:
+        path = self.model_path()
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(fingerprint + "\n")
+
     def dumps(self, state: PartitionState) -> bytes:
         """Serialise on the event loop (the state must not change while this runs)."""
         return self.frame(pickle.dumps(state.to_dict(), protocol=pickle.HIGHEST_PROTOCOL),

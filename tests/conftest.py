@@ -102,9 +102,9 @@ def start_worker(broker, topics, tmp_path):
     state_dir = tmp_path / "state"
 
     def start(**overrides):
-        settings = Settings.from_env({}, bootstrap_servers=broker.bootstrap, state_dir=str(state_dir),
-                                     http_port=free_port(), session_timeout_s=6.0,
-                                     **{**topics, **overrides})
+        values = {"bootstrap_servers": broker.bootstrap, "state_dir": str(state_dir),
+                  "http_port": free_port(), "session_timeout_s": 6.0, **topics, **overrides}
+        settings = Settings.from_env({}, **values)
         w = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log").start()
         workers.append(w)
         return w
