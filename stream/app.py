@@ -59,11 +59,11 @@ def broker_credentials(s: Settings):
                                  ssl_context=context if s.security_protocol == "SASL_SSL" else None)
 
 
-def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
-    s = settings
+def faust_app(s: Settings, app_id: str, **extra) -> faust.App:
+    """A faust app with the worker's settings (also used by the benchmark's faust stage)."""
     tune_fetch_wait(s.fetch_max_wait_ms)
-    app = faust.App(
-        s.group_id,
+    return faust.App(
+        app_id,
         broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")],
         key_serializer="raw",
         value_serializer="raw",
@@ -81,8 +81,14 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         producer_acks=-1,
         loghandlers=[],
         broker_credentials=broker_credentials(s),
-        canonical_url=s.public_url(),  # spread to the group: partition -> owner's HTTP URL
+        **extra,
     )
+
+
+def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
+    s = settings
+    # canonical_url is spread to the group: partition -> owner's HTTP URL (request routing)
+    app = faust_app(s, s.group_id, canonical_url=s.public_url())
     events = app.topic(s.events_topic, key_type=bytes, value_type=bytes, partitions=s.partitions)
     dlq = app.topic(s.dlq_topic, key_type=bytes, value_type=bytes, partitions=1)
     t_start = time.monotonic()

@@ -65,28 +65,10 @@ class _Clock:
 clock = _Clock()
 
 if MODE == "ours":
+    from stream.app import faust_app
+
     s = Settings.from_env()
-    # The worker's faust settings, as in stream/app.py build_app.
-    app = faust.App(
-        GROUP,
-        broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")],
-        key_serializer="raw",
-        value_serializer="raw",
-        store="memory://",
-        web_enabled=False,
-        topic_partitions=s.partitions,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=s.session_timeout_s,
-        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 6),
-        broker_request_timeout=max(30.0, s.session_timeout_s * 3),
-        broker_commit_interval=2.0,
-        stream_buffer_maxsize=max(4096, 4 * s.batch_size),
-        producer_linger=0.005,
-        producer_acks=-1,
-        loghandlers=[],
-        datadir=DATADIR,
-    )
+    app = faust_app(s, GROUP, datadir=DATADIR)  # the worker's faust settings, shared code
     topic = app.topic(TOPIC, key_type=bytes, value_type=bytes, partitions=s.partitions)
 
     @app.agent(topic, name="bench-decode", concurrency=1)
