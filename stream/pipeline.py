@@ -22,17 +22,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
 from index import VectorIndex
 from stream.catalog import ItemCatalog
 from stream.core.bandit import BanditParams
 from stream.core.events import Event, Limits, Reject, decode_event
 from stream.core.profile import ProfileParams
+from stream.deadletter import DeadLetter, dead_letter, is_hashed
 from stream.encoding import EncoderService
 from stream.errors import StateError
 from stream.metrics import Metrics
-from stream.privacy import HASHED_HEADER, Pseudonymizer, tombstone_key
+from stream.privacy import Pseudonymizer, tombstone_key
 from stream.settings import Settings
 from stream.state import Parked, PartitionState, SnapshotStore
 
@@ -41,36 +41,6 @@ log = logging.getLogger(__name__)
 # (partition, offset, kafka timestamp ms, key, value[, headers])
 Record = tuple
 DlqSender = Callable[[bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class _Reject:
-    st: PartitionState
-    key: bytes | None
-    raw: bytes
-    reason: str
-    detail: str
-    offset: int
-    etype: str
-    user: str | None
-    dlq_key: bytes = b""
-    scrubbed: bool = False  # raw already has its user id pseudonymised
-
-
-def _hashed(headers) -> bool:
-    return any(k == HASHED_HEADER for k, _ in headers or ())
-
-
-def _user_of(raw: bytes, pseudonymize: Pseudonymizer) -> str | None:
-    """The (pseudonymised) user id of an invalid record, when it has one."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    uid = obj.get("user_id") if isinstance(obj, dict) else None
-    if isinstance(uid, (str, int)) and not isinstance(uid, bool) and str(uid):
-        return pseudonymize(str(uid))
-    return None
 
 
 @dataclass(slots=True)
@@ -205,7 +175,7 @@ class Pipeline:
 
     async def _process(self, records: Sequence[Record]) -> None:
         accepted: list[_Accepted] = []
-        rejects: list[_Reject] = []
+        rejects: list[DeadLetter] = []
         high: dict[int, int] = {}
         seen: set[tuple[int, str]] = set()
         duplicates: list[tuple[PartitionState, Event]] = []
@@ -226,9 +196,9 @@ class Pipeline:
             raw = raw or b""
             ev = decode_event(raw, msg_ts, self.limits)
             if isinstance(ev, Reject):
-                rejects.append(_Reject(st, key, raw, ev.reason, ev.detail, off, "unknown", None))
+                rejects.append(DeadLetter(st, key, raw, ev.reason, ev.detail, off, "unknown", None))
                 continue
-            if pseudo.enabled and not (len(rec) > 5 and _hashed(rec[5])):
+            if pseudo.enabled and not (len(rec) > 5 and is_hashed(rec[5])):
                 ev = Event(ev.event_id, pseudo(ev.user_id), ev.type, ev.ts, ev.item_id, ev.query,
                            ev.arm, ev.position, ev.propensity)
             if ev.event_id in st.dedupe or (p, ev.event_id) in seen:
@@ -314,7 +284,7 @@ class Pipeline:
         self.metrics.batch_size.observe(len(records))
         self._refresh_sizes()
 
-    def _rate_cap(self, live: list[_Accepted], rejects: list[_Reject]):
+    def _rate_cap(self, live: list[_Accepted], rejects: list[DeadLetter]):
         """Split off events over a user's rate cap (they become ``rate_limited`` rejects)."""
         if not self.s.rate_limit_events or not live:
             return live, {}
@@ -330,7 +300,7 @@ class Pipeline:
                 if ok:
                     kept.append(a)
                 else:
-                    rejects.append(_Reject(a.st, a.ev.user_id.encode(), a.raw, "rate_limited",
+                    rejects.append(DeadLetter(a.st, a.ev.user_id.encode(), a.raw, "rate_limited",
                                            f"over {self.s.rate_limit_events} events per "
                                            f"{self.s.rate_limit_window_ms} ms", a.offset, a.ev.type,
                                            a.ev.user_id))
@@ -445,7 +415,7 @@ class Pipeline:
             expired += [(st, pk, "park_overflow") for st, pk in waiting[:len(waiting) - self.s.max_parked]]
         if not ready and not expired:
             return
-        dead = [_Reject(st, pk.event.user_id.encode(), pk.raw, reason,
+        dead = [DeadLetter(st, pk.event.user_id.encode(), pk.raw, reason,
                         f"item {pk.event.item_id!r} unknown after {now - pk.parked_at:.1f}s",
                         pk.offset, pk.event.type, pk.event.user_id, scrubbed=True)
                 for st, pk, reason in expired]
@@ -470,28 +440,10 @@ class Pipeline:
         self._refresh_sizes()
 
     # ------------------------------------------------------------------ helpers
-    async def _dead_letter(self, rejects: list[_Reject]) -> None:
-        """Send rejects to the DLQ: key ``user/partition/offset`` (unique, so a user's records
-        can be erased one by one through log compaction), headers with reason and source."""
+    async def _dead_letter(self, rejects: list[DeadLetter]) -> None:
         if self.send_dlq is None:
             raise RuntimeError("no dead-letter sender configured")
-        sends = []
-        for r in rejects:
-            if r.user is None:
-                r.user = _user_of(r.raw, self.pseudonymize)
-            value = (self.pseudonymize.scrub(r.raw) if self.pseudonymize.enabled and not r.scrubbed
-                     else r.raw)
-            r.dlq_key = f"{r.user or '?'}/{r.st.partition}/{r.offset}".encode()
-            headers = [("reason", r.reason.encode()), ("detail", r.detail.encode()[:500]),
-                       ("source_topic", self.s.events_topic.encode()),
-                       ("source_partition", str(r.st.partition).encode()),
-                       ("source_offset", str(r.offset).encode())]
-            if self.pseudonymize.enabled:
-                headers.append((HASHED_HEADER, b"1"))
-            else:
-                headers.append(("source_key", r.key or b""))
-            sends.append(self.send_dlq(r.dlq_key, value, headers))
-        await asyncio.gather(*sends)
+        await dead_letter(rejects, self.send_dlq, self.pseudonymize, self.s.events_topic)
 
     async def _erase_dead_letters(self, forgets: list[_Accepted]) -> None:
         """Tombstones for every DLQ record of the users being forgotten (compaction erases them)."""
