@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="HTTP port of the worker")
     p.add_argument("--workdir", type=Path, default=None, help="data + state folder (default: temp)")
     p.add_argument("--timeout", type=_positive(float), default=900.0, help="seconds --once may take")
+    p.add_argument("--rate", type=float, default=2000.0,
+                   help="events/s of the replay, so latency is that of a live stream (0: as fast "
+                        "as possible, a backlog)")
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks")

@@ -74,9 +74,10 @@ def run_demo(args) -> int:
         t0 = time.monotonic()
         items = load_items(paths["items"], bootstrap=bootstrap, topic=settings.items_topic, progress=False)
         worker.wait_ready(timeout_s=300)
-        say(f"worker ready; replaying {args.events} events")
+        say(f"worker ready; replaying {args.events} events"
+            + (f" at {args.rate:g}/s" if args.rate else " as fast as possible"))
         sent = replay(paths["events"], bootstrap=bootstrap, topic=settings.events_topic,
-                      progress=not args.once)
+                      rate=args.rate or None, progress=not args.once)
         say(f"replayed: sent {sent.sent}, failed {sent.failed}; items sent {items.sent}")
         worker.wait_for(lambda: final_outcomes(worker) >= sent.sent, args.timeout,
                         f"{sent.sent} final outcomes", interval=0.5)
