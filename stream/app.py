@@ -152,13 +152,7 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
 
     @app.task
     async def start_services() -> None:
-        from stream.replay import create_topics
-
         install_seek()
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: create_topics(s.bootstrap_servers,
-                                  {s.events_topic: s.partitions, s.items_topic: 1, s.dlq_topic: 1},
-                                  client_config=s.kafka_security()))
         pipeline.encoder_service.start()
         pipeline.load_catalog()
         runner = web.AppRunner(_api(pipeline, ready).app(), access_log=None)
@@ -242,6 +236,15 @@ def run_worker(settings: Settings) -> None:
              time.monotonic() - t0)
     pipeline = Pipeline(settings, enc)
     pipeline.store.check_model(enc.fingerprint)  # before joining the group: a one-line refusal
+    # Reach the broker (and create missing topics) before faust starts: an unreachable broker
+    # is one line (BrokerError), not a crash inside faust's services.
+    from stream.replay import create_topics
+
+    create_topics(settings.bootstrap_servers,
+                  {settings.events_topic: settings.partitions, settings.items_topic: 1,
+                   settings.dlq_topic: 1},
+                  timeout_s=max(30.0, settings.session_timeout_s * 3),
+                  client_config=settings.kafka_security())
     app = build_app(settings, pipeline)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

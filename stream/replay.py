@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import orjson
 
+from stream.errors import BrokerError
+
 __all__ = ["ReplaySummary", "create_topics", "load_items", "read_events", "replay"]
 
 # CSV cells converted to numbers; everything else stays a string.
@@ -37,7 +39,7 @@ class ReplaySummary:
     errors: dict[str, int] = field(default_factory=dict)  # exception class name -> count
 
 
-class _TopicError(RuntimeError):
+class _TopicError(BrokerError):
     """The broker answered but refused to create a topic: retrying will not help."""
 
 
@@ -147,7 +149,10 @@ def _make_producer(bootstrap: str, producer_config: dict | None):
         "max_in_flight_requests_per_connection": 1,
     }
     cfg.update(producer_config or {})
-    return KafkaProducer(**cfg)
+    try:
+        return KafkaProducer(**cfg)
+    except Exception as exc:  # NoBrokersAvailable, KafkaTimeoutError, bad config...
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from exc
 
 
 def _publish(path: Path | str, *, bootstrap: str, topic: str, key_field: str,
@@ -216,7 +221,7 @@ def _publish(path: Path | str, *, bootstrap: str, topic: str, key_field: str,
             except KafkaTimeoutError as exc:
                 # Metadata never arrived: the topic is missing or the broker is gone. Every
                 # further send would block max_block_ms too, so stop instead of hanging.
-                raise RuntimeError(
+                raise BrokerError(
                     f"cannot publish to topic {topic!r} on {bootstrap}: {exc}") from exc
             except Exception as exc:  # e.g. MessageSizeTooLargeError: count it, keep going
                 on_err(exc)
@@ -277,7 +282,7 @@ def create_topics(bootstrap: str, topics: Mapping[str, int], replication: int = 
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise RuntimeError(
+            raise BrokerError(
                 f"could not create topics {sorted(topics)} on Kafka at {bootstrap} within "
                 f"{timeout_s:g}s: {type(last).__name__ if last else 'timeout'}: {last}")
         admin = None
