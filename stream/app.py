@@ -185,6 +185,11 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
     async def on_shutdown(_app, **kw) -> None:
         n = await pipeline.snapshot(everything=True)
         log.info("shutdown: wrote %d partition snapshots", n)
+        decisions = getattr(pipeline, "_decision_logger", None)
+        if decisions is not None:  # flush logged decisions still in flight
+            await decisions.close()
+        if pipeline.router is not None:
+            await pipeline.router.close()
 
     return app
 
