@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.broker import bootstrap_or_embedded, free_port
 from stream.errors import ProfilesError
 from stream.runner import WorkerProcess, histogram_quantile
 from stream.settings import Settings
@@ -474,11 +474,8 @@ def bench_pipeline(args) -> int:
     broker = None
     t_all = time.monotonic()
     try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            broker = EmbeddedBroker().start(log_path=str(workdir / "broker.log"))
-            bootstrap = broker.bootstrap
+        bootstrap, broker = bootstrap_or_embedded(args.bootstrap, str(workdir / "broker.log"))
+        if broker is not None:
             _say(f"embedded broker (Tansu) on {bootstrap}; workdir {workdir}")
         base = Settings.from_env(bootstrap_servers=bootstrap, session_timeout_s=6.0)
         bs = base.batch_size

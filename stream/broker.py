@@ -92,3 +92,11 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def bootstrap_or_embedded(bootstrap: str | None, log_path: str) -> tuple[str, EmbeddedBroker | None]:
+    """``bootstrap`` if given, else a freshly started embedded broker (the caller stops it)."""
+    if bootstrap:
+        return bootstrap, None
+    broker = EmbeddedBroker().start(log_path=log_path)
+    return broker.bootstrap, broker

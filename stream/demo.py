@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.broker import bootstrap_or_embedded, free_port
 from stream.runner import WorkerProcess, histogram_quantile
 from stream.settings import Settings
 
@@ -56,11 +56,8 @@ def run_demo(args) -> int:
     broker = None
     worker = None
     try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            broker = EmbeddedBroker().start(log_path=str(workdir / "broker.log"))
-            bootstrap = broker.bootstrap
+        bootstrap, broker = bootstrap_or_embedded(args.bootstrap, str(workdir / "broker.log"))
+        if broker is not None:
             say(f"embedded broker (Tansu) on {bootstrap}")
         port = args.port or free_port()
         settings = Settings.from_env(bootstrap_servers=bootstrap, http_port=port,

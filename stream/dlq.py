@@ -16,7 +16,6 @@ again while the replay runs land in the DLQ beyond the noted ends and are left f
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -146,26 +145,13 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
         # Pass two: re-publish matching records below the ends found in pass one.
         from kafka.errors import KafkaTimeoutError
 
-        from stream.replay import _make_producer
+        from stream.replay import Acks, _make_producer
 
-        try:
-            producer = _make_producer(settings.bootstrap_servers, {"client_id": "profiles-dlq-replay"})
-        except Exception as exc:
-            raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        lock = threading.Lock()
-        acked = 0
-        errors: dict[str, int] = {}
+        # raises BrokerError (one line) when Kafka cannot be reached
+        producer = _make_producer(settings.bootstrap_servers,
+                                  {"client_id": "profiles-dlq-replay", **settings.kafka_security()})
+        acks = Acks()
         skipped = 0
-
-        def on_ok(_meta) -> None:
-            nonlocal acked
-            with lock:
-                acked += 1
-
-        def on_err(exc: BaseException) -> None:
-            with lock:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
         def publish(rec) -> None:
             nonlocal skipped
@@ -186,19 +172,18 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
                 raise BrokerError(f"cannot publish to topic {settings.events_topic!r} on "
                                   f"{settings.bootstrap_servers}: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 - e.g. MessageSizeTooLargeError: count it
-                on_err(exc)
+                acks.failed(exc)
             else:
-                fut.add_callback(on_ok)
-                fut.add_errback(on_err)
+                acks.watch(fut)
 
         try:
             _read(consumer, tps, timeout_s, ends, publish)
             producer.flush()
         finally:
             producer.close(timeout=10)
-        if errors:
-            raise BrokerError(f"re-published {acked} to {settings.events_topic!r}, "
-                              f"{sum(errors.values())} sends failed: {errors}")
-        return acked, skipped
+        if acks.errors:
+            raise BrokerError(f"re-published {acks.acked} to {settings.events_topic!r}, "
+                              f"{sum(acks.errors.values())} sends failed: {dict(acks.errors)}")
+        return acks.acked, skipped
     finally:
         consumer.close()

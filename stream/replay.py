@@ -155,6 +155,27 @@ def _make_producer(bootstrap: str, producer_config: dict | None):
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}: {exc}") from exc
 
 
+class Acks:
+    """Counts a producer's delivery callbacks (they run on kafka-python's I/O thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acked = 0
+        self.errors: Counter[str] = Counter()
+
+    def ok(self, _meta) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors[type(exc).__name__] += 1
+
+    def watch(self, future) -> None:
+        future.add_callback(self.ok)
+        future.add_errback(self.failed)
+
+
 def _publish(path: Path | str, *, bootstrap: str, topic: str, key_field: str,
              speed: float | None, rate: float | None, limit: int | None, progress: bool,
              producer_config: dict | None, desc: str) -> ReplaySummary:
@@ -178,19 +199,7 @@ def _publish(path: Path | str, *, bootstrap: str, topic: str, key_field: str,
     if total is not None and limit is not None:
         total = min(total, limit)
 
-    lock = threading.Lock()
-    acked = 0
-    errors: Counter[str] = Counter()
-
-    def on_ok(_meta) -> None:
-        nonlocal acked
-        with lock:
-            acked += 1
-
-    def on_err(exc: BaseException) -> None:
-        with lock:
-            errors[type(exc).__name__] += 1
-
+    acks = Acks()
     skipped = [0]
     producer = _make_producer(bootstrap, producer_config)
     bar = tqdm(total=total, unit="rec", desc=desc, file=sys.stderr, disable=not show)
@@ -224,19 +233,18 @@ def _publish(path: Path | str, *, bootstrap: str, topic: str, key_field: str,
                 raise BrokerError(
                     f"cannot publish to topic {topic!r} on {bootstrap}: {exc}") from exc
             except Exception as exc:  # e.g. MessageSizeTooLargeError: count it, keep going
-                on_err(exc)
+                acks.failed(exc)
             else:
-                fut.add_callback(on_ok)
-                fut.add_errback(on_err)
+                acks.watch(fut)
             bar.update(1)
         producer.flush()
     finally:
         bar.close()
         producer.close(timeout=10)
     seconds = time.monotonic() - t0
-    with lock:
-        return ReplaySummary(sent=acked, failed=sum(errors.values()), skipped=skipped[0],
-                             seconds=seconds, errors=dict(errors))
+    # flushed and closed: no callback can still run
+    return ReplaySummary(sent=acks.acked, failed=sum(acks.errors.values()),
+                         skipped=skipped[0], seconds=seconds, errors=dict(acks.errors))
 
 
 def replay(path: Path | str, *, bootstrap: str, topic: str = "events",

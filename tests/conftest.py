@@ -123,3 +123,28 @@ def total_outcomes(worker) -> int:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_topic(bootstrap: str, topic: str, at_least: int = 0, timeout_s: float = 60) -> list:
+    """Every record of partition 0 of ``topic``, read to the Fetch high watermark (Tansu's
+    ListOffsets "latest" is wrong) and until ``at_least`` records arrived, within a deadline."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(topic, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    records: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for batch in c.poll(timeout_ms=200).values():
+                records += batch
+            hw = c.highwater(tp)
+            if len(records) >= at_least and hw is not None and c.position(tp) >= hw:
+                break
+    finally:
+        c.close()
+    return records

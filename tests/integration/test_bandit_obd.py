@@ -7,32 +7,15 @@ The hashing encoder is used: bandit counts never depend on item vectors (and it 
 
 from __future__ import annotations
 
-import time
-
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from stream.obd import prepare_obd
 from stream.replay import create_topics, load_items, replay
-from tests.conftest import read_jsonl, total_outcomes
+from tests.conftest import read_jsonl, read_topic, total_outcomes
 from tests.obd_data import cache_dir, obd_frame
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _read_topic(bootstrap, topic, n, timeout_s=60):
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                      consumer_timeout_ms=1000)
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    out = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n and time.monotonic() < deadline:
-        out.extend(orjson.loads(m.value) for m in c)
-    c.close()
-    return out
 
 
 def test_obd_replay_equals_groupby_and_mabwiser(broker, start_worker, topics, tmp_path):
@@ -97,7 +80,7 @@ def test_obd_replay_equals_groupby_and_mabwiser(broker, start_worker, topics, tm
         assert body["_status"] == 200 and len(body["candidates"]) == 3, body
         assert body["policy"] == "thompson:samples=1000"
         served[body["decision_id"]] = (u, body["candidates"])
-    records = {r["decision_id"]: r for r in _read_topic(broker.bootstrap, decisions_topic, 3)}
+    records = {r["decision_id"]: r for r in (orjson.loads(m.value) for m in read_topic(broker.bootstrap, decisions_topic, at_least=3))}
     assert set(served) <= set(records)
     for did, (u, cands) in served.items():
         r = records[did]

@@ -11,12 +11,12 @@ import time
 import numpy as np
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from stream.replay import create_topics, load_items, replay
 from stream.settings import Settings
 from stream.state import SnapshotStore
-from tests.conftest import total_outcomes
+from tests.conftest import read_topic, total_outcomes
 from tests.oracle import oracle_bandit, oracle_profiles
 
 pytestmark = pytest.mark.timeout(900)
@@ -41,21 +41,6 @@ def _send(broker, topic, records):
 
 def _vectors(worker, users):
     return {u: np.asarray(worker.json(f"/users/{u}/profile?vector=1")["vector"]) for u in users}
-
-
-def _read_dlq(broker, topic, n, timeout_s=60):
-    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
-                      consumer_timeout_ms=1000)
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    out = []
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n and time.monotonic() < deadline:
-        for m in c:
-            out.append(m)
-    c.close()
-    return out
 
 
 def test_duplicates_and_dead_letters(broker, topics, dataset, start_worker):
@@ -88,7 +73,7 @@ def test_duplicates_and_dead_letters(broker, topics, dataset, start_worker):
     assert stats["events_rejected"] == len(bad)
     dlq_metric = worker.total("profiles_dlq", by="reason")
     assert dlq_metric == {reason: 1.0 for *_, reason in bad}
-    dead = _read_dlq(broker, topics["dlq_topic"], len(bad))
+    dead = read_topic(broker.bootstrap, topics["dlq_topic"], at_least=len(bad))
     got = sorted((dict(m.headers)["reason"].decode(), m.value) for m in dead)
     assert got == sorted((reason, value) for _, value, reason in bad)
     assert all(dict(m.headers).get("detail") for m in dead)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import re
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from stream.replay import create_topics, load_items
-from tests.conftest import total_outcomes
+from tests.conftest import read_topic, total_outcomes
 from tests.integration.test_faults import _send
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,20 +25,7 @@ def _prepare(broker, topics, paths):
 
 def _dlq_records(broker, topic):
     """Every record of the DLQ, in order, and the compacted view (latest value per key)."""
-    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    records = []
-    deadline = time.monotonic() + 60
-    # read to the Fetch high watermark (ListOffsets "latest" is wrong on Tansu)
-    while time.monotonic() < deadline:
-        for batch in c.poll(timeout_ms=200).values():
-            records += batch
-        hw = c.highwater(tp)
-        if hw is not None and c.position(tp) >= hw:
-            break
-    c.close()
+    records = read_topic(broker.bootstrap, topic)
     view = {}
     for m in records:
         if m.value is None:
