@@ -23,13 +23,18 @@ from stream.settings import Settings
 log = logging.getLogger("stream.app")
 
 
-def tune_fetch_wait(max_wait_ms: int) -> None:
-    """Make faust's consumer long-poll for at most ``max_wait_ms``.
+def tune_fetch(max_wait_ms: int, max_bytes: int) -> None:
+    """Make faust's consumer long-poll for at most ``max_wait_ms`` and fetch at most
+    ``max_bytes`` per request.
 
     faust 0.15 hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer.  A broker that
     does not answer a waiting Fetch as soon as data arrives (Tansu, measured: p99
-    ingest→index 2.4 s at 200 events/s) then holds every new event up to 1.5 s.  There is no
-    setting for it, so wrap the factory that builds the consumer (this process only).
+    ingest→index 2.4 s at 200 events/s) then holds every new event up to 1.5 s.
+
+    faust sets no request-wide ``fetch_max_bytes`` either (aiokafka's default is 50 MiB), and
+    Tansu ignores the per-partition limit: a lagging worker was measured holding 175,000
+    fetched records (about 100 MiB) at once.  There are no settings for either, so wrap the
+    factory that builds the consumer (this process only).
     """
     from faust.transport.drivers import aiokafka as driver
 
@@ -39,6 +44,7 @@ def tune_fetch_wait(max_wait_ms: int) -> None:
     def create(self, transport):
         consumer = original(self, transport)
         consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start()
+        consumer._fetch_max_bytes = max_bytes
         return consumer
 
     cls._profiles_original_create = original
@@ -61,7 +67,7 @@ def broker_credentials(s: Settings):
 
 def faust_app(s: Settings, app_id: str, **extra) -> faust.App:
     """A faust app with the worker's settings (also used by the benchmark's faust stage)."""
-    tune_fetch_wait(s.fetch_max_wait_ms)
+    tune_fetch(s.fetch_max_wait_ms, s.fetch_max_bytes)
     return faust.App(
         app_id,
         broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")],
@@ -77,6 +83,7 @@ def faust_app(s: Settings, app_id: str, **extra) -> faust.App:
         broker_request_timeout=max(30.0, s.session_timeout_s * 3),
         broker_commit_interval=2.0,
         stream_buffer_maxsize=max(4096, 4 * s.batch_size),
+        consumer_max_fetch_size=s.fetch_max_bytes,
         producer_linger=0.005,
         producer_acks=-1,
         loghandlers=[],
@@ -162,7 +169,8 @@ def build_app(settings: Settings, pipeline: Pipeline) -> faust.App:
         app._profiles_runner = runner  # keep a reference for shutdown
         asyncio.get_running_loop().create_task(
             pipeline.catalog.run(s.bootstrap_servers, s.items_topic, pipeline.encoder_service,
-                                 {"fetch_max_wait_ms": s.fetch_max_wait_ms, **s.kafka_security("aiokafka")}))
+                                 {"fetch_max_wait_ms": s.fetch_max_wait_ms, "fetch_max_bytes": s.fetch_max_bytes,
+                                  **s.kafka_security("aiokafka")}))
 
     @app.timer(s.snapshot_interval_s)
     async def snapshot_timer() -> None:

@@ -31,6 +31,7 @@ async def _read_to_high_watermark(s: Settings, topic: str, on_batch, batch: int)
     """Read ``topic`` from the beginning to the Fetch high watermark; returns records read."""
     consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+                                fetch_max_bytes=s.fetch_max_bytes,
                                 **s.kafka_security("aiokafka"))
     await consumer.start()
     try:

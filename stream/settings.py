@@ -97,6 +97,8 @@ class Settings:
     dedupe_window: int = field(default=1_000_000, metadata={"help": "event ids remembered per partition"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
     fetch_max_wait_ms: int = field(default=50, metadata={"help": "longest a Fetch waits for new data"})
+    fetch_max_bytes: int = field(default=1_048_576, metadata={
+        "help": "most bytes one Fetch returns: bounds the records a lagging worker holds in memory"})
     # -- privacy and protection (README, "Privacy and failure") ------------------
     id_secret: Secret = field(default=Secret(""), metadata={
         "help": "HMAC-SHA256 key: user ids are pseudonymised at ingest (empty: raw ids are stored)"})
@@ -133,7 +135,8 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be > 0, got {value}")
-        for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes"):
+        for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes",
+                     "fetch_max_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.bandit_half_life_ms) and self.bandit_half_life_ms >= 0):
