@@ -83,6 +83,9 @@ class Pipeline:
         self.pseudonymize = Pseudonymizer(settings.id_secret.reveal())
         self.lock = asyncio.Lock()
         self._dirty: set[int] = set()
+        self._snap_at: dict[int, float] = {}  # partition -> monotonic time of its last snapshot
+        self._snap_not_before = 0.0  # the snapshot budget's pause
+        self.clock = time.monotonic  # snapshot scheduling's clock (tests replace it)
         self._catalog_version_seen = 0
         self.assigned_once = asyncio.Event()
         self.gaps = 0
@@ -138,24 +141,63 @@ class Pipeline:
         t0 = time.perf_counter()
         self.store.mark_model(self.model)
         blob = self.store.dumps(st)
+        self._snap_at[st.partition] = self.clock()
         await asyncio.get_running_loop().run_in_executor(None, self.store.write, st.partition, blob)
         self.metrics.snapshots.inc()
         self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
 
     async def snapshot(self, everything: bool = False) -> int:
-        """Write snapshots of partitions changed since the last one; returns how many."""
+        """Snapshot changed partitions; returns how many.
+
+        ``everything`` (shutdown, rebuild): every owned partition, now.  Otherwise (the timer)
+        at most *one* partition per call: the changed one whose snapshot is oldest, once that is
+        ``snapshot_interval_s`` old.  Serialising runs on the event loop while no batch can
+        change the state, so one partition per call bounds the pause, and after a snapshot that
+        took ``c`` seconds to serialise the next waits ``c / snapshot_budget`` (the share of
+        the loop's time snapshots may take: the interval stretches as the state grows).
+        """
+        if everything:
+            async with self.lock:
+                parts = list(self.states)
+                for p in parts:
+                    await self._write_snapshot(self.states[p])
+                self._dirty.clear()
+                await self._snapshot_catalog()
+                return len(parts)
+        now = self.clock()
+        if now < self._snap_not_before:
+            return 0
         async with self.lock:
-            parts = list(self.states) if everything else sorted(self._dirty & set(self.states))
-            for p in parts:
-                await self._write_snapshot(self.states[p])
-            self._dirty.clear()
-            if self.catalog.version != self._catalog_saved:
-                self._catalog_saved = self.catalog.version
-                blob = self.items_store.frame(
-                    pickle.dumps(self.catalog.state(), protocol=pickle.HIGHEST_PROTOCOL))
-                await asyncio.get_running_loop().run_in_executor(
-                    None, self.items_store.write, "catalogue", blob)
-            return len(parts)
+            await self._snapshot_catalog()
+            due = [p for p in self._dirty if p in self.states
+                   and now - self._snap_at.get(p, float("-inf")) >= self.s.snapshot_interval_s]
+            if not due:
+                return 0
+            p = min(due, key=lambda q: self._snap_at.get(q, float("-inf")))
+            t0 = time.perf_counter()
+            self.store.mark_model(self.model)
+            blob = self.store.dumps(self.states[p])
+            cost = time.perf_counter() - t0
+            self._dirty.discard(p)
+            self._snap_at[p] = now
+            self._snap_not_before = self.clock() + cost / self.s.snapshot_budget
+        # The disk write (fsync) runs off the loop and outside the lock: batches go on meanwhile.
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.write, p, blob)
+        except BaseException:
+            self._dirty.add(p)
+            raise
+        self.metrics.snapshots.inc()
+        self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+        return 1
+
+    async def _snapshot_catalog(self) -> None:
+        if self.catalog.version != self._catalog_saved:
+            self._catalog_saved = self.catalog.version
+            blob = self.items_store.frame(
+                pickle.dumps(self.catalog.state(), protocol=pickle.HIGHEST_PROTOCOL))
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.items_store.write, "catalogue", blob)
 
     def load_catalog(self) -> None:
         """Adopt the item catalogue's snapshot, if there is one made by this model."""

@@ -57,7 +57,10 @@ class Settings:
     partitions: int = field(default=4, metadata={"help": "partitions of the events topic when created"})
     group_id: str = field(default="profiles", metadata={"help": "consumer group / faust app id"})
     state_dir: str = field(default="./state", metadata={"help": "where partition snapshots live"})
-    snapshot_interval_s: float = field(default=2.0, metadata={"help": "seconds between state snapshots"})
+    snapshot_interval_s: float = field(default=2.0, metadata={
+        "help": "a changed partition is snapshotted once its last snapshot is this old"})
+    snapshot_budget: float = field(default=0.05, metadata={
+        "help": "most share of the event loop's time spent serialising snapshots (stretches the interval)"})
     half_life_ms: float = field(default=7 * 24 * 3600 * 1000.0, metadata={"help": "profile half-life in event time (ms)"})
     event_weights: str = field(
         default="view=1,click=2,add_to_cart=4,purchase=8,search=1.5",
@@ -131,10 +134,13 @@ class Settings:
             if isinstance(f.default, Secret) and not isinstance(getattr(self, f.name), Secret):
                 object.__setattr__(self, f.name, Secret(getattr(self, f.name) or ""))
         problems = []
-        for name in ("half_life_ms", "snapshot_interval_s", "batch_max_wait_s", "park_timeout_s", "session_timeout_s"):
+        for name in ("half_life_ms", "snapshot_interval_s", "snapshot_budget", "batch_max_wait_s",
+                     "park_timeout_s", "session_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be > 0, got {value}")
+        if self.snapshot_budget > 1:
+            problems.append(f"snapshot_budget is a share of time, at most 1, got {self.snapshot_budget}")
         for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes",
                      "fetch_max_bytes"):
             if getattr(self, name) < 1:

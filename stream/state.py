@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import tempfile
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class DedupeWindow:
         return len(self._order)
 
     def state(self) -> list[str]:
+        if len(self._order) == len(self._set):  # nothing discarded: every id is live
+            return list(self._order)
         return [i for i in self._order if i in self._set]
 
     @classmethod
@@ -168,6 +171,7 @@ class SnapshotStore:
     def __init__(self, directory: str | os.PathLike, topic: str) -> None:
         self.dir = Path(directory)
         self.topic = topic
+        self._write_lock = threading.Lock()
 
     def path(self, partition: int | str) -> Path:
         return self.dir / f"{self.topic}-{partition}.snap"
@@ -215,7 +219,12 @@ class SnapshotStore:
 
     def write(self, partition: int | str, blob: bytes) -> bool:
         """Durable atomic replace (temp, fsync, rename, fsync the directory), unless the file
-        on disk already covers more offsets; returns whether it was written."""
+        on disk already covers more offsets; returns whether it was written.  Thread-safe: the
+        check and the replace are one step (writes run on executor threads)."""
+        with self._write_lock:
+            return self._write(partition, blob)
+
+    def _write(self, partition: int | str, blob: bytes) -> bool:
         mine = int.from_bytes(blob[len(_MAGIC):_HEADER], "big", signed=True)
         on_disk = self.covered(partition)
         if mine >= 0 and on_disk is not None and on_disk > mine:

@@ -1,0 +1,74 @@
+"""The timer's snapshots: one due partition per call, each at most every interval, and the
+serialising cost kept under the budget (the interval stretches instead)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from encoder.fake import HashingEncoder
+from stream.pipeline import Pipeline
+from stream.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pipeline(tmp_path, **settings) -> tuple[Pipeline, Clock]:
+    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), **settings)
+    pipe = Pipeline(s, HashingEncoder(8))
+    pipe.clock = clock = Clock()
+    for p in range(3):
+        pipe.load_partition(p).next_offset = 10 + p
+    return pipe, clock
+
+
+def test_one_due_partition_per_call_and_each_at_most_every_interval(tmp_path) -> None:
+    pipe, clock = _pipeline(tmp_path, snapshot_interval_s=10.0, snapshot_budget=1.0)
+
+    async def run() -> None:
+        pipe._dirty = {0, 1, 2}
+        written = []
+        for _ in range(3):
+            assert await pipe.snapshot() == 1
+            written.append({p for p in range(3) if pipe.store.covered(p) is not None})
+            clock.now += 1.0
+        assert written == [{0}, {0, 1}, {0, 1, 2}]  # one per call, never-written first
+        assert await pipe.snapshot() == 0  # nothing changed
+        pipe.states[0].next_offset = 50
+        pipe._dirty.add(0)
+        assert await pipe.snapshot() == 0  # changed, but its snapshot is only 3 s old
+        clock.now += 7.0
+        assert await pipe.snapshot() == 1 and pipe.store.covered(0) == 50
+        pipe.states[1].next_offset = 60
+        pipe._dirty.add(1)
+        assert await pipe.snapshot(everything=True) == 3  # shutdown: all of them, now
+        assert pipe.store.covered(1) == 60 and not pipe._dirty
+
+    asyncio.run(run())
+
+
+def test_serialising_cost_stretches_the_interval_to_the_budget(tmp_path) -> None:
+    pipe, clock = _pipeline(tmp_path, snapshot_interval_s=0.5, snapshot_budget=0.01)
+    dumps = pipe.store.dumps
+
+    def slow_dumps(st):  # >= 20 ms of serialising: the next may start >= 2 s later
+        time.sleep(0.02)
+        return dumps(st)
+
+    pipe.store.dumps = slow_dumps
+
+    async def run() -> None:
+        pipe._dirty = {0, 1, 2}
+        assert await pipe.snapshot() == 1
+        clock.now += 1.0  # past the interval, not past the budget's pause
+        assert await pipe.snapshot() == 0
+        clock.now += 100.0
+        assert await pipe.snapshot() == 1
+
+    asyncio.run(run())
