@@ -132,6 +132,11 @@ class Metrics:
             "profiles_redelivered", "Records re-read at offsets the state already covers (skipped)",
             registry=r,
         )
+        self.offset_gaps = Counter(
+            "profiles_offset_gaps",
+            "Records that arrived past the next offset to apply (offsets skipped: events not applied)",
+            ["topic", "partition"], registry=r,
+        )
         self.snapshots = Counter("profiles_snapshots", "State snapshots written", registry=r)
         self.snapshot_seconds = Histogram(
             "profiles_snapshot_seconds", "Wall time to write a state snapshot",

@@ -233,6 +233,7 @@ class Pipeline:
                 continue
             if off > high.get(p, st.next_offset - 1) + 1 and off != st.next_offset:
                 self.gaps += 1
+                self.metrics.offset_gaps.labels(self.s.events_topic, str(p)).inc()
                 log.warning("partition %d: offset gap %d -> %d", p, high.get(p, st.next_offset - 1), off)
             high[p] = off
             raw = raw or b""

@@ -147,6 +147,8 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
     resumed = {int(m.group(1)): int(m.group(2))
                for m in re.finditer(r"partition (\d+): resumed at offset (\d+)", log)}
     assert resumed == snap, (resumed, snap)
+    skipped = [s for s in worker2.metrics().get("profiles_offset_gaps", []) if s.name.endswith("_total")]
+    assert not any(s.value for s in skipped), skipped
     assert any(resumed[p] < off for p, off in offsets.items()), (resumed, offsets)
 
     stats = worker2.stats()

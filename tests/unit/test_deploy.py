@@ -49,6 +49,7 @@ WORKER_METRICS = {
     "profiles_consumer_lag": "gauge",
     "profiles_next_offset": "gauge",
     "profiles_redelivered": "counter",
+    "profiles_offset_gaps": "counter",
     "profiles_snapshots": "counter",
     "profiles_snapshot_seconds": "histogram",
     "profiles_ready": "gauge",

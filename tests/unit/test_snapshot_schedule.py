@@ -1,5 +1,5 @@
 """The timer's snapshots: one due partition per call, each at most every interval, and the
-serialising cost kept under the budget (the interval stretches instead)."""
+serialising cost kept under the budget (the interval stretches instead); offset gaps counted."""
 
 from __future__ import annotations
 
@@ -70,5 +70,36 @@ def test_serialising_cost_stretches_the_interval_to_the_budget(tmp_path) -> None
         assert await pipe.snapshot() == 0
         clock.now += 100.0
         assert await pipe.snapshot() == 1
+
+    asyncio.run(run())
+
+
+def test_a_record_past_the_next_offset_counts_as_an_offset_gap(tmp_path) -> None:
+    """Offsets skipped between the state and a delivered record are counted (and alerted on)."""
+    import orjson
+
+    pipe, _clock = _pipeline(tmp_path)
+    st = pipe.states[0]
+    start = st.next_offset
+    topic = pipe.s.events_topic
+
+    def record(offset: int) -> tuple:
+        ev = {"event_id": f"e{offset}", "user_id": "u1", "type": "search", "query": "tent",
+              "ts": 1_700_000_000_000 + offset}
+        return (0, offset, 1_700_000_000_000, b"u1", orjson.dumps(ev), [])
+
+    def gaps() -> float:
+        return pipe.metrics.registry.get_sample_value(
+            "profiles_offset_gaps_total", {"topic": topic, "partition": "0"}) or 0.0
+
+    async def run() -> None:
+        pipe.encoder_service.start()  # search events: their queries go through the encoder
+        try:
+            await pipe.process([record(start), record(start + 1)])
+            assert gaps() == 0 and st.next_offset == start + 2
+            await pipe.process([record(start + 5)])  # start+2 .. start+4 never arrived
+            assert gaps() == 1 and st.next_offset == start + 6
+        finally:
+            await pipe.encoder_service.stop()
 
     asyncio.run(run())
