@@ -88,7 +88,6 @@ class Pipeline:
         self.clock = time.monotonic  # snapshot scheduling's clock (tests replace it)
         self._catalog_version_seen = 0
         self.assigned_once = asyncio.Event()
-        self.gaps = 0
 
     # ------------------------------------------------------------------ assignment
     def load_partition(self, partition: int) -> PartitionState:
@@ -137,14 +136,21 @@ class Pipeline:
             self._refresh_sizes()
 
     # ------------------------------------------------------------------ snapshots
-    async def _write_snapshot(self, st: PartitionState) -> None:
-        t0 = time.perf_counter()
+    def _serialise(self, st: PartitionState) -> bytes:
+        """On the event loop, under the lock: the state must not change while this runs."""
         self.store.mark_model(self.model)
-        blob = self.store.dumps(st)
         self._snap_at[st.partition] = self.clock()
-        await asyncio.get_running_loop().run_in_executor(None, self.store.write, st.partition, blob)
+        return self.store.dumps(st)
+
+    async def _store(self, partition: int, blob: bytes, t0: float) -> None:
+        """The durable write, on an executor thread; ``t0``: when serialising began."""
+        await asyncio.get_running_loop().run_in_executor(None, self.store.write, partition, blob)
         self.metrics.snapshots.inc()
         self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+
+    async def _write_snapshot(self, st: PartitionState) -> None:
+        t0 = time.perf_counter()
+        await self._store(st.partition, self._serialise(st), t0)
 
     async def snapshot(self, everything: bool = False) -> int:
         """Snapshot changed partitions; returns how many.
@@ -175,20 +181,15 @@ class Pipeline:
                 return 0
             p = min(due, key=lambda q: self._snap_at.get(q, float("-inf")))
             t0 = time.perf_counter()
-            self.store.mark_model(self.model)
-            blob = self.store.dumps(self.states[p])
-            cost = time.perf_counter() - t0
+            blob = self._serialise(self.states[p])
             self._dirty.discard(p)
-            self._snap_at[p] = now
-            self._snap_not_before = self.clock() + cost / self.s.snapshot_budget
-        # The disk write (fsync) runs off the loop and outside the lock: batches go on meanwhile.
+            self._snap_not_before = self.clock() + (time.perf_counter() - t0) / self.s.snapshot_budget
+        # The disk write (fsync) runs outside the lock: batches go on meanwhile.
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self.store.write, p, blob)
+            await self._store(p, blob, t0)
         except BaseException:
             self._dirty.add(p)
             raise
-        self.metrics.snapshots.inc()
-        self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
         return 1
 
     async def _snapshot_catalog(self) -> None:
@@ -232,7 +233,6 @@ class Pipeline:
                 redelivered += 1
                 continue
             if off > high.get(p, st.next_offset - 1) + 1 and off != st.next_offset:
-                self.gaps += 1
                 self.metrics.offset_gaps.labels(self.s.events_topic, str(p)).inc()
                 log.warning("partition %d: offset gap %d -> %d", p, high.get(p, st.next_offset - 1), off)
             high[p] = off

@@ -121,6 +121,31 @@ def total_outcomes(worker) -> int:
     return int(sum(v for k, v in s.items() if k.startswith("events_")))
 
 
+def assert_matches_oracle(worker, events: list[dict], oracle_vectors) -> tuple[float, int]:
+    """Every profile the worker serves equals the offline oracle to 1e-5, and every arm's
+    counts equal the oracle's groupby; returns (worst profile error, arms checked)."""
+    import numpy as np
+
+    from tests.oracle import oracle_bandit, oracle_profiles
+
+    s = worker.settings
+    item_vecs, query_vecs = oracle_vectors
+    worst = 0.0
+    for user, want in oracle_profiles(events, item_vecs, query_vecs, s.event_weight_map(),
+                                      s.half_life_ms).items():
+        body = worker.json(f"/users/{user}/profile?vector=1")
+        assert body["_status"] == 200, (user, body)
+        worst = max(worst, float(np.max(np.abs(np.asarray(body["vector"]) - want))))
+    assert worst <= 1e-5, worst
+    arms = 0
+    for arm, (imp, rew) in oracle_bandit(events, s.reward_weight_map()).items():
+        if imp or rew:
+            body = worker.json(f"/arms/{arm}")
+            assert (body["impressions"], body["rewards"]) == (imp, rew), (arm, body)
+            arms += 1
+    return worst, arms
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -16,8 +16,7 @@ from kafka import KafkaProducer
 from stream.replay import create_topics, load_items, replay
 from stream.settings import Settings
 from stream.state import SnapshotStore
-from tests.conftest import read_topic, total_outcomes
-from tests.oracle import oracle_bandit, oracle_profiles
+from tests.conftest import assert_matches_oracle, read_topic, total_outcomes
 
 pytestmark = pytest.mark.timeout(900)
 DEFAULTS = Settings()
@@ -153,16 +152,7 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
 
     stats = worker2.stats()
     assert stats["events_applied"] == n and stats.get("events_duplicate", 0) == 0
-    item_vecs, query_vecs = oracle_vectors
-    expected = oracle_profiles(ds.events, item_vecs, query_vecs, DEFAULTS.event_weight_map(),
-                               DEFAULTS.half_life_ms)
-    got = _vectors(worker2, list(expected))
-    worst = max(float(np.max(np.abs(got[u] - v))) for u, v in expected.items())
-    assert worst <= 1e-5, worst
-    for arm, (imp, rew) in oracle_bandit(ds.events, DEFAULTS.reward_weight_map()).items():
-        if imp or rew:
-            body = worker2.json(f"/arms/{arm}")
-            assert (body["impressions"], body["rewards"]) == (imp, rew), arm
+    assert_matches_oracle(worker2, ds.events, oracle_vectors)
 
 
 def test_dead_lettered_unknown_items_come_back_with_dlq_replay(broker, topics, dataset,

@@ -21,7 +21,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -30,12 +29,10 @@ from stream.broker import free_port
 from stream.replay import create_topics, load_items
 from stream.runner import WorkerProcess
 from stream.settings import Settings
-from tests.conftest import total_outcomes
+from tests.conftest import assert_matches_oracle, total_outcomes
 from tests.faultproxy import ProxiedBroker, wait_until
-from tests.oracle import oracle_bandit, oracle_profiles
 
 pytestmark = pytest.mark.timeout(900)
-DEFAULTS = Settings()
 OUTAGE_S = 20.0
 
 
@@ -130,19 +127,7 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
             assert sorted(int(p) for p in stats["partitions"]) == list(range(settings.partitions))
             assert sum(stats["partitions"].values()) == n  # next_offset = end of every partition
 
-            item_vecs, query_vecs = oracle_vectors
-            expected = oracle_profiles(ds.events, item_vecs, query_vecs, DEFAULTS.event_weight_map(),
-                                       DEFAULTS.half_life_ms)
-            worst = 0.0
-            for user, want in expected.items():
-                body = worker.json(f"/users/{user}/profile?vector=1")
-                assert body["_status"] == 200, (user, body)
-                worst = max(worst, float(np.max(np.abs(np.asarray(body["vector"]) - want))))
-            assert worst <= 1e-5, worst
-            for arm, (imp, rew) in oracle_bandit(ds.events, DEFAULTS.reward_weight_map()).items():
-                if imp or rew:
-                    body = worker.json(f"/arms/{arm}")
-                    assert (body["impressions"], body["rewards"]) == (imp, rew), (arm, body)
+            assert_matches_oracle(worker, ds.events, oracle_vectors)
             print(f"outage ({mode}): dropped at {applied_at_drop}/{n} applied, outage {outage_s:.1f}s, "
                   f"all applied {recovered_s:.1f}s after the drop; proxy {proxy}; "
                   f"redelivered {_metric(worker, 'profiles_redelivered_total')}")

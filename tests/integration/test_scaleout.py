@@ -16,14 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from stream.replay import create_topics, load_items, replay
 from stream.settings import Settings
 from stream.state import SnapshotStore
-from tests.conftest import total_outcomes
-from tests.oracle import oracle_bandit, oracle_profiles
+from tests.conftest import assert_matches_oracle, total_outcomes
 
 pytestmark = pytest.mark.timeout(900)
 DEFAULTS = Settings()
@@ -129,21 +127,7 @@ def test_two_workers_one_sigkilled_midway_equals_oracle(broker, topics, dataset,
     assert stats.get("events_duplicate", 0) == 0 and stats.get("events_rejected", 0) == 0, stats
     assert stats["users"] == len({e["user_id"] for e in ds.events})
 
-    item_vecs, query_vecs = oracle_vectors
-    expected = oracle_profiles(ds.events, item_vecs, query_vecs, DEFAULTS.event_weight_map(),
-                               DEFAULTS.half_life_ms)
-    worst = 0.0
-    for user, want in expected.items():
-        body = survivor.json(f"/users/{user}/profile?vector=1")
-        assert body["_status"] == 200, (user, body)
-        worst = max(worst, float(np.max(np.abs(np.asarray(body["vector"]) - want))))
-    assert worst <= 1e-5, worst
-    arms = 0
-    for arm, (imp, rew) in oracle_bandit(ds.events, DEFAULTS.reward_weight_map()).items():
-        if imp or rew:
-            body = survivor.json(f"/arms/{arm}")
-            assert (body["impressions"], body["rewards"]) == (imp, rew), (arm, body)
-            arms += 1
+    worst, arms = assert_matches_oracle(survivor, ds.events, oracle_vectors)
     assert arms > 0
     print(f"scale-out: killed at {applied}/{n} applied, victim partitions {sorted(victim_parts)}, "
           f"takeover {takeover_s:.1f}s, re-read from {snap} (victim had {offsets}), worst {worst:.2e}")
