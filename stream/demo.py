@@ -55,6 +55,10 @@ def run_demo(args) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     broker = None
     worker = None
+    # SIGTERM/SIGHUP at any point (also during start-up) unwinds through ``finally``: the broker
+    # and worker run in their own sessions, so nothing else would stop them.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(0))
     try:
         bootstrap, broker = bootstrap_or_embedded(args.bootstrap, str(workdir / "broker.log"))
         if broker is not None:
@@ -92,7 +96,6 @@ Look around:
   curl {worker.url}/metrics
   profiles replay {paths['events']} --bootstrap-servers {bootstrap}   # again: all duplicates
 Ctrl-C to stop.""")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while worker.alive():
             time.sleep(1)
         return 1
