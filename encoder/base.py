@@ -7,9 +7,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from stream.core.errors import EncoderError
 
-class EncoderError(Exception):
-    """An encoder could not be loaded; the message is a single line."""
+__all__ = ["Encoder", "EncoderError", "check_texts"]
 
 
 @runtime_checkable

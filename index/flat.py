@@ -1,4 +1,4 @@
-"""Exact inner-product index with string ids and in-place row updates."""
+"""The ``flat`` index kind: exact inner product with string ids and in-place row updates."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.errors import IndexShapeError
+from stream.core.errors import IndexShapeError
 
 
-class VectorIndex:
+class FlatIndex:
     """`faiss.IndexFlatIP` plus a string-id <-> int64-slot map.
 
     Upserts of known ids overwrite their row in FAISS storage in place (no rebuild);
@@ -189,7 +189,7 @@ class VectorIndex:
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> VectorIndex:
+    def from_state(cls, state: dict[str, Any]) -> FlatIndex:
         """Rebuild from state(); the result has no free slots."""
         idx = cls(int(state["dim"]), name=str(state.get("name", "")))
         ids = list(state["ids"])

@@ -11,7 +11,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from stream.errors import ConfigError, ProfilesError
+from stream.core.errors import ConfigError, ProfilesError
 from stream.settings import Settings
 
 # Settings that the worker-facing commands expose as flags (all fields are also env vars).
@@ -186,13 +186,14 @@ def _add_movielens(sub) -> None:
     p = dsub.add_parser("movielens", help="MovieLens-100k (from the recbole 1.2.1 wheel) -> items + events JSONL")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache", type=Path, default=None,
-                   help="where the downloaded wheel is kept (default ~/.cache/profiles/movielens)")
+                   help="where the downloaded wheel is kept (default: <cache-dir>/movielens)")
+    _add_settings_flags(p, ["cache_dir"])
     p.set_defaults(func=cmd_data_movielens)
 
 
 def _add_bandit_commands(sub) -> None:
-    """``profiles bandit ope|convert-obd`` and ``profiles data obd`` (stream/offpolicy.py,
-    stream/obd.py)."""
+    """``profiles bandit ope|convert-obd`` and ``profiles data obd`` (stream/data/offpolicy.py,
+    stream/data/obd.py)."""
     bandit = sub.add_parser("bandit", help="bandit tools: off-policy evaluation, OBD conversion")
     bsub = bandit.add_subparsers(dest="bandit_command", required=True, metavar="ACTION")
     p = bsub.add_parser("ope", help="off-policy estimates (IPW, SNIPW, DR) of a policy's click rate")
@@ -224,8 +225,9 @@ def _add_bandit_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--campaign", choices=["random", "bts"], default="random")
     p.add_argument("--population", choices=["all", "men", "women"], default="all")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "realtime-profiles",
-                   help="where the downloaded sdist is kept")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="where the downloaded sdist is kept (default: <cache-dir>/obd)")
+    _add_settings_flags(p, ["cache_dir"])
     p.set_defaults(func=cmd_data_obd)
 
 
@@ -233,7 +235,7 @@ def cmd_bandit_ope(args) -> int:
     import json
 
     from stream.core.policies import parse_policy
-    from stream.offpolicy import format_report, read_log, run_ope
+    from stream.data.offpolicy import format_report, read_log, run_ope
 
     _need_file(args.log)
     if not 0 < args.train_frac < 1:
@@ -242,7 +244,7 @@ def cmd_bandit_ope(args) -> int:
         raise ConfigError(f"--level must be in (0, 1), got {args.level}")
     try:
         policies = [parse_policy(spec) for spec in args.policy]
-    except ValueError as exc:
+    except ConfigError as exc:
         raise ConfigError(f"--policy: {exc}") from None
     log = read_log(args.log)
     header, results = run_ope(log, policies, train_frac=args.train_frac,
@@ -256,7 +258,7 @@ def cmd_bandit_ope(args) -> int:
 
 
 def cmd_bandit_convert_obd(args) -> int:
-    from stream.obd import convert_csv
+    from stream.data.obd import convert_csv
 
     _need_file(args.csv)
     items = args.items
@@ -272,10 +274,11 @@ def cmd_bandit_convert_obd(args) -> int:
 
 
 def cmd_data_obd(args) -> int:
-    from stream.obd import prepare_obd
+    from stream.data.obd import prepare_obd
 
+    cache = args.cache or _settings(args).cache_path() / "obd"
     try:
-        s = prepare_obd(args.out, args.cache, args.campaign, args.population)
+        s = prepare_obd(args.out, cache, args.campaign, args.population)
     except RuntimeError as exc:
         raise ProfilesError(str(exc)) from None
     print(f"OBD {args.campaign}/{args.population}: {s['rows']} impressions, {s['clicks']} clicks")
@@ -290,7 +293,7 @@ def cmd_broker(args) -> int:
     import signal
     import time
 
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start()
     print(f"bootstrap: {broker.bootstrap}", flush=True)
@@ -304,47 +307,42 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from encoder import EncoderError
-    from stream.app import run_worker
+    from stream.service import run_worker
 
-    try:
-        run_worker(_settings(args))
-    except EncoderError as exc:  # e.g. a corrupt PROFILES_ENCODER_PATH: one line, exit 1
-        raise ProfilesError(str(exc)) from exc
+    run_worker(_settings(args))  # a corrupt PROFILES_ENCODER_PATH: EncoderError, one line
     return 0
 
 
 def cmd_items_load(args) -> int:
-    from stream.replay import create_topics, load_items
+    from stream.kafka.clients import create_topics
+    from stream.tools.replay import load_items
 
     s = _settings(args)
     _need_file(args.file)
-    create_topics(s.bootstrap_servers, {s.items_topic: 1}, client_config=s.kafka_security())
-    summary = load_items(args.file, bootstrap=s.bootstrap_servers, topic=s.items_topic,
-                         progress=not args.no_progress, producer_config=s.kafka_security())
+    create_topics(s, {s.items_topic: 1})
+    summary = load_items(args.file, s, progress=not args.no_progress)
     print(f"items: sent {summary.sent}, failed {summary.failed}")
     return 1 if summary.failed else 0
 
 
 def cmd_replay(args) -> int:
-    from stream.replay import create_topics, replay
+    from stream.kafka.clients import create_topics
+    from stream.tools.replay import replay
 
     s = _settings(args)
     _need_file(args.file)
     if args.speed is not None and args.rate is not None:
         raise ConfigError("--speed and --rate are mutually exclusive")
-    create_topics(s.bootstrap_servers, {s.events_topic: s.partitions},
-                  client_config=s.kafka_security())
-    summary = replay(args.file, bootstrap=s.bootstrap_servers, topic=s.events_topic, speed=args.speed,
-                     rate=args.rate, limit=args.limit, progress=not args.no_progress,
-                     producer_config=s.kafka_security())
+    create_topics(s, {s.events_topic: s.partitions})
+    summary = replay(args.file, s, speed=args.speed, rate=args.rate, limit=args.limit,
+                     progress=not args.no_progress)
     print(f"events: sent {summary.sent}, failed {summary.failed}, {summary.seconds:.1f}s"
           + (f", errors {summary.errors}" if summary.errors else ""))
     return 1 if summary.failed else 0
 
 
 def cmd_generate(args) -> int:
-    from stream.generate import generate
+    from stream.data.generate import generate
 
     ds = generate(args.users, args.items, args.events, args.seed)
     paths = ds.write(args.out)
@@ -354,27 +352,28 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from stream.demo import run_demo
+    from stream.tools.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_bench_pipeline(args) -> int:
-    from stream.bench import bench_pipeline
+    from stream.bench.pipeline import bench_pipeline
 
     return bench_pipeline(args)
 
 
 def cmd_bench_encoder(args) -> int:
-    from encoder.bench import bench_encoder_cli
+    from stream.bench.encoder import bench_encoder_cli
 
     return bench_encoder_cli(args)
 
 
 def cmd_data_movielens(args) -> int:
-    from stream.movielens import RATING_TO_TYPE, movielens
+    from stream.data.movielens import RATING_TO_TYPE, movielens
 
-    paths = movielens(args.out, args.cache)
+    cache = args.cache or _settings(args).cache_path() / "movielens"
+    paths = movielens(args.out, cache)
     for name, path in paths.items():
         print(f"{name}: {path}")
     print("ratings -> types: " + ", ".join(f"{r}={t}" for r, t in sorted(RATING_TO_TYPE.items())))
@@ -382,8 +381,7 @@ def cmd_data_movielens(args) -> int:
 
 
 def cmd_encoder_finetune(args) -> int:
-    from encoder import EncoderError
-    from encoder.finetune import FinetuneConfig, finetune
+    from encoder.training.finetune import FinetuneConfig, finetune
 
     s = _settings(args)
     for f in (args.events, args.items):
@@ -392,11 +390,8 @@ def cmd_encoder_finetune(args) -> int:
                          max_steps=args.max_steps, device=args.device, seed=args.seed,
                          eval_every=args.eval_every, patience=args.patience,
                          half_life_ms=s.half_life_ms, event_weights=s.event_weight_map())
-    try:
-        meta = finetune(args.events, args.items, args.out, cfg, base=args.base,
-                        progress=not args.no_progress)
-    except EncoderError as exc:
-        raise ProfilesError(str(exc)) from exc
+    meta = finetune(args.events, args.items, args.out, cfg, base=args.base,
+                    progress=not args.no_progress)
     v = meta["validation"]
     print(f"model: {args.out} (fingerprint {meta['fingerprint']}); val Recall@20 untuned "
           f"{v['untuned']:.4f} -> {v['best']:.4f} at step {v['best_step']}; "
@@ -405,29 +400,25 @@ def cmd_encoder_finetune(args) -> int:
 
 
 def cmd_encoder_eval(args) -> int:
-    from encoder import EncoderError
-    from encoder.evaluate import run_eval
+    from encoder.training.evaluate import run_eval
 
     s = _settings(args)
     for f in (args.events, args.items):
         _need_file(f)
-    try:
-        return run_eval(args, s)
-    except EncoderError as exc:
-        raise ProfilesError(str(exc)) from exc
+    return run_eval(args, s.profile_params())
 
 
 def cmd_rebuild(args) -> int:
     import json
 
-    from stream.rebuild import run_rebuild
+    from stream.tools.rebuild import run_rebuild
 
     print(json.dumps(run_rebuild(_settings(args), args.swap), indent=2))
     return 0
 
 
 def cmd_dlq_replay(args) -> int:
-    from stream.dlq import replay_dlq
+    from stream.tools.dlq import replay_dlq
 
     s = _settings(args)
     n, skipped = replay_dlq(s, reasons=args.reason, dry_run=args.dry_run)

@@ -1,8 +1,10 @@
 """One settings object, read from ``PROFILES_*`` environment variables in one place.
 
 Every field has a default that works on the embedded broker; each maps to the environment
-variable ``PROFILES_<FIELD>`` (upper case).  The CLI's ``--help`` lists them, and
-``Settings.from_env()`` is the only place that reads ``os.environ``.
+variable ``PROFILES_<FIELD>`` (upper case).  The CLI's ``--help`` lists them, and this module is
+the only one that reads ``os.environ`` (a test checks it).  The pure core's parameter objects
+(:class:`Limits`, :class:`ProfileParams`, :class:`BanditParams`) are made from settings here,
+once: :meth:`Settings.limits`, :meth:`Settings.profile_params`, :meth:`Settings.bandit_params`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from stream.errors import ConfigError
+from stream.core.bandit import BanditParams
+from stream.core.errors import ConfigError
+from stream.core.events import Limits
+from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, DEFAULT_WEIGHTS, format_weights
+from stream.core.policies import parse_policy
+from stream.core.profile import ProfileParams
 
 ENV_PREFIX = "PROFILES_"
 
@@ -63,11 +71,12 @@ class Settings:
         "help": "most share of the event loop's time spent serialising snapshots (stretches the interval)"})
     half_life_ms: float = field(default=7 * 24 * 3600 * 1000.0, metadata={"help": "profile half-life in event time (ms)"})
     event_weights: str = field(
-        default="view=1,click=2,add_to_cart=4,purchase=8,search=1.5",
+        default=format_weights(DEFAULT_WEIGHTS),  # the event-type table's weights
         metadata={"help": "profile weight per event type"},
     )
     reward_weights: str = field(
-        default="click=1,add_to_cart=0,purchase=0", metadata={"help": "bandit reward per event type"}
+        default=format_weights(DEFAULT_REWARD_WEIGHTS),  # the event-type table's rewards
+        metadata={"help": "bandit reward per event type"},
     )
     prior_alpha: float = field(default=1.0, metadata={"help": "Beta prior alpha of a new arm"})
     prior_beta: float = field(default=1.0, metadata={"help": "Beta prior beta of a new arm"})
@@ -121,6 +130,9 @@ class Settings:
     sasl_password: Secret = field(default=Secret(""), metadata={"help": "Kafka SASL password"})
     ssl_cafile: str = field(default="", metadata={"help": "CA bundle for Kafka TLS"})
     log_level: str = field(default="info", metadata={"help": "log level"})
+    cache_dir: str = field(default="", metadata={
+        "help": "where downloaded data sets are kept (empty: $XDG_CACHE_HOME/profiles, else "
+                "~/.cache/profiles)"})
 
     # -- derived, validated views ------------------------------------------------
     def event_weight_map(self) -> dict[str, float]:
@@ -128,6 +140,29 @@ class Settings:
 
     def reward_weight_map(self) -> dict[str, float]:
         return _weights(self.reward_weights)
+
+    def limits(self) -> Limits:
+        """Validation bounds of events and items."""
+        return Limits(min_ts=self.min_ts, max_future_ms=self.max_future_ms,
+                      max_text_len=self.max_text_len, max_bytes=self.max_message_bytes)
+
+    def profile_params(self) -> ProfileParams:
+        """Half-life and event weights of the profile vectors."""
+        return ProfileParams(half_life_ms=self.half_life_ms, weights=self.event_weight_map())
+
+    def bandit_params(self) -> BanditParams:
+        """Prior, rewards, discounting and context of the bandit counts."""
+        return BanditParams(prior_alpha=self.prior_alpha, prior_beta=self.prior_beta,
+                            reward_weights=self.reward_weight_map(),
+                            half_life_ms=self.bandit_half_life_ms or None,
+                            context=self.bandit_context)
+
+    def cache_path(self) -> Path:
+        """Folder for downloaded data sets (``cache_dir``, else the XDG cache folder)."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "profiles"
 
     def __post_init__(self) -> None:
         for f in fields(self):  # flags and overrides arrive as plain str: keep secrets masked
@@ -152,8 +187,6 @@ class Settings:
         if self.bandit_top_arms < 0:
             problems.append(f"bandit_top_arms must be >= 0, got {self.bandit_top_arms}")
         try:
-            from stream.core.policies import parse_policy
-
             parse_policy(self.bandit_policy)
         except ValueError as exc:
             problems.append(f"bandit_policy: {exc}")
@@ -219,23 +252,10 @@ class Settings:
     def public_url(self) -> str:
         return self.advertised_url or f"http://{self.http_host}:{self.http_port}"
 
-    def kafka_security(self, client: str = "kafka-python") -> dict[str, Any]:
-        """SASL/SSL options for kafka-python or aiokafka clients (empty for PLAINTEXT)."""
-        if self.security_protocol == "PLAINTEXT":
-            return {}
-        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.security_protocol.startswith("SASL"):
-            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
-                        sasl_plain_password=self.sasl_password.reveal())
-        if self.security_protocol.endswith("SSL"):
-            if client == "aiokafka":
-                from aiokafka.helpers import create_ssl_context
-
-                opts["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile or None)
-            elif self.ssl_cafile:
-                opts["ssl_cafile"] = self.ssl_cafile
-        return opts
-
+    def child_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """This process's environment with these settings (and ``extra``) on top: for a child
+        process such as ``profiles worker``."""
+        return {**os.environ, **self.to_env(), **(extra or {})}
 
 def _convert(f: dataclasses.Field, raw: str) -> Any:
     kind = type(f.default)

@@ -6,8 +6,12 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +56,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """One embedded Tansu broker per session (each test uses fresh topics and groups)."""
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     b = EmbeddedBroker().start(log_path=str(tmp_path_factory.mktemp("broker") / "broker.log"))
     yield b
@@ -62,7 +66,7 @@ def broker(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
     """The generated log of the integration tests: 1,000 users, 500 items, 20,000 events."""
-    from stream.generate import generate
+    from stream.data.generate import generate
 
     ds = generate(users=1000, items=500, events=20000, seed=7)
     paths = ds.write(tmp_path_factory.mktemp("data"))
@@ -94,9 +98,9 @@ def topics():
 @pytest.fixture
 def start_worker(broker, topics, tmp_path):
     """Factory: start a real worker process (fresh topics/group/state dir); all are killed after."""
-    from stream.broker import free_port
-    from stream.runner import WorkerProcess
+    from stream.kafka.broker import free_port
     from stream.settings import Settings
+    from stream.tools.runner import WorkerProcess
 
     workers = []
     state_dir = tmp_path / "state"
@@ -150,26 +154,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def kafka(bootstrap: str, **overrides) -> Settings:
+    """Settings for talking to the test broker (everything else at its default)."""
+    from stream.settings import Settings
+
+    return Settings.from_env({}, bootstrap_servers=bootstrap, **overrides)
+
+
 def read_topic(bootstrap: str, topic: str, at_least: int = 0, timeout_s: float = 60) -> list:
-    """Every record of partition 0 of ``topic``, read to the Fetch high watermark (Tansu's
+    """Every record of ``topic``, read to the Fetch high watermark by the Kafka layer (Tansu's
     ListOffsets "latest" is wrong) and until ``at_least`` records arrived, within a deadline."""
-    import time
+    from stream.kafka.highwater import read_all
 
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tp = TopicPartition(topic, 0)
-    c.assign([tp])
-    c.seek_to_beginning(tp)
-    records: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for batch in c.poll(timeout_ms=200).values():
-                records += batch
-            hw = c.highwater(tp)
-            if len(records) >= at_least and hw is not None and c.position(tp) >= hw:
-                break
-    finally:
-        c.close()
-    return records
+    return read_all(kafka(bootstrap), topic, at_least=at_least, timeout_s=timeout_s)

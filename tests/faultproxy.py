@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from stream.broker import free_port, wait_for_port
+from stream.kafka.broker import free_port, wait_for_port
 
 __all__ = ["FaultProxy", "ProxiedBroker"]
 

@@ -1,18 +1,19 @@
-"""The Open Bandit Dataset sample for tests: the obp 0.5.7 sdist, downloaded once into a cache
-folder (``PROFILES_DATA_CACHE``, default ``~/.cache/realtime-profiles``), never committed."""
+"""The Open Bandit Dataset sample for tests: the obp 0.5.7 sdist, downloaded once into the
+settings' cache folder (``PROFILES_CACHE_DIR``, default ``~/.cache/profiles``) + ``obd``, as
+``profiles data obd`` does; never committed."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from stream.obd import fetch_obd, member, read_tar_text
+from stream.data.obd import fetch_obd, member, read_tar_text
+from stream.settings import Settings
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PROFILES_DATA_CACHE", Path.home() / ".cache" / "realtime-profiles"))
+    return Settings.from_env().cache_path() / "obd"
 
 
 def obd_sdist() -> Path:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"click": 1.0, "add_to_cart": 0.0, "purchase": 0.0}
+from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, IMPRESSION_TYPES
+
 CONTEXTS: tuple[str, ...] = ("", "position")
 CONTEXT_SEP = "@"
 
@@ -49,7 +50,7 @@ class BanditParams:
     reward_weights: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS)
     )
-    impression_types: tuple[str, ...] = ("view",)
+    impression_types: tuple[str, ...] = IMPRESSION_TYPES
     #: half-life of counts in event time (ms); None = no discounting (plain counts)
     half_life_ms: float | None = None
     #: "" = one table of arms; "position" = also count per (arm, position)

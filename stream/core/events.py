@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from stream.core.eventtypes import EVENT_TYPES, ITEMLESS_TYPES, QUERY_TYPES
+
 __all__ = [
     "EVENT_TYPES",
     "REASONS",
@@ -33,9 +35,8 @@ __all__ = [
     "encode_event",
 ]
 
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "search", "forget")
-# Types that carry no item: a search has a query; a forget erases the user (right to erasure).
-_NO_ITEM_TYPES = frozenset(("search", "forget"))
+# The accepted types and the fields each needs come from the one table (core/eventtypes.py).
+_NO_ITEM_TYPES = ITEMLESS_TYPES
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 
 REASONS: tuple[str, ...] = (
@@ -224,8 +225,8 @@ def decode_event(raw: bytes, msg_ts_ms: int | None, limits: Limits) -> Event | R
         if not query:
             # Empty query is meaningless; only a search must have one.
             query = None
-    if query is None and etype == "search":
-        return Reject("missing_field", "type 'search' requires a non-empty 'query'")
+    if query is None and etype in QUERY_TYPES:
+        return Reject("missing_field", f"type '{etype}' requires a non-empty 'query'")
 
     arm = get("arm")
     if arm is not None:

@@ -14,8 +14,8 @@ so a new arm starts from the configured prior (cold start) — into
   evaluation.
 
 Configs are frozen dataclasses validated on construction (:class:`PolicyConfigError`, a
-``ValueError``, with a message naming the field).  Every random draw comes from a generator
-the caller passes in (``seeded_rng``), so a (seed, user) pair always gets the same ranking.
+``ConfigError`` and a ``ValueError``, with a message naming the field).  Every random draw comes
+from a generator the caller passes in (``seeded_rng``), so a (seed, user) pair always gets the same ranking.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
+
+from stream.core.errors import PolicyConfigError
 
 __all__ = [
     "POLICIES",
@@ -41,9 +43,6 @@ __all__ = [
     "parse_policy",
 ]
 
-
-class PolicyConfigError(ValueError):
-    """An invalid policy name or parameter (message says which and why)."""
 
 
 def _check_int(name: str, v: object, lo: int) -> None:

@@ -26,13 +26,8 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "view": 1.0,
-    "click": 2.0,
-    "add_to_cart": 4.0,
-    "purchase": 8.0,
-    "search": 1.5,
-}
+from stream.core.eventtypes import CONVERSION_TYPES, DEFAULT_WEIGHTS
+
 DEFAULT_HALF_LIFE_MS: float = 7 * 24 * 3600 * 1000
 
 # Anchor of a row that has never received an event; never used in arithmetic.
@@ -271,7 +266,7 @@ class ProfileTable:
 
 class UserStats:
     """Per-user metadata shown by the HTTP API: event count, last ts, weighted (undecayed)
-    category counts and purchased item ids.  Plain dicts: it is small and off the vector path.
+    category counts and purchased item ids (events of a ``conversion`` type, see eventtypes).  Plain dicts: it is small and off the vector path.
     """
 
     TOP_K = 5
@@ -306,7 +301,7 @@ class UserStats:
                 if w > 0:
                     c = cats.setdefault(u, {})
                     c[cat] = c.get(cat, 0.0) + w
-            if t == "purchase" and item is not None:
+            if t in CONVERSION_TYPES and item is not None:
                 purchased.setdefault(u, set()).add(item)
 
     def get(self, user: str) -> dict[str, Any] | None:

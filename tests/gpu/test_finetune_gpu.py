@@ -15,7 +15,7 @@ pytestmark = [
 
 def test_finetune_on_cuda_then_load(tmp_path) -> None:
     from encoder import load_encoder
-    from encoder.finetune import FinetuneConfig, finetune
+    from encoder.training.finetune import FinetuneConfig, finetune
     from tests.unit.test_eval import write_log
 
     ep, ip = write_log(tmp_path, n_users=6, n_items=12, per_user=10)
@@ -32,7 +32,7 @@ def test_finetune_on_cuda_then_load(tmp_path) -> None:
 
 
 def test_bench_runs_on_cuda() -> None:
-    from encoder.bench import bench_encoder
+    from stream.bench.encoder import bench_encoder
 
     rows = bench_encoder("cuda", batch_sizes=(1, 64), tokens=(32,), dtypes=("bf16",), seconds=0.1,
                          report=lambda *_: None)

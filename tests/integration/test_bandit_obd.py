@@ -10,9 +10,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.obd import prepare_obd
-from stream.replay import create_topics, load_items, replay
-from tests.conftest import read_jsonl, read_topic, total_outcomes
+from stream.data.obd import prepare_obd
+from stream.kafka.clients import create_topics
+from stream.tools.replay import load_items, replay
+from tests.conftest import kafka, read_jsonl, read_topic, total_outcomes
 from tests.obd_data import cache_dir, obd_frame
 
 pytestmark = pytest.mark.timeout(600)
@@ -27,14 +28,14 @@ def test_obd_replay_equals_groupby_and_mabwiser(broker, start_worker, topics, tm
     assert data["events"] == n_events == 10_038
 
     decisions_topic = "decisions-" + topics["group_id"]
-    create_topics(broker.bootstrap, {topics["events_topic"]: 4, topics["items_topic"]: 1,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: 4, topics["items_topic"]: 1,
                                      topics["dlq_topic"]: 1})
-    assert load_items(data["items_file"], bootstrap=broker.bootstrap,
+    assert load_items(data["items_file"], kafka(broker.bootstrap),
                       topic=topics["items_topic"], progress=False).sent == 80
     worker = start_worker(encoder_kind="hashing", bandit_context="position",
                           decisions_topic=decisions_topic)
     worker.wait_ready(240)
-    sent = replay(data["events_file"], bootstrap=broker.bootstrap, topic=topics["events_topic"],
+    sent = replay(data["events_file"], kafka(broker.bootstrap), topic=topics["events_topic"],
                   progress=False)
     assert sent.sent == n_events and sent.failed == 0
     worker.wait_for(lambda: total_outcomes(worker) == n_events, 300,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from stream.broker import free_port
+from stream.kafka.broker import free_port
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,19 +13,20 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from stream.replay import create_topics, load_items, replay
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from stream.state import SnapshotStore
-from tests.conftest import assert_matches_oracle, read_topic, total_outcomes
+from stream.tools.replay import load_items, replay
+from stream.worker.snapshots import SnapshotStore
+from tests.conftest import assert_matches_oracle, kafka, read_topic, total_outcomes
 
 pytestmark = pytest.mark.timeout(900)
 DEFAULTS = Settings()
 
 
 def _prepare(broker, topics, paths):
-    create_topics(broker.bootstrap, {topics["events_topic"]: DEFAULTS.partitions,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: DEFAULTS.partitions,
                                      topics["items_topic"]: 1, topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
 
 
 def _send(broker, topic, records):
@@ -111,7 +112,7 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
     worker.wait_ready(240)
     # a steady producer, so the kill lands mid-stream
     producer = threading.Thread(target=replay, args=(paths["events"],), daemon=True,
-                                kwargs=dict(bootstrap=broker.bootstrap, topic=topics["events_topic"],
+                                kwargs=dict(s=kafka(broker.bootstrap), topic=topics["events_topic"],
                                             rate=2500, progress=False))
     producer.start()
     store = SnapshotStore(worker.settings.state_dir, topics["events_topic"])
@@ -158,7 +159,7 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
 def test_dead_lettered_unknown_items_come_back_with_dlq_replay(broker, topics, dataset,
                                                                start_worker):
     """Events for an item that arrives too late are dead-lettered, then replayed after the fix."""
-    from stream.dlq import replay_dlq
+    from stream.tools.dlq import replay_dlq
 
     ds, paths = dataset
     _prepare(broker, topics, paths)

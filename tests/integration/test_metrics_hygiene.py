@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from stream.replay import create_topics, load_items, replay
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from tests.conftest import total_outcomes
+from stream.tools.replay import load_items, replay
+from tests.conftest import kafka, total_outcomes
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -83,12 +84,12 @@ def test_partition_series_follow_ownership_across_rebalance_and_restart(
     ds, paths = dataset
     ids = ({e["user_id"] for e in ds.events} | {e["event_id"] for e in ds.events}
            | {it["item_id"] for it in ds.items})
-    create_topics(broker.bootstrap, {topics["events_topic"]: len(ALL),
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: len(ALL),
                                      topics["items_topic"]: 1, topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
 
     def publish(limit: int) -> None:
-        sent = replay(paths["events"], bootstrap=broker.bootstrap, topic=topics["events_topic"],
+        sent = replay(paths["events"], kafka(broker.bootstrap), topic=topics["events_topic"],
                       limit=limit, progress=False)
         assert sent.sent == limit and sent.failed == 0
 

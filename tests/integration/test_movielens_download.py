@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stream.movielens import movielens
+from stream.data.movielens import movielens
 
 
 def test_real_movielens(tmp_path) -> None:

@@ -25,11 +25,12 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.broker import free_port
-from stream.replay import create_topics, load_items
-from stream.runner import WorkerProcess
+from stream.kafka.broker import free_port
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from tests.conftest import assert_matches_oracle, total_outcomes
+from stream.tools.replay import load_items
+from stream.tools.runner import WorkerProcess
+from tests.conftest import assert_matches_oracle, kafka, total_outcomes
 from tests.faultproxy import ProxiedBroker, wait_until
 
 pytestmark = pytest.mark.timeout(900)
@@ -69,9 +70,9 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
             {}, bootstrap_servers=broker.bootstrap, state_dir=str(tmp_path / "state"),
             http_port=free_port(), session_timeout_s=6.0, events_topic=f"events-{tag}",
             items_topic=f"items-{tag}", dlq_topic=f"events.dlq-{tag}", group_id=f"profiles-{tag}")
-        create_topics(broker.bootstrap, {settings.events_topic: settings.partitions,
+        create_topics(kafka(broker.bootstrap), {settings.events_topic: settings.partitions,
                                          settings.items_topic: 1, settings.dlq_topic: 1})
-        assert load_items(paths["items"], bootstrap=broker.bootstrap, topic=settings.items_topic,
+        assert load_items(paths["items"], kafka(broker.bootstrap), topic=settings.items_topic,
                           progress=False).sent == len(ds.items)
         producer = None
         worker = WorkerProcess(settings, tmp_path / "worker.log").start()
@@ -140,10 +141,12 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
 
 _PRODUCER = """
 import sys, orjson
-from stream.replay import replay
-s = replay(sys.argv[1], bootstrap=sys.argv[2], topic=sys.argv[3], rate=1000, progress=False,
-           producer_config={"retries": 2**31 - 1, "delivery_timeout_ms": 300_000,
-                            "reconnect_backoff_max_ms": 500})
+from stream.tools.replay import replay
+from stream.settings import Settings
+s = replay(sys.argv[1], Settings.from_env({}, bootstrap_servers=sys.argv[2]), topic=sys.argv[3],
+           rate=1000, progress=False,
+           producer_overrides={"retries": 2**31 - 1, "delivery_timeout_ms": 300_000,
+                               "reconnect_backoff_max_ms": 500})
 open(sys.argv[4], "wb").write(orjson.dumps(s.__dict__))
 """
 

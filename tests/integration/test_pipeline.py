@@ -12,9 +12,10 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from stream.replay import create_topics, load_items, replay
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from tests.conftest import total_outcomes
+from stream.tools.replay import load_items, replay
+from tests.conftest import kafka, total_outcomes
 from tests.oracle import oracle_bandit, oracle_profiles
 
 pytestmark = pytest.mark.timeout(900)
@@ -27,8 +28,8 @@ def replayed(broker, dataset, tmp_path_factory):
     """A worker that has applied the whole generated log (shared by this module's tests)."""
     import uuid
 
-    from stream.broker import free_port
-    from stream.runner import WorkerProcess
+    from stream.kafka.broker import free_port
+    from stream.tools.runner import WorkerProcess
 
     ds, paths = dataset
     tag = uuid.uuid4().hex[:10]
@@ -37,14 +38,14 @@ def replayed(broker, dataset, tmp_path_factory):
                                  http_port=free_port(), session_timeout_s=6.0,
                                  events_topic=f"events-{tag}", items_topic=f"items-{tag}",
                                  dlq_topic=f"dlq-{tag}", group_id=f"g-{tag}")
-    create_topics(broker.bootstrap, {settings.events_topic: settings.partitions,
+    create_topics(kafka(broker.bootstrap), {settings.events_topic: settings.partitions,
                                      settings.items_topic: 1, settings.dlq_topic: 1})
-    assert load_items(paths["items"], bootstrap=broker.bootstrap, topic=settings.items_topic,
+    assert load_items(paths["items"], kafka(broker.bootstrap), topic=settings.items_topic,
                       progress=False).sent == len(ds.items)
     worker = WorkerProcess(settings, tmp / "worker.log").start()
     try:
         worker.wait_ready(240)
-        sent = replay(paths["events"], bootstrap=broker.bootstrap, topic=settings.events_topic,
+        sent = replay(paths["events"], kafka(broker.bootstrap), topic=settings.events_topic,
                       progress=False)
         assert sent.sent == len(ds.events) and sent.failed == 0
         worker.wait_for(lambda: total_outcomes(worker) == len(ds.events), 600,

@@ -10,17 +10,18 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.replay import create_topics, load_items
-from tests.conftest import read_topic, total_outcomes
+from stream.kafka.clients import create_topics
+from stream.tools.replay import load_items
+from tests.conftest import kafka, read_topic, total_outcomes
 from tests.integration.test_faults import _send
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def _prepare(broker, topics, paths):
-    create_topics(broker.bootstrap, {topics["events_topic"]: 4, topics["items_topic"]: 1,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: 4, topics["items_topic"]: 1,
                                      topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
 
 
 def _dlq_records(broker, topic):
@@ -141,7 +142,7 @@ def test_pseudonymous_ids_never_store_raw_ids(broker, topics, dataset, start_wor
 
     # after the fix (the item arrives), the hashed dead letter goes back to its user's partition
     # and is applied without hashing the id twice
-    from stream.dlq import replay_dlq
+    from stream.tools.dlq import replay_dlq
 
     before = worker2.json(f"/users/{users[1]}/profile")["events"]
     assert _send(broker, topics["items_topic"], [(b"never-known", orjson.dumps(

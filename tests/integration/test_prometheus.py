@@ -33,10 +33,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stream.broker import free_port
-from stream.replay import create_topics, load_items, replay
+from stream.kafka.broker import free_port
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from tests.conftest import total_outcomes
+from stream.tools.replay import load_items, replay
+from tests.conftest import kafka, total_outcomes
 from tests.unit.test_deploy import (
     COMPOSE,
     DASHBOARD,
@@ -248,9 +249,9 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
     for title, expr in targets:  # nothing padded with `or vector(0)` or constants
         assert not padding_problems(expr), (title, expr, padding_problems(expr))
 
-    create_topics(broker.bootstrap, {topics["events_topic"]: Settings().partitions,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: Settings().partitions,
                                      topics["items_topic"]: 1, topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
     worker = start_worker()
     worker.wait_ready(300)
     prom = prometheus_factory(f"127.0.0.1:{worker.settings.http_port}")
@@ -259,7 +260,7 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
 
     events = ds.events[:N_EVENTS]
     log, mixed = replay_file(events, tmp_path / "events.jsonl")
-    sent = replay(log, bootstrap=broker.bootstrap, topic=topics["events_topic"], rate=RATE,
+    sent = replay(log, kafka(broker.bootstrap), topic=topics["events_topic"], rate=RATE,
                   progress=False)
     t_end = time.time()
     n_records = len(events) + sum(mixed.values())

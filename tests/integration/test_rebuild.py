@@ -12,9 +12,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.replay import create_topics, load_items
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from tests.conftest import total_outcomes
+from stream.tools.replay import load_items
+from tests.conftest import kafka, total_outcomes
 from tests.integration.test_faults import _send
 from tests.oracle import oracle_profiles
 
@@ -25,9 +26,9 @@ DEFAULTS = Settings()
 def test_rebuild_with_a_new_model_then_swap(broker, topics, dataset, oracle_vectors, start_worker,
                                             tmp_path):
     ds, paths = dataset
-    create_topics(broker.bootstrap, {topics["events_topic"]: 4, topics["items_topic"]: 1,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: 4, topics["items_topic"]: 1,
                                      topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
     # the live state starts as a symlink to a real directory (what --swap replaces)
     (tmp_path / "state-v1").mkdir()
     link = tmp_path / "state"

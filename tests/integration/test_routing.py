@@ -7,8 +7,10 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.replay import create_topics, load_items
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
+from stream.tools.replay import load_items
+from tests.conftest import kafka
 from tests.integration.test_faults import _send
 from tests.oracle import oracle_bandit, oracle_profiles
 
@@ -27,9 +29,9 @@ def _outcomes(workers):
 def test_any_worker_answers_and_lookalikes_are_complete(broker, topics, dataset, oracle_vectors,
                                                         start_worker):
     ds, paths = dataset
-    create_topics(broker.bootstrap, {topics["events_topic"]: 4, topics["items_topic"]: 1,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: 4, topics["items_topic"]: 1,
                                      topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
     a = start_worker()
     b = start_worker()
     a.wait_ready(240)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from stream.replay import create_topics, load_items, replay
+from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from stream.state import SnapshotStore
-from tests.conftest import assert_matches_oracle, total_outcomes
+from stream.tools.replay import load_items, replay
+from stream.worker.snapshots import SnapshotStore
+from tests.conftest import assert_matches_oracle, kafka, total_outcomes
 
 pytestmark = pytest.mark.timeout(900)
 DEFAULTS = Settings()
@@ -54,9 +55,9 @@ def test_two_workers_one_sigkilled_midway_equals_oracle(broker, topics, dataset,
                                                         start_worker):
     ds, paths = dataset
     n = len(ds.events)
-    create_topics(broker.bootstrap, {topics["events_topic"]: DEFAULTS.partitions,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: DEFAULTS.partitions,
                                      topics["items_topic"]: 1, topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
     all_parts = set(range(DEFAULTS.partitions))
 
     victim = start_worker(snapshot_interval_s=1.0)
@@ -77,7 +78,7 @@ def test_two_workers_one_sigkilled_midway_equals_oracle(broker, topics, dataset,
     result = {}
 
     def produce() -> None:
-        result["summary"] = replay(paths["events"], bootstrap=broker.bootstrap,
+        result["summary"] = replay(paths["events"], kafka(broker.bootstrap),
                                    topic=topics["events_topic"], rate=1000, progress=False)
 
     producer = threading.Thread(target=produce, daemon=True)

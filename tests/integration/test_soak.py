@@ -15,7 +15,9 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from stream.replay import create_topics, load_items
+from stream.kafka.clients import create_topics
+from stream.tools.replay import load_items
+from tests.conftest import kafka
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -32,9 +34,9 @@ def _rss(pid: int) -> int:
 
 def test_memory_flat_while_users_churn_through_the_ttl(broker, topics, dataset, start_worker):
     ds, paths = dataset
-    create_topics(broker.bootstrap, {topics["events_topic"]: 4, topics["items_topic"]: 1,
+    create_topics(kafka(broker.bootstrap), {topics["events_topic"]: 4, topics["items_topic"]: 1,
                                      topics["dlq_topic"]: 1})
-    load_items(paths["items"], bootstrap=broker.bootstrap, topic=topics["items_topic"], progress=False)
+    load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
     items = [it["item_id"] for it in ds.items]
     worker = start_worker(profile_ttl_ms=20_000, dedupe_window=20_000)
     worker.wait_ready(240)

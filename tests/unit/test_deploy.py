@@ -363,7 +363,7 @@ def test_every_queried_metric_is_exported(rules, dashboard):
 
 
 def test_worker_metrics_constant_is_current():
-    from stream.metrics import Metrics
+    from stream.worker.metrics import Metrics
 
     m = Metrics(list)
     live = {fam.name: fam.type for fam in m.registry.collect()}
@@ -373,7 +373,7 @@ def test_worker_metrics_constant_is_current():
 def test_worker_exports_process_metrics():
     from prometheus_client import generate_latest
 
-    from stream.metrics import Metrics
+    from stream.worker.metrics import Metrics
 
     text = generate_latest(Metrics(list).registry).decode()
     for name in PROCESS_SERIES:

@@ -9,9 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoder.evaluate import Cases, bootstrap, build_cases, metrics_from_ranks, popularity, ranks
-from encoder.finetune import training_examples
-from encoder.logdata import load_log
+from encoder.training.evaluate import (
+    Cases,
+    bootstrap,
+    build_cases,
+    metrics_from_ranks,
+    popularity,
+    ranks,
+)
+from encoder.training.finetune import training_examples
+from encoder.training.logdata import load_log
 from stream.core.profile import ProfileParams, ProfileTable
 
 pytestmark = pytest.mark.unit
@@ -116,7 +123,7 @@ def test_split_never_leaks_test_events(tmp_path_factory, seed, per_user, frac) -
 
 
 def test_bench_flop_count() -> None:
-    from encoder.bench import bert_flops
+    from stream.bench.encoder import bert_flops
 
     # MiniLM-L6: ~2 x 10.6 M non-embedding weights per token + attention + pooler.
     f = bert_flops(32, 384, 1536, 6)

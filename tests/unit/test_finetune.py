@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from encoder import EncoderError, load_encoder
-from encoder.finetune import FinetuneConfig, _Contexts, batch_loss, finetune, training_examples
-from encoder.logdata import load_log
 from encoder.metadata import META_FILE, read_metadata, save_model_dir
+from encoder.training.finetune import (
+    FinetuneConfig,
+    _Contexts,
+    batch_loss,
+    finetune,
+    training_examples,
+)
+from encoder.training.logdata import load_log
 from stream.core.profile import ProfileParams
 from tests.unit.test_eval import write_log
 
@@ -162,18 +168,19 @@ def test_missing_dir_is_one_line_error(tmp_path) -> None:
 
 def test_worker_refuses_snapshot_of_another_model(tmp_path, tiny_model, saved) -> None:
     """State made with the base model is refused by a worker on the fine-tuned one."""
-    from stream.errors import StateError
-    from stream.pipeline import Pipeline
+    from stream.core.errors import StateError
     from stream.settings import Settings
+    from stream.worker.pipeline import Pipeline
+    from stream.worker.testing import DeadLetters
 
     base, tuned = load_encoder(str(tiny_model), device="cpu"), load_encoder(str(saved), device="cpu")
     assert base.fingerprint != tuned.fingerprint
     s = Settings.from_env({}, state_dir=str(tmp_path / "state"))
-    old = Pipeline(s, base)
+    old = Pipeline(s, base, dead_letters=DeadLetters())
     old.store.write(0, old.store.dumps(old.load_partition(0)))
-    assert Pipeline(s, base).load_partition(0).model == base.fingerprint
+    assert Pipeline(s, base, dead_letters=DeadLetters()).load_partition(0).model == base.fingerprint
     with pytest.raises(StateError, match="model"):
-        Pipeline(s, tuned).load_partition(0)
+        Pipeline(s, tuned, dead_letters=DeadLetters()).load_partition(0)
 
 
 def test_real_model_two_steps_change_weights(tmp_path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.generate import CATEGORIES, EVENT_TYPES, Dataset, generate
+from stream.data.generate import CATEGORIES, EVENT_TYPES, Dataset, generate
 
 pytestmark = pytest.mark.unit
 

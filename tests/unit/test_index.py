@@ -1,4 +1,4 @@
-"""VectorIndex: property tests against a numpy oracle, in-place updates, errors."""
+"""FlatIndex (the `flat` VectorIndex): property tests against a numpy oracle, in-place updates, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index import IndexShapeError, VectorIndex
+from index import FlatIndex, IndexShapeError, VectorIndex
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +49,7 @@ def _check_against_oracle(
     n_excl=st.integers(0, 4),
 )
 def test_matches_bruteforce_oracle(ops, k, qseed, n_excl) -> None:
-    idx = VectorIndex(DIM, name="prop")
+    idx = FlatIndex(DIM, name="prop")
     live: dict[str, np.ndarray] = {}
     for kind, ids, seed in ops:
         if kind == "upsert":
@@ -77,13 +77,13 @@ def test_matches_bruteforce_oracle(ops, k, qseed, n_excl) -> None:
     _check_against_oracle(idx, live, q, k, set())
     _check_against_oracle(idx, live, q, k, set(sorted(live)[:n_excl]))
     # State round trip preserves content and search results.
-    clone = VectorIndex.from_state(idx.state())
+    clone = FlatIndex.from_state(idx.state())
     assert sorted(clone.ids()) == sorted(live)
     _check_against_oracle(clone, live, q, k, set())
 
 
 def test_in_place_overwrite_visible_to_search() -> None:
-    idx = VectorIndex(DIM)
+    idx = FlatIndex(DIM)
     base = np.eye(DIM, dtype=np.float32)
     idx.upsert([f"e{i}" for i in range(DIM)], base)
     ntotal = idx._index.ntotal
@@ -97,7 +97,7 @@ def test_in_place_overwrite_visible_to_search() -> None:
 
 
 def test_remove_then_reuse_slot_and_growth() -> None:
-    idx = VectorIndex(DIM)
+    idx = FlatIndex(DIM)
     idx.upsert(["a", "b"], _unit(1, 2))
     assert idx.remove(["a", "missing"]) == 1
     expected = float(_unit(1, 2)[1] @ _unit(1)[0])
@@ -113,7 +113,7 @@ def test_remove_then_reuse_slot_and_growth() -> None:
 
 
 def test_duplicate_ids_last_wins() -> None:
-    idx = VectorIndex(DIM)
+    idx = FlatIndex(DIM)
     v = _unit(5, 3)
     idx.upsert(["x", "y", "x"], v)
     assert len(idx) == 2
@@ -121,7 +121,7 @@ def test_duplicate_ids_last_wins() -> None:
 
 
 def test_search_shapes_and_edge_cases() -> None:
-    idx = VectorIndex(DIM)
+    idx = FlatIndex(DIM)
     assert idx.search(_unit(0)[0], 3) == [[]]
     idx.upsert(["a"], _unit(0))
     assert idx.search(_unit(0, 2), 0) == [[], []]
@@ -141,7 +141,7 @@ def test_search_shapes_and_edge_cases() -> None:
     ],
 )
 def test_upsert_shape_errors(bad: np.ndarray, fragment: str) -> None:
-    idx = VectorIndex(DIM, name="users")
+    idx = FlatIndex(DIM, name="users")
     with pytest.raises(IndexShapeError) as info:
         idx.upsert(["a"] * max(1, bad.shape[0] if bad.ndim > 1 else 1), bad)
     assert fragment in str(info.value) and "users" in str(info.value)
@@ -149,7 +149,7 @@ def test_upsert_shape_errors(bad: np.ndarray, fragment: str) -> None:
 
 
 def test_other_validation_errors() -> None:
-    idx = VectorIndex(DIM)
+    idx = FlatIndex(DIM)
     with pytest.raises(IndexShapeError, match="2 ids"):
         idx.upsert(["a", "b"], _unit(0, 3))
     with pytest.raises(IndexShapeError, match=rf"\[{DIM}\], got \[3\]"):
@@ -160,13 +160,13 @@ def test_other_validation_errors() -> None:
 
 
 def test_state_round_trip_is_compact() -> None:
-    idx = VectorIndex(DIM, name="items")
+    idx = FlatIndex(DIM, name="items")
     idx.upsert(["a", "b", "c"], _unit(9, 3))
     idx.remove(["b"])
     s = idx.state()
     assert s["ids"] == ["a", "c"] and s["vectors"].shape == (2, DIM) and s["name"] == "items"
-    clone = VectorIndex.from_state(s)
+    clone = FlatIndex.from_state(s)
     assert clone._index.ntotal == 2 and clone.name == "items"
     np.testing.assert_array_equal(clone.get("c"), idx.get("c"))
-    empty = VectorIndex.from_state(VectorIndex(DIM).state())
+    empty = FlatIndex.from_state(FlatIndex(DIM).state())
     assert len(empty) == 0

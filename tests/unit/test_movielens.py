@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from stream.errors import DataError
-from stream.movielens import PREFIX, RATING_TO_TYPE, convert, movielens
+from stream.core.errors import DataError
+from stream.data.movielens import PREFIX, RATING_TO_TYPE, convert, movielens
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 
 from stream.cli import main
 from stream.core.events import Event, Item, Limits, decode_event, decode_item
-from stream.obd import convert_rows, pseudo_user, read_rows, ts_ms
+from stream.data.obd import convert_rows, pseudo_user, read_rows, ts_ms
 from tests.conftest import read_jsonl
 from tests.obd_data import cache_dir, obd_frame
 

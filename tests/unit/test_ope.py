@@ -9,7 +9,7 @@ import pytest
 
 from stream.core.ope import BanditLog, estimate, fit_reward_model
 from stream.core.policies import EpsilonGreedy, EpsilonGreedyConfig, Thompson, parse_policy
-from stream.offpolicy import policy_distribution, read_log, run_ope
+from stream.data.offpolicy import policy_distribution, read_log, run_ope
 from tests.obd_data import obd_frame, obd_sdist
 
 pytestmark = pytest.mark.unit
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def obd_csv(tmp_path_factory):
-    from stream.obd import extract_obd
+    from stream.data.obd import extract_obd
 
     log_csv, _ = extract_obd(obd_sdist(), tmp_path_factory.mktemp("obd"))
     return log_csv

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from stream.bandit_metrics import BanditArmsCollector
 from stream.core.bandit import ArmStats, BanditParams, rerank, seeded_rng
+from stream.core.errors import ConfigError
 from stream.core.policies import (
     UCB1,
     EpsilonGreedy,
@@ -25,9 +25,9 @@ from stream.core.policies import (
     make_policy,
     parse_policy,
 )
-from stream.decisions import decision_record
-from stream.errors import ConfigError
+from stream.serve.decisions import decision_record
 from stream.settings import Settings
+from stream.worker.metrics import BanditArmsCollector
 
 pytestmark = pytest.mark.unit
 

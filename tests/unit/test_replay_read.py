@@ -7,9 +7,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream import replay as rp
+from stream.data import logs
+from stream.kafka import clients
+from stream.kafka.clients import create_topics
+from stream.settings import Settings
+from stream.tools import replay as rp
 
 pytestmark = pytest.mark.unit
+
+KAFKA = Settings.from_env({}, bootstrap_servers="127.0.0.1:1")
 
 
 def test_read_jsonl_with_bad_line(tmp_path: Path) -> None:
@@ -19,7 +25,7 @@ def test_read_jsonl_with_bad_line(tmp_path: Path) -> None:
                   b"{not json\n"
                   b"[1,2]\n"
                   b'{"event_id":"e2","user_id":"u2","type":"search","ts":2,"query":"tent"}\r\n')
-    out = list(rp.read_events(p))
+    out = list(logs.read_events(p))
     assert out == [
         {"event_id": "e1", "user_id": "u1", "type": "view", "ts": 1, "item_id": "i1"},
         b"{not json",
@@ -33,7 +39,7 @@ def test_records_keep_original_bytes(tmp_path: Path) -> None:
     p = tmp_path / "ev.jsonl"
     p.write_bytes(line + b"\n\n")
     skipped = [0]
-    recs = list(rp._iter_records(p, skipped))
+    recs = list(logs.iter_records(p, skipped))
     assert [r.value for r in recs] == [line]
     assert skipped == [1]
     assert rp._key(recs[0].obj, "user_id") == b"u1"
@@ -47,7 +53,7 @@ def test_read_csv(tmp_path: Path) -> None:
                  "e2,u1,search,1700000000005,,trail shoes,,\n"
                  ",,,,,,,\n"
                  "e3,u2,click,oops,i2,,1,\n", encoding="utf-8")
-    out = list(rp.read_events(p))
+    out = list(logs.read_events(p))
     assert out[0] == {"event_id": "e1", "user_id": "u1", "type": "view", "ts": 1700000000000,
                       "item_id": "i1", "position": 3, "propensity": 0.25}
     assert out[1] == {"event_id": "e2", "user_id": "u1", "type": "search",
@@ -55,16 +61,16 @@ def test_read_csv(tmp_path: Path) -> None:
     # Unparseable numbers stay strings: the worker, not the replay, rejects them.
     assert out[2]["ts"] == "oops" and out[2]["position"] == 1
     assert len(out) == 3
-    recs = list(rp._iter_records(p, [0]))
+    recs = list(logs.iter_records(p, [0]))
     assert orjson.loads(recs[0].value) == out[0]
 
 
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.jsonl"
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        list(rp.read_events(missing))
+        list(logs.read_events(missing))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        rp.replay(missing, bootstrap="127.0.0.1:1", progress=False)
+        rp.replay(missing, KAFKA, progress=False)
 
 
 @pytest.mark.parametrize("kw", [
@@ -81,16 +87,16 @@ def test_replay_arg_validation(tmp_path: Path, kw: dict, monkeypatch) -> None:
     def boom(*a, **k):  # validation must happen before any broker contact
         raise AssertionError("producer created")
 
-    monkeypatch.setattr(rp, "_make_producer", boom)
+    monkeypatch.setattr(clients, "_client_class", boom)
     with pytest.raises(ValueError):
-        rp.replay(p, bootstrap="127.0.0.1:1", progress=False, **kw)
+        rp.replay(p, KAFKA, progress=False, **kw)
 
 
 def test_create_topics_validation() -> None:
     with pytest.raises(ValueError):
-        rp.create_topics("127.0.0.1:1", {"events": 0})
+        create_topics(KAFKA, {"events": 0})
     with pytest.raises(ValueError):
-        rp.create_topics("127.0.0.1:1", {"events": 1}, replication=0)
+        create_topics(KAFKA, {"events": 1}, replication=0)
 
 
 class _FakeFuture:
@@ -109,10 +115,13 @@ class _FakeFuture:
 
 
 class _FakeProducer:
-    def __init__(self) -> None:
+    """Stands for kafka-python's KafkaProducer class (built by the Kafka layer)."""
+
+    def __init__(self, **config) -> None:
+        self.config = config
         self.sent: list[tuple] = []
 
-    def send(self, topic, key=None, value=None):
+    def send(self, topic, key=None, value=None, headers=None, partition=None):
         self.sent.append((topic, key, value))
         return _FakeFuture(ok=b"bad" not in value)
 
@@ -128,8 +137,8 @@ def test_replay_with_fake_producer(tmp_path: Path, monkeypatch) -> None:
     p.write_bytes(b'{"user_id":"u1","ts":1}\n\n{"user_id":"u2","ts":2,"x":"bad"}\nnot json\n'
                   b'{"user_id":"u3","ts":3}\n')
     fake = _FakeProducer()
-    monkeypatch.setattr(rp, "_make_producer", lambda *a, **k: fake)
-    s = rp.replay(p, bootstrap="x", progress=False, limit=3)
+    monkeypatch.setattr(clients, "_client_class", lambda kind: lambda **cfg: fake)
+    s = rp.replay(p, KAFKA, progress=False, limit=3)
     assert (s.sent, s.failed, s.skipped) == (2, 1, 1)
     assert s.errors == {"TimeoutError": 1}
     assert fake.sent[0] == ("events", b"u1", b'{"user_id":"u1","ts":1}')
@@ -140,8 +149,8 @@ def test_replay_with_fake_producer(tmp_path: Path, monkeypatch) -> None:
 def test_rate_pacing(tmp_path: Path, monkeypatch) -> None:
     p = tmp_path / "ev.jsonl"
     p.write_bytes(b"".join(b'{"user_id":"u%d","ts":%d}\n' % (i, i) for i in range(21)))
-    monkeypatch.setattr(rp, "_make_producer", lambda *a, **k: _FakeProducer())
-    s = rp.replay(p, bootstrap="x", progress=False, rate=200.0)
+    monkeypatch.setattr(clients, "_client_class", lambda kind: _FakeProducer)
+    s = rp.replay(p, KAFKA, progress=False, rate=200.0)
     assert s.sent == 21
     assert 0.09 <= s.seconds < 0.5  # 20 intervals at 200/s = 0.1 s
 
@@ -150,8 +159,8 @@ def test_speed_pacing(tmp_path: Path, monkeypatch) -> None:
     p = tmp_path / "ev.jsonl"
     p.write_bytes(b'{"user_id":"u1","ts":1000}\n{"user_id":"u1","ts":1500}\n'
                   b'{"user_id":"u1","ts":2000}\n')
-    monkeypatch.setattr(rp, "_make_producer", lambda *a, **k: _FakeProducer())
-    s = rp.replay(p, bootstrap="x", progress=False, speed=10.0)
+    monkeypatch.setattr(clients, "_client_class", lambda kind: _FakeProducer)
+    s = rp.replay(p, KAFKA, progress=False, speed=10.0)
     assert 0.09 <= s.seconds < 0.5  # 1 s of event time at 10x
 
 
@@ -159,8 +168,8 @@ def test_load_items_keys(tmp_path: Path, monkeypatch) -> None:
     p = tmp_path / "items.csv"
     p.write_text("item_id,title,category,brand,price\ni1,Tent,camping tents,Fern,99.99\n")
     fake = _FakeProducer()
-    monkeypatch.setattr(rp, "_make_producer", lambda *a, **k: fake)
-    s = rp.load_items(p, bootstrap="x", progress=False)
+    monkeypatch.setattr(clients, "_client_class", lambda kind: lambda **cfg: fake)
+    s = rp.load_items(p, KAFKA, progress=False)
     assert s.sent == 1
     topic, key, value = fake.sent[0]
     assert (topic, key) == ("items", b"i1")

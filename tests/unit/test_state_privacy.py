@@ -13,12 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.core.bandit import BanditParams
+from stream.core.dedupe import DedupeWindow
+from stream.core.errors import ConfigError, StateError
 from stream.core.profile import ProfileParams
 from stream.core.ratelimit import RateCap
-from stream.errors import ConfigError, StateError
-from stream.privacy import Pseudonymizer, tombstone_key
 from stream.settings import Secret, Settings
-from stream.state import DedupeWindow, PartitionState, SnapshotStore
+from stream.worker.privacy import Pseudonymizer, tombstone_key
+from stream.worker.snapshots import SnapshotStore
+from stream.worker.state import PartitionState
 
 pytestmark = pytest.mark.unit
 

@@ -1,5 +1,0 @@
-"""Index error types."""
-
-
-class IndexShapeError(ValueError):
-    """Vectors or queries have the wrong shape, dtype or non-finite values."""

@@ -1,0 +1,520 @@
+"""``profiles bench pipeline``: how fast is our worker next to raw Kafka, faust and the pure core?
+
+A command, not a timed test.  It generates one seeded data set (``stream.data.generate``: the
+generator's event mix, about 60 % view, 22 % click, 8 % add_to_cart, 4 % purchase, 6 % search;
+the exact counts are printed), encodes each event once to JSON bytes, and every stage reads
+exactly those N events.  Each stage gets a fresh topic (``settings.partitions`` partitions, keyed
+by user_id) and a fresh consumer group, pre-filled with the N events *before* its consumer starts,
+so every stage reads a backlog.  Counts are exact (messages counted, never ``end_offsets``:
+Tansu's ListOffsets is wrong).  Stages:
+
+R   raw ``AIOKafkaConsumer`` (same session timeout) + ``orjson.loads`` per message
+    (``getmany(max_records=batch_size)``).
+F   a faust agent with the worker's settings (raw serializers, ``take_events(batch_size,
+    batch_max_wait_s)``) that only ``orjson.loads`` each value (``stream/bench/faust_noop.py``).
+F0  faust's no-op rate with faust's DEFAULT settings: ``async for value in stream: pass``.
+P   our worker (``WorkerProcess``: profiles + users index + bandit, snapshots to disk every
+    ``snapshot_interval_s``), real encoder.  Items are loaded to a fresh items topic and
+    encoded by the worker before any event is applied (the agent waits for the catalogue);
+    search queries are encoded on first sight and cached.  Timed from the first /stats poll
+    (every 0.1 s) that shows an event applied until applied + duplicate + rejected == N.
+C   the pure core in memory on the same bytes, batches of ``batch_size``: decode_event +
+    ProfileTable.apply + UserStats.update + ArmStats.update, with pre-made (random unit)
+    item and query vectors of the encoder's dimension; no Kafka, no asyncio.
+
+R is timed from its partition assignment (the end of the group join, so its first fetch is
+timed: aiokafka's first fetch alone can hold ~1 MB per partition, i.e. most of a small N), F and
+F0 from the first message delivered to the agent (faust hands messages over one at a time, so
+little is read before that); all until the Nth; events/s is N divided by that time.
+
+Then the latency run: a fresh topic and a fresh worker (same items), a kafka-python producer
+(``stream.tools.replay.replay`` with ``rate``: a fixed monotonic schedule, independent of the worker)
+sending at 0.5 x P's rate for ``--latency-seconds``; p50/p99 of
+``profiles_ingest_to_index_seconds`` (Kafka message timestamp -> profile in the index), as
+the difference of the worker's histogram before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, namedtuple
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream.core.bandit import ArmStats
+from stream.core.errors import ProfilesError
+from stream.core.events import Reject, decode_event
+from stream.core.profile import ProfileTable, UserStats
+from stream.data.generate import generate
+from stream.kafka.broker import bootstrap_or_embedded, free_port
+from stream.kafka.clients import Publisher, create_topics
+from stream.kafka.raw import drain
+from stream.settings import Settings
+from stream.tools.replay import load_items, replay
+from stream.tools.runner import WorkerProcess, histogram_quantile
+
+_Sample = namedtuple("_Sample", "name labels value")
+
+
+def _say(*a) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _uid(prefix: str) -> str:
+    return f"bench-{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# ---------------------------------------------------------------------------- producing
+def _produce(s: Settings, topic: str, partitions: int, keys: list[bytes],
+             values: list[bytes]) -> float:
+    """Create ``topic`` and send every (key, value); fail unless each one is acked."""
+    create_topics(s, {topic: partitions})
+    t0 = time.perf_counter()
+    # The replay's producer settings (acks=all, one request in flight: per-key order kept).
+    with Publisher(s, client_id="profiles-bench", enable_idempotence=False) as producer:
+        for k, v in zip(keys, values):
+            producer.send(topic, v, key=k)
+        producer.flush()
+    acks = producer.acks
+    if acks.acked != len(values) or acks.errors:
+        raise ProfilesError(f"pre-producing {topic}: {acks.acked}/{len(values)} acked, "
+                            f"errors {dict(acks.errors)}")
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- stages F, F0
+def _faust_stage(mode: str, settings: Settings, topic: str, n: int, workdir: Path,
+                 timeout_s: float) -> dict[str, Any]:
+    group = _uid(f"faust-{mode}")
+    result = workdir / f"faust-{mode}.json"
+    argv = [sys.executable, "-m", "stream.bench.faust_noop", "--mode", mode, "--topic", topic,
+            "--group", group, "--n", str(n), "--result", str(result),
+            "--datadir", str(workdir / f"faust-{mode}-data"), "--web-port", str(free_port())]
+    log_path = workdir / f"faust-{mode}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, env=settings.child_env({"PYTHONUNBUFFERED": "1"}),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(workdir))
+    t0 = time.monotonic()
+    try:
+        while not result.exists():
+            if proc.poll() is not None:
+                raise ProfilesError(f"faust {mode} exited with {proc.returncode}; log: {log_path}")
+            if time.monotonic() - t0 > timeout_s:
+                raise ProfilesError(f"faust {mode}: no result after {timeout_s:.0f}s; log: {log_path}")
+            time.sleep(0.1)
+        out = json.loads(result.read_text())
+        out["wall_s"] = time.monotonic() - t0
+        return out
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------------------- stage P
+def _outcomes(stats: dict) -> int:
+    return int(stats.get("events_applied", 0) + stats.get("events_duplicate", 0)
+               + stats.get("events_rejected", 0))
+
+
+def _hist(metrics: dict, name: str) -> dict[str, float]:
+    """{"le" or "_sum"/"_count": value} of a histogram from WorkerProcess.metrics()."""
+    out: dict[str, float] = {}
+    for s in metrics.get(name, []):
+        if s.name.endswith("_bucket"):
+            out[s.labels["le"]] = s.value
+        elif s.name.endswith("_sum"):
+            out["_sum"] = s.value
+        elif s.name.endswith("_count"):
+            out["_count"] = s.value
+    return out
+
+
+def _hist_diff_quantiles(name: str, before: dict[str, float], after: dict[str, float],
+                         qs: tuple[float, ...]) -> tuple[list[float | None], float]:
+    samples = [_Sample(name + "_bucket", {"le": le}, v - before.get(le, 0.0))
+               for le, v in after.items() if not le.startswith("_")]
+    count = after.get("_count", 0.0) - before.get("_count", 0.0)
+    return [histogram_quantile(samples, q) for q in qs], count
+
+
+def _worker_settings(base: Settings, workdir: Path, tag: str, items_topic: str) -> Settings:
+    topic = _uid(f"events-{tag}")
+    return base.replace(events_topic=topic, group_id=_uid(f"group-{tag}"), items_topic=items_topic,
+                        dlq_topic=topic + ".dlq", state_dir=str(workdir / f"state-{tag}"),
+                        http_port=free_port())
+
+
+def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float) -> dict:
+    w = WorkerProcess(settings, workdir / "worker-P.log").start()
+    try:
+        t_first = None
+        t_start = time.monotonic()
+        while True:
+            if not w.alive():
+                raise ProfilesError(f"worker exited ({w.proc.returncode}); log: {w.log_path}")
+            if time.monotonic() - t_start > timeout_s:
+                raise ProfilesError(f"stage P: not done after {timeout_s:.0f}s; log: {w.log_path}")
+            try:
+                st = w.stats()
+            except (OSError, ValueError):
+                time.sleep(0.1)
+                continue
+            done = _outcomes(st)
+            now = time.perf_counter()
+            if done and t_first is None:
+                t_first, n_first = now, done
+            if done >= n:
+                t_end = now
+                break
+            time.sleep(0.1)
+        m = w.metrics()
+        bs = _hist(m, "profiles_batch_size")
+        snaps = sum(s.value for s in m.get("profiles_snapshots", []) if s.name.endswith("_total"))
+        return {"count": done, "n_first": n_first, "seconds": t_end - t_first,
+                "applied": int(st.get("events_applied", 0)),
+                "duplicate": int(st.get("events_duplicate", 0)),
+                "rejected": int(st.get("events_rejected", 0)), "parked": int(st.get("parked", 0)),
+                "batch_mean": bs.get("_sum", 0) / bs["_count"] if bs.get("_count") else None,
+                "batch_p50": _hist_diff_quantiles("profiles_batch_size", {}, bs, (0.5,))[0][0],
+                "batches": int(bs.get("_count", 0)), "snapshots": int(snaps),
+                "wall_s": time.monotonic() - t_start}
+    finally:
+        w.stop()
+
+
+# ---------------------------------------------------------------------------- stage C
+def _encoder_dim(settings: Settings) -> int:
+    if settings.encoder_kind == "hashing":
+        from encoder import HashingEncoder
+
+        return HashingEncoder().dim
+    from encoder.transformer import default_model_path
+
+    folder = Path(settings.encoder_path or default_model_path())
+    return int(json.loads((folder / "config.json").read_text())["hidden_size"])
+
+
+def _stage_c(settings: Settings, values: list[bytes], items: list[dict],
+             events: list[dict]) -> dict[str, Any]:
+    """The pure core on the same bytes, with the worker's parameters (one mapping from the
+    settings: ``Settings.limits/profile_params/bandit_params``)."""
+
+    s = settings
+    dim = _encoder_dim(s)
+    rng = np.random.default_rng(s.seed)
+
+    def unit(k: int) -> np.ndarray:
+        v = rng.standard_normal((k, dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    item_vec = dict(zip([it["item_id"] for it in items], unit(len(items))))
+    queries = sorted({e["query"] for e in events if "query" in e})
+    query_vec = dict(zip(queries, unit(len(queries))))
+    item_cat = {it["item_id"]: it.get("category") for it in items}
+    limits, pp, bp = s.limits(), s.profile_params(), s.bandit_params()
+    table, ustats, arms = ProfileTable(dim, pp), UserStats(pp), ArmStats(bp)
+    msg_ts = int(time.time() * 1000)
+    bs = s.batch_size
+    rejected = 0
+    t0 = time.perf_counter()
+    for start in range(0, len(values), bs):
+        evs = []
+        for raw in values[start:start + bs]:
+            ev = decode_event(raw, msg_ts, limits)
+            if isinstance(ev, Reject):
+                rejected += 1
+            else:
+                evs.append(ev)
+        users = [e.user_id for e in evs]
+        types = [e.type for e in evs]
+        item_ids = [e.item_id for e in evs]
+        ts = np.fromiter((e.ts for e in evs), dtype=np.int64, count=len(evs))
+        vectors = np.stack([item_vec[e.item_id] if e.item_id is not None else query_vec[e.query]
+                            for e in evs])
+        table.apply(users, ts, pp.weight_array(types), vectors)
+        ustats.update(users, types, ts, [item_cat.get(i) if i else None for i in item_ids], item_ids)
+        a_arms, a_types, a_ts, a_ctx = [], [], [], []
+        for e in evs:
+            arm = e.arm or e.item_id
+            if arm is not None:
+                a_arms.append(arm)
+                a_types.append(e.type)
+                a_ts.append(e.ts)
+                a_ctx.append(e.position)
+        arms.update(a_arms, a_types, ts=a_ts, contexts=a_ctx if bp.context else None)
+    seconds = time.perf_counter() - t0
+    return {"count": len(values), "seconds": seconds, "rejected": rejected, "dim": dim,
+            "users": len(table)}
+
+
+# ---------------------------------------------------------------------------- latency
+def _latency_events(events: list[dict], count: int) -> list[bytes]:
+    """``count`` events: the data set again (fresh topic, fresh state), ids made unique per lap."""
+    out: list[bytes] = []
+    lap = 0
+    while len(out) < count:
+        for e in events[: count - len(out)]:
+            if lap:
+                e = dict(e, event_id=f"{e['event_id']}-lap{lap}")
+            out.append(orjson.dumps(e))
+        lap += 1
+    return out
+
+
+class _CandidatesProbe:
+    """``GET /users/{id}/candidates?k=20`` at a steady 20 requests/s while the worker ingests;
+    latencies of the answered (200) requests, measured by the client."""
+
+    def __init__(self, worker: WorkerProcess, users: list[str], per_s: float = 20.0) -> None:
+        import threading
+
+        self.worker, self.users, self.period = worker, users, 1.0 / per_s
+        self.latencies: list[float] = []
+        self.not_found = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        i = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            user = self.users[(i * 7919) % len(self.users)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status, _ = self.worker.get(f"/users/{user}/candidates?k=20")
+            except OSError:
+                status = 0
+            if status == 200:
+                self.latencies.append(time.perf_counter() - t0)
+            else:
+                self.not_found += 1
+            next_at += self.period
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def summary(self) -> dict:
+        lat = np.sort(np.asarray(self.latencies))
+
+        def q(f: float) -> float | None:
+            return float(lat[min(len(lat) - 1, int(f * len(lat)))]) if len(lat) else None
+
+        return {"n": len(lat), "not_found": self.not_found, "p50": q(0.5), "p99": q(0.99)}
+
+
+def _stage_latency(base: Settings, workdir: Path, items_topic: str, events: list[dict],
+                   rate: float, seconds: float) -> dict[str, Any]:
+    s = _worker_settings(base, workdir, "L", items_topic)
+    count = max(1, int(rate * seconds))
+    path = workdir / "latency-events.jsonl"
+    path.write_bytes(b"".join(v + b"\n" for v in _latency_events(events, count)))
+    create_topics(s, {s.events_topic: s.partitions})
+    w = WorkerProcess(s, workdir / "worker-L.log").start()
+    try:
+        w.wait_ready(timeout_s=600)
+        before = _hist(w.metrics(), "profiles_ingest_to_index_seconds")
+        users = list(dict.fromkeys(e["user_id"] for e in events))
+        probe = _CandidatesProbe(w, users)
+        probe.start()
+        try:
+            summary = replay(path, s, rate=rate, progress=False)
+        finally:
+            probe.stop()
+        if summary.failed:
+            raise ProfilesError(f"latency producer: {summary.failed} sends failed {summary.errors}")
+        w.wait_for(lambda: _outcomes(w.stats()) >= summary.sent, 600, f"{summary.sent} outcomes",
+                   interval=0.1)
+        after = _hist(w.metrics(), "profiles_ingest_to_index_seconds")
+        (p50, p90, p99), n_obs = _hist_diff_quantiles("profiles_ingest_to_index_seconds", before,
+                                                      after, (0.5, 0.9, 0.99))
+        return {"rate": rate, "sent": summary.sent, "send_seconds": summary.seconds,
+                "observed": int(n_obs), "p50": p50, "p90": p90, "p99": p99,
+                "candidates": probe.summary()}
+    finally:
+        w.stop()
+
+
+# ---------------------------------------------------------------------------- report
+def _machine() -> list[str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def ver(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    return [f"machine: nproc {os.cpu_count()}, CPU {cpu}, {platform.system()} {platform.release()}",
+            (f"python {platform.python_version()}, torch {ver('torch')}, faust-streaming "
+             f"{ver('faust-streaming')}, aiokafka {ver('aiokafka')}, kafka-python {ver('kafka-python')}, "
+             f"orjson {ver('orjson')}, numpy {ver('numpy')}")]
+
+
+def _fmt_rate(r: dict) -> tuple[float, float]:
+    eps = r["count"] / r["seconds"]
+    return eps, 1e6 / eps
+
+
+def _check(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def bench_pipeline(args: Any) -> int:
+    n = int(args.events)
+    if n < 200_000:
+        _say(f"note: --events {n} is below the 200,000 the benchmark is specified for (quick check)")
+    workdir = Path(tempfile.mkdtemp(prefix="profiles-bench-"))
+    broker = None
+    t_all = time.monotonic()
+    try:
+        bootstrap, broker = bootstrap_or_embedded(args.bootstrap, str(workdir / "broker.log"))
+        if broker is not None:
+            _say(f"embedded broker (Tansu) on {bootstrap}; workdir {workdir}")
+        base = Settings.from_env(bootstrap_servers=bootstrap, session_timeout_s=6.0)
+        bs = base.batch_size
+
+        t0 = time.perf_counter()
+        ds = generate(args.users, args.items, n, 42)
+        paths = ds.write(workdir / "data")
+        values = [orjson.dumps(e) for e in ds.events]
+        keys = [e["user_id"].encode() for e in ds.events]
+        mix = Counter(e["type"] for e in ds.events)
+        _say(f"generated {n} events, {args.users} users, {args.items} items in "
+             f"{time.perf_counter() - t0:.1f}s")
+        timeout = 300 + n / 500
+
+        results: dict[str, dict] = {}
+
+        topic = _uid("events-R")
+        _say(f"R: producing {n} events "
+             f"({_produce(base, topic, base.partitions, keys, values):.1f}s)")
+        results["R"] = asyncio.run(drain(base, topic, _uid("group-R"), n, bs, timeout))
+        _say(f"R: {results['R']}")
+
+        for stage, mode in (("F", "ours"), ("F0", "default")):
+            topic = _uid(f"events-{stage}")
+            _say(f"{stage}: producing {n} events "
+                 f"({_produce(base, topic, base.partitions, keys, values):.1f}s)")
+            results[stage] = _faust_stage(mode, base, topic, n, workdir, timeout)
+            _say(f"{stage}: {results[stage]}")
+
+        results["C"] = _stage_c(base, values, ds.items, ds.events)
+        _say(f"C: {results['C']}")
+
+        items_topic = _uid("items")
+        create_topics(base, {items_topic: 1})
+        isum = load_items(paths["items"], base, topic=items_topic, progress=False)
+        if isum.failed or isum.sent != len(ds.items):
+            raise ProfilesError(f"items: sent {isum.sent}/{len(ds.items)}, failed {isum.failed}")
+        ps = _worker_settings(base, workdir, "P", items_topic)
+        _say(f"P: producing {n} events "
+             f"({_produce(base, ps.events_topic, ps.partitions, keys, values):.1f}s); "
+             f"starting worker (log {workdir / 'worker-P.log'})")
+        results["P"] = _stage_p(ps, n, workdir, timeout)
+        _say(f"P: {results['P']}")
+
+        p_rate = results["P"]["count"] / results["P"]["seconds"]
+        _say(f"latency: {0.5 * p_rate:,.0f} events/s for {args.latency_seconds:g}s on a fresh topic")
+        lat = _stage_latency(base, workdir, items_topic, ds.events, 0.5 * p_rate,
+                             float(args.latency_seconds))
+        _say(f"latency: {lat}")
+
+        # ------------------------------------------------------------------ the table
+        rates = {k: _fmt_rate(r) for k, r in results.items()}
+        names = {
+            "R": "raw aiokafka consumer + orjson.loads",
+            "F": f"faust, our settings, take_events({bs}) + orjson.loads",
+            "F0": "faust defaults, async for value: pass",
+            "P": "our worker (profile+index+bandit, snapshots)",
+            "C": f"pure core in memory (batches of {bs})",
+        }
+        print()
+        print(f"profiles bench pipeline: N = {n:,} events, {args.users:,} users, {args.items:,} items, "
+              f"{base.partitions} partitions, embedded Tansu broker" if broker else
+              f"profiles bench pipeline: N = {n:,} events on {bootstrap}")
+        print("event mix (the generator's): " + ", ".join(
+            f"{t} {mix[t]:,} ({100 * mix[t] / n:.1f}%)" for t in sorted(mix, key=lambda t: -mix[t])))
+        print("items pre-loaded to the items topic and encoded by the worker before the first event; "
+              "search queries encoded on first sight, then cached")
+        for line in _machine():
+            print(line)
+        print()
+        print(f"{'stage':<4} {'what':<52} {'events/s':>11} {'us/event':>9} {'seconds':>8}")
+        for k in ("R", "F", "F0", "P", "C"):
+            eps, us = rates[k]
+            print(f"{k:<4} {names[k]:<52} {eps:>11,.0f} {us:>9.2f} {results[k]['seconds']:>8.2f}")
+        p = results["P"]
+        print(f"     P: applied {p['applied']:,}, duplicate {p['duplicate']:,}, rejected {p['rejected']:,}, "
+              f"parked {p['parked']:,}; profiles_batch_size mean {p['batch_mean'] or 0:.0f} "
+              f"(p50 ~{p['batch_p50'] or 0:.0f}) over {p['batches']:,} batches; {p['snapshots']} snapshot "
+              f"writes; first /stats poll showed {p['n_first']:,} applied")
+        print(f"     R is timed from its partition assignment (first fetch included; from its first "
+              f"delivery it is {n / results['R']['seconds_from_first']:,.0f}/s); F and F0 from their first "
+              f"delivery ({results['F']['n_first']:,} and {results['F0']['n_first']:,} events), nothing "
+              f"subtracted")
+        print()
+        r = {k: v[0] for k, v in rates.items()}
+        print("ratios")
+        print(f"  P/R  = {r['P'] / r['R']:.2f}")
+        print(f"  P/F  = {r['P'] / r['F']:.2f}   target >= 0.8   {_check(r['P'] / r['F'] >= 0.8)}")
+        print(f"  C/R  = {r['C'] / r['R']:.2f}   target >= 0.5   {_check(r['C'] / r['R'] >= 0.5)}")
+        print(f"  F/F0 = {r['F'] / r['F0']:.2f}   target >= 2     {_check(r['F'] / r['F0'] >= 2)}")
+        print()
+
+        def ms(x):
+            return "n/a" if x is None else f"{1000 * x:.0f} ms"
+
+        print(f"ingest->index latency at 50% of P ({lat['rate']:,.0f} events/s offered, {lat['sent']:,} "
+              f"sent in {lat['send_seconds']:.1f}s = {lat['sent'] / lat['send_seconds']:,.0f}/s achieved, "
+              f"{lat['observed']:,} observations)")
+        p99_ok = lat["p99"] is not None and lat["p99"] <= 0.25
+        print(f"  p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, p99 {ms(lat['p99'])}   "
+              f"target p99 <= 250 ms   {_check(p99_ok)}")
+        print("  (quantiles interpolated within buckets 5,10,25,50,100,150,250,500,750 ms, 1 s, ...)")
+        c = lat["candidates"]
+        c_ok = c["p99"] is not None and c["p99"] <= 0.05
+        print(f"/users/{{id}}/candidates?k=20 meanwhile ({c['n']} answered at 20/s, client-side): "
+              f"p50 {ms(c['p50'])}, p99 {ms(c['p99'])}   target p99 <= 50 ms   {_check(c_ok)}")
+        print(f"\ntotal {time.monotonic() - t_all:.0f}s; logs in {workdir}")
+        return 0
+    finally:
+        if broker is not None:
+            broker.stop()

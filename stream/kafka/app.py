@@ -1,0 +1,276 @@
+"""The faust shell: the app, the events agent, rebalance hooks, timers, and the worker's ports.
+
+The agent reads raw bytes in micro-batches (``take_events``), turns each message into a typed
+:class:`~stream.worker.records.Record` (here, and only here) and hands the batch to the
+``Pipeline``.  On assignment the worker loads each partition's snapshot and *seeks to the
+snapshot's offset*, after faust's own seek to the committed offset: the snapshot, not the
+consumer group's commit, says what the state covers.
+
+The composition root (``stream.service``) builds the app with :func:`worker_app`, the worker's
+ports with :class:`FaustIO`, the pipeline, and then calls :func:`wire` to connect them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from stream.kafka.catalog_feed import follow_catalog
+from stream.kafka.clients import faust_credentials
+from stream.settings import Settings
+from stream.worker.pipeline import Pipeline
+from stream.worker.ports import Header
+from stream.worker.records import Record
+
+__all__ = ["FaustIO", "RepeatFilter", "faust_app", "plain_faust_app", "quiet_client_logs",
+           "run_app", "tune_fetch", "wire", "worker_app"]
+
+log = logging.getLogger("stream.app")
+
+
+def tune_fetch(max_wait_ms: int, max_bytes: int) -> None:
+    """Make faust's consumer long-poll for at most ``max_wait_ms`` and fetch at most
+    ``max_bytes`` per request.
+
+    faust 0.15 hard-codes ``fetch_max_wait_ms=1500`` for its aiokafka consumer.  A broker that
+    does not answer a waiting Fetch as soon as data arrives (Tansu, measured: p99
+    ingest→index 2.4 s at 200 events/s) then holds every new event up to 1.5 s.
+
+    faust sets no request-wide ``fetch_max_bytes`` either (aiokafka's default is 50 MiB), and
+    Tansu ignores the per-partition limit: a lagging worker was measured holding 175,000
+    fetched records (about 100 MiB) at once.  There are no settings for either, so wrap the
+    factory that builds the consumer (this process only).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    cls: Any = driver.AIOKafkaConsumerThread
+    original = getattr(cls, "_profiles_original_create", cls._create_worker_consumer)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start()
+        consumer._fetch_max_bytes = max_bytes
+        return consumer
+
+    cls._profiles_original_create = original
+    cls._create_worker_consumer = create
+
+
+def _scratch_datadir() -> str:
+    """faust's data folder: a temporary one (it holds nothing we keep; its default is
+    ``<app id>-data`` in the current folder, which the tools must not litter)."""
+    path = tempfile.mkdtemp(prefix="profiles-faust-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def _brokers(bootstrap: str) -> list[str]:
+    return [f"kafka://{b.strip()}" for b in bootstrap.split(",")]
+
+
+def faust_app(s: Settings, app_id: str, **extra: Any) -> faust.App:
+    """A faust app with the worker's settings (also used by the benchmark's faust stage)."""
+    tune_fetch(s.fetch_max_wait_ms, s.fetch_max_bytes)
+    extra.setdefault("datadir", _scratch_datadir())
+    return faust.App(
+        app_id,
+        broker=_brokers(s.bootstrap_servers),
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=s.partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 6),
+        broker_request_timeout=max(30.0, s.session_timeout_s * 3),
+        broker_commit_interval=2.0,
+        stream_buffer_maxsize=max(4096, 4 * s.batch_size),
+        consumer_max_fetch_size=s.fetch_max_bytes,
+        producer_linger=0.005,
+        producer_acks=-1,
+        loghandlers=[],
+        broker_credentials=faust_credentials(s),
+        **extra,
+    )
+
+
+def plain_faust_app(s: Settings, app_id: str, **extra: Any) -> faust.App:
+    """faust's defaults, with only the brokers (and security) to connect: the benchmark's F0."""
+    extra.setdefault("datadir", _scratch_datadir())
+    return faust.App(app_id, broker=_brokers(s.bootstrap_servers),
+                     broker_credentials=faust_credentials(s), **extra)
+
+
+def worker_app(s: Settings) -> faust.App:
+    """The worker's app: its canonical URL is spread to the group (partition -> owner's HTTP
+    URL, for request routing)."""
+    return faust_app(s, s.group_id, canonical_url=s.public_url())
+
+
+def run_app(app: faust.App, loglevel: str) -> None:
+    """Run ``app`` as a faust worker until SIGTERM/SIGINT."""
+    worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def _record(message: Any) -> Record:
+    """Our record of a faust message (faust's timestamp is in seconds)."""
+    return Record(message.partition, message.offset, int((message.timestamp or 0) * 1000),
+                  message.key, message.value,
+                  tuple((k, v) for k, v in (message.headers or ())))
+
+
+class FaustIO:
+    """The worker's ports (``stream.worker.ports``) on faust's producer: the dead-letter sink
+    and the events publisher; and whether the group is rebalancing."""
+
+    def __init__(self, app: faust.App, s: Settings) -> None:
+        self.app = app
+        self._events = app.topic(s.events_topic, key_type=bytes, value_type=bytes,
+                                 partitions=s.partitions)
+        self._dlq = app.topic(s.dlq_topic, key_type=bytes, value_type=bytes, partitions=1)
+
+    @property
+    def events_topic(self) -> Any:
+        return self._events
+
+    async def send_dead_letter(self, key: bytes | None, value: bytes | None,
+                               headers: list[Header]) -> None:
+        await self.app.producer.send_and_wait(self._dlq.get_topic_name(), key, value,
+                                              partition=None, timestamp=None, headers=headers)
+
+    async def publish_event(self, key: bytes, value: bytes) -> None:
+        await self.app.producer.send_and_wait(self._events.get_topic_name(), key, value,
+                                              partition=None, timestamp=None, headers=None)
+
+    def rebalancing(self) -> bool:
+        return bool(self.app.rebalancing)
+
+
+def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
+         on_start: Callable[[], Awaitable[None]], on_stop: Callable[[], Awaitable[None]],
+         ready: Callable[[], bool]) -> None:
+    """Connect ``pipeline`` to ``app``: the events agent, rebalance hooks, the seek to the
+    snapshots' offsets, the catalogue feed, timers (snapshots, housekeeping) and shutdown.
+    ``on_start`` runs once the app runs (the HTTP server), ``on_stop`` at shutdown."""
+    t_start = time.monotonic()
+    ready_logged = False
+
+    def is_events(tp: TP) -> bool:
+        return bool(tp.topic == s.events_topic)
+
+    def events_partitions(tps: Iterable[TP]) -> list[int]:
+        return sorted(tp.partition for tp in tps if is_events(tp))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(_app: Any, revoked: Iterable[TP], **kw: Any) -> None:
+        parts = events_partitions(revoked)
+        if parts:
+            await pipeline.revoke(parts)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(_app: Any, assigned: Iterable[TP], **kw: Any) -> None:
+        mine = set(events_partitions(assigned))
+        gone = [p for p in pipeline.states if p not in mine]
+        if gone:
+            await pipeline.revoke(gone)
+        await pipeline.assign(sorted(mine))
+
+    def install_seek() -> None:
+        """After faust seeks to committed offsets, move to where each snapshot ends."""
+        consumer = app.consumer
+        original = consumer.perform_seek
+
+        async def perform_seek() -> None:
+            await original()
+            for tp in consumer.assignment():
+                st = pipeline.profiles.get(tp.partition) if is_events(tp) else None
+                if st is not None:
+                    await consumer.seek(tp, st.next_offset)
+
+        consumer.perform_seek = perform_seek  # type: ignore[method-assign]  # faust has no hook
+
+    @app.agent(io.events_topic, name="apply-events", concurrency=1)
+    async def apply_events(stream: Any) -> None:
+        await pipeline.catalog.caught_up.wait()
+        async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
+            await pipeline.process([_record(e.message) for e in batch])
+
+    # Before the worker starts: the first assignment's seek (a restart with snapshots) must
+    # already go to the snapshots' offsets.  Installed from an app task instead, it came after
+    # that seek when the state loaded fast, and faust's read offsets (its committed offsets,
+    # ahead of a snapshot) made it drop the records in between (caught by the SIGKILL test).
+    install_seek()
+
+    @app.task
+    async def start_services() -> None:
+        pipeline.encoder_service.start()
+        pipeline.load_catalog()
+        await on_start()
+        asyncio.get_running_loop().create_task(
+            follow_catalog(s, pipeline.catalog, pipeline.encoder_service))
+
+    @app.timer(min(0.25, s.snapshot_interval_s))  # pipeline.snapshot decides what is due
+    async def snapshot_timer() -> None:
+        await pipeline.snapshot()
+
+    @app.timer(1.0)
+    async def housekeeping() -> None:
+        nonlocal ready_logged
+        await pipeline.housekeeping(lambda p: app.consumer.highwater(TP(s.events_topic, p)))
+        ok = ready()
+        pipeline.metrics.ready.set(1 if ok else 0)
+        if ok and not ready_logged:
+            ready_logged = True
+            log.info("ready after %.1fs (state recovered, %d items, %d users)",
+                     time.monotonic() - t_start, len(pipeline.catalog.index),
+                     pipeline.profiles.indexed())
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(_app: Any, **kw: Any) -> None:
+        n = await pipeline.snapshot(everything=True)
+        log.info("shutdown: wrote %d partition snapshots", n)
+        await on_stop()
+
+
+class RepeatFilter(logging.Filter):
+    """Let each message template through at most once per ``every`` seconds.
+
+    During a broker outage aiokafka logs ~100 identical errors a second; one line per template
+    every few seconds (with how many were held back) says the same.
+    """
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        last, held = self._last.get(record.msg, (0.0, 0))
+        if now - last < self.every:
+            self._last[record.msg] = (last, held + 1)
+            return False
+        self._last[record.msg] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it)"
+        return True
+
+
+def quiet_client_logs(every_s: float = 10.0) -> None:
+    """One line per message template every ``every_s`` from the Kafka client's loggers."""
+    for name in ("aiokafka", "aiokafka.conn", "aiokafka.client", "aiokafka.cluster",
+                 "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator",
+                 "aiokafka.producer.sender"):
+        logging.getLogger(name).addFilter(RepeatFilter(every_s))

@@ -1,0 +1,103 @@
+"""The composition root: ``profiles worker`` builds every part here, once, and runs it.
+
+    settings ─► encoder ─► Pipeline(settings, encoder, dead_letters=FaustIO, clock)
+                          ├─► Queries(pipeline, peers=Router, decisions, publish=FaustIO)
+                          │      └─► Api (aiohttp routes) on the HTTP port
+                          └─► wire(faust app, pipeline): agent, rebalance hooks, timers,
+                                 catalogue feed
+
+Nothing is attached after construction: each object is given what it talks to when it is
+made.  This is the only module that knows every layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from encoder import load_encoder
+from encoder.base import Encoder
+from stream.kafka.app import FaustIO, quiet_client_logs, run_app, wire, worker_app
+from stream.kafka.clients import AsyncTopicProducer, create_topics
+from stream.kafka.membership import FaustMembership
+from stream.serve.decisions import DecisionLogger
+from stream.serve.http import Api
+from stream.serve.queries import Queries
+from stream.serve.routing import Router
+from stream.settings import Settings
+from stream.worker.pipeline import Pipeline
+
+__all__ = ["Service", "build_service", "run_worker"]
+
+log = logging.getLogger("stream.service")
+
+
+@dataclass
+class Service:
+    """Every part of one worker process, built and connected."""
+
+    settings: Settings
+    app: Any  # the faust.App (stream.kafka.app.worker_app)
+    pipeline: Pipeline
+    queries: Queries
+    api: Api
+    router: Router
+    decisions: DecisionLogger | None
+    runner: web.AppRunner | None = None
+
+    async def start_http(self) -> None:
+        s = self.settings
+        self.runner = web.AppRunner(self.api.app(), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, s.http_host, s.http_port).start()
+        log.info("HTTP on http://%s:%d (metrics at /metrics)", s.http_host, s.http_port)
+
+    async def stop(self) -> None:
+        if self.decisions is not None:  # flush logged decisions still in flight
+            await self.decisions.close()
+        await self.router.close()
+
+
+def build_service(settings: Settings, encoder: Encoder) -> Service:
+    """The worker's parts for ``settings`` and ``encoder``, connected."""
+    s = settings
+    app = worker_app(s)
+    io = FaustIO(app, s)
+    pipeline = Pipeline(s, encoder, dead_letters=io.send_dead_letter)
+
+    def ready() -> bool:
+        return pipeline.ready() and not io.rebalancing()
+
+    router = Router(FaustMembership(app, s.events_topic, s.public_url()))
+    decisions = (DecisionLogger(AsyncTopicProducer(s, s.decisions_topic))
+                 if s.decisions_topic else None)
+    queries = Queries(pipeline, peers=router, decisions=decisions, publish=io.publish_event,
+                      ready=ready)
+    api = Api(queries, token=s.api_token.reveal(), router=router)
+    service = Service(s, app, pipeline, queries, api, router, decisions)
+    wire(app, io, s, pipeline, on_start=service.start_http, on_stop=service.stop, ready=ready)
+    return service
+
+
+def run_worker(settings: Settings) -> None:
+    """Build the encoder and the worker, then run until SIGTERM/SIGINT."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_client_logs()
+    t0 = time.monotonic()
+    enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
+                       kind=settings.encoder_kind)
+    log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,
+             time.monotonic() - t0)
+    service = build_service(settings, enc)
+    service.pipeline.store.check_model(enc.fingerprint)  # before joining: a one-line refusal
+    # Reach the broker (and create missing topics) before faust starts: an unreachable broker
+    # is one line (BrokerError), not a crash inside faust's services.
+    create_topics(settings, {settings.events_topic: settings.partitions,
+                             settings.items_topic: 1, settings.dlq_topic: 1},
+                  timeout_s=max(30.0, settings.session_timeout_s * 3))
+    run_app(service.app, settings.log_level)

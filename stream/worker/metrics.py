@@ -1,0 +1,201 @@
+"""Prometheus metrics (names and meaning: README, "Metrics").
+
+Counts that must survive restarts exactly (event outcomes, DLQ reasons, bandit totals) are
+read from the partition states by a collector, so ``profiles_events_total`` counts each
+event once even when a restarted worker re-reads offsets it had applied.  No user id is ever
+a label; partition labels are removed when a partition is revoked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from stream.core.bandit import ArmStats
+from stream.worker.state import PartitionState
+
+__all__ = ["LATENCY_BUCKETS", "BanditArmsCollector", "BatchHistogram", "Metrics",
+           "StateCollector"]
+
+States = Callable[[], Iterable[PartitionState]]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed a whole numpy array at a time.
+
+    ``prometheus_client.Histogram.observe`` costs a lock and a Python call per value; the
+    worker observes ingest→index latency for every event of a batch, so it bins them with one
+    ``searchsorted`` instead.  Exposition is identical to a regular histogram.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.array([*buckets, float("inf")], dtype=np.float64)
+        self.counts = np.zeros(len(self.bounds), dtype=np.int64)  # per bucket, not cumulative
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size:
+            idx = np.searchsorted(self.bounds, values, side="left")  # first bound >= value ("le")
+            self.counts += np.bincount(idx, minlength=len(self.bounds))
+            self.sum += float(values.sum())
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = np.cumsum(self.counts)
+        yield HistogramMetricFamily(
+            self.name, self.documentation, sum_value=self.sum,
+            buckets=[(floatToGoString(b), int(c)) for b, c in zip(self.bounds, cumulative)])
+
+
+class StateCollector(Collector):
+    """Exposes the exactly-once counters held in partition states, one series per partition.
+
+    The ``partition`` label keeps ``rate()`` honest across rebalances: when a partition moves,
+    its series ends on the old owner and starts on the new one with the partition's whole
+    history, instead of one worker-wide total dropping here and jumping there.
+    """
+
+    def __init__(self, states: States) -> None:
+        self._states = states
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "profiles_events", "Events by type and final outcome (counted once per event)",
+            labels=["type", "outcome", "partition"],
+        )
+        dlq = CounterMetricFamily("profiles_dlq", "Dead-lettered events by reason",
+                                  labels=["reason", "partition"])
+        imps = CounterMetricFamily("profiles_bandit_impressions", "Bandit impressions counted",
+                                   labels=["partition"])
+        rews = CounterMetricFamily("profiles_bandit_rewards", "Bandit rewards counted (weighted)",
+                                   labels=["partition"])
+        parked = GaugeMetricFamily("profiles_parked_events", "Events waiting for their item's vector",
+                                   labels=["partition"])
+        forget = CounterMetricFamily("profiles_forget", "Users erased by a forget event",
+                                     labels=["partition"])
+        expired = CounterMetricFamily("profiles_expired", "Profiles removed by the TTL",
+                                      labels=["partition"])
+        for st in sorted(self._states(), key=lambda st: st.partition):
+            p = str(st.partition)
+            for (etype, outcome), n in sorted(st.outcomes.items()):
+                events.add_metric([etype, outcome, p], n)
+            for reason, n in sorted(st.dlq.items()):
+                dlq.add_metric([reason, p], n)
+            i, r = st.arms.totals()
+            imps.add_metric([p], i)
+            rews.add_metric([p], r)
+            parked.add_metric([p], len(st.parked))
+            forget.add_metric([p], st.outcomes.get(("forget", "applied"), 0))
+            expired.add_metric([p], st.expired)
+        yield from (events, dlq, imps, rews, parked, forget, expired)
+
+
+class BanditArmsCollector(Collector):
+    """Per-arm gauges for the ``top_n`` arms with the most impressions (merged over the
+    partitions this worker owns), and the number of arms.  ``top_n`` is the
+    ``bandit_top_arms`` setting (``PROFILES_BANDIT_TOP_ARMS``, ``--bandit-top-arms``).
+
+    * ``profiles_bandit_arm_impressions{arm}``, ``profiles_bandit_arm_rewards{arm}``: counts
+      (discounted counts when ``PROFILES_BANDIT_HALF_LIFE_MS`` is set);
+    * ``profiles_bandit_arm_posterior_mean{arm}``: alpha / (alpha + beta);
+    * ``profiles_bandit_arms``: number of distinct arms (no label).
+    """
+
+    def __init__(self, states: States, top_n: int) -> None:
+        self._states = states
+        self.top_n = max(0, int(top_n))
+
+    def collect(self) -> Iterator[Metric]:
+        imp_g = GaugeMetricFamily("profiles_bandit_arm_impressions",
+                                  "Impressions of the top arms (by impressions)", labels=["arm"])
+        rew_g = GaugeMetricFamily("profiles_bandit_arm_rewards",
+                                  "Rewards of the top arms (by impressions)", labels=["arm"])
+        mean_g = GaugeMetricFamily("profiles_bandit_arm_posterior_mean",
+                                   "Beta posterior mean of the top arms", labels=["arm"])
+        n_g = GaugeMetricFamily("profiles_bandit_arms", "Distinct bandit arms counted")
+        parts = [st.arms for st in self._states()]
+        if parts:
+            merged = ArmStats.merged(parts, parts[0].params)
+            names = merged.arms()
+            st = merged.state()
+            imps, rews = st["impressions"], st["rewards"]
+            top = np.argsort(-imps, kind="stable")[: self.top_n]
+            alpha, beta = merged.posteriors([names[i] for i in top])
+            for j, i in enumerate(top):
+                imp_g.add_metric([names[i]], float(imps[i]))
+                rew_g.add_metric([names[i]], float(rews[i]))
+                mean_g.add_metric([names[i]], float(alpha[j] / (alpha[j] + beta[j])))
+            n_g.add_metric([], len(names))
+        else:
+            n_g.add_metric([], 0)
+        yield from (imp_g, rew_g, mean_g, n_g)
+
+
+class Metrics:
+    """The worker's metric objects, on their own registry."""
+
+    def __init__(self, states: States, top_arms: int = 20) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.registry.register(StateCollector(states))
+        self.registry.register(BanditArmsCollector(states, top_arms))
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
+        self.ingest_to_index = BatchHistogram(
+            "profiles_ingest_to_index_seconds",
+            "Kafka message timestamp to the profile being searchable in the index",
+            LATENCY_BUCKETS, r,
+        )
+        self.batch_size = Histogram(
+            "profiles_batch_size", "Events per applied micro-batch",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000), registry=r,
+        )
+        self.encoder_seconds = Histogram(
+            "profiles_encoder_seconds", "Wall time of one encoder call (a micro-batch of texts)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+        )
+        self.encoder_texts = Counter("profiles_encoder_texts", "Texts encoded", ["kind"], registry=r)
+        self.encoder_errors = Counter("profiles_encoder_errors", "Failed encoder calls", registry=r)
+        self.index_vectors = Gauge("profiles_index_vectors", "Vectors in each FAISS index", ["index"], registry=r)
+        self.lag = Gauge(
+            "profiles_consumer_lag", "Fetch high watermark minus next offset to apply",
+            ["topic", "partition"], registry=r,
+        )
+        self.applied_offset = Gauge(
+            "profiles_next_offset", "Next offset to apply per partition (state covers all before it)",
+            ["topic", "partition"], registry=r,
+        )
+        self.redelivered = Counter(
+            "profiles_redelivered", "Records re-read at offsets the state already covers (skipped)",
+            registry=r,
+        )
+        self.offset_gaps = Counter(
+            "profiles_offset_gaps",
+            "Records that arrived past the next offset to apply (offsets skipped: events not applied)",
+            ["topic", "partition"], registry=r,
+        )
+        self.snapshots = Counter("profiles_snapshots", "State snapshots written", registry=r)
+        self.snapshot_seconds = Histogram(
+            "profiles_snapshot_seconds", "Wall time to write a state snapshot",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.ready = Gauge("profiles_ready", "1 when state recovery has finished", registry=r)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the series of a partition this worker no longer owns."""
+        for gauge in (self.lag, self.applied_offset):
+            try:
+                gauge.remove(topic, str(partition))
+            except KeyError:
+                pass

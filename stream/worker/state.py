@@ -1,0 +1,126 @@
+"""Per-partition state: everything derived from one partition of the events topic.
+
+Everything the worker derives from one partition of the events topic lives in one
+``PartitionState``: profiles, user stats, bandit partials, the dedupe window, parked events,
+exactly-once outcome counters and ``next_offset`` — the first offset the state does *not*
+cover.  A snapshot (``stream.worker.snapshots``) writes all of it atomically, so state and
+offset can never disagree: on assignment the worker loads the snapshot and seeks to
+``next_offset``; records below it that arrive anyway are skipped as redelivered.  That gives the
+exactly-once effect without Kafka transactions (which Tansu lacks) and without trusting
+``end_offsets``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.core.bandit import ArmStats, BanditParams
+from stream.core.dedupe import DedupeWindow
+from stream.core.errors import StateError
+from stream.core.events import Event
+from stream.core.profile import ProfileParams, ProfileTable, UserStats
+from stream.core.ratelimit import RateCap
+
+__all__ = ["SNAPSHOT_VERSION", "DedupeWindow", "Parked", "PartitionState"]
+
+SNAPSHOT_VERSION = 1
+
+
+@dataclass
+class Parked:
+    """An event waiting for its item's vector (kept in state, so never lost)."""
+
+    event: Event
+    offset: int
+    msg_ts: int
+    parked_at: float  # wall clock (time.time) when parked
+    raw: bytes
+
+
+@dataclass
+class PartitionState:
+    """One partition's state and ``next_offset``, the first offset it does not cover."""
+
+    partition: int
+    profiles: ProfileTable
+    users: UserStats
+    arms: ArmStats
+    dedupe: DedupeWindow
+    next_offset: int = 0
+    parked: list[Parked] = field(default_factory=list)
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome) -> n
+    dlq: Counter[str] = field(default_factory=Counter)  # reason -> n
+    model: str = ""  # encoder fingerprint the vectors were made with
+    rate: RateCap = field(default_factory=lambda: RateCap(0, 1))
+    tombstones: dict[str, int] = field(default_factory=dict)  # tombstone_key(user) -> forget ts
+    dlq_keys: dict[str, list[bytes]] = field(default_factory=dict)  # user -> their DLQ keys
+    newest_ts: int = 0  # newest event time applied (TTL is measured against it)
+    expired: int = 0  # profiles removed by the TTL
+
+    @classmethod
+    def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
+              dedupe: int, model: str, rate_limit: int = 0,
+              rate_window_ms: int = 1) -> PartitionState:
+        return cls(partition, ProfileTable(dim, pp), UserStats(pp), ArmStats(bp),
+                   DedupeWindow(dedupe), model=model, rate=RateCap(rate_limit, rate_window_ms))
+
+    def erase(self, user: str) -> None:
+        """Remove every trace of ``user`` from this partition's state (not the tombstone)."""
+        self.profiles.remove(user)
+        self.users.remove(user)
+        self.rate.forget(user)
+        self.dlq_keys.pop(user, None)
+        if any(pk.event.user_id == user for pk in self.parked):
+            self.parked = [pk for pk in self.parked if pk.event.user_id != user]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "partition": self.partition,
+            "next_offset": self.next_offset,
+            "model": self.model,
+            "profiles": self.profiles.state(),
+            "users": self.users.state(),
+            "arms": self.arms.state(),
+            "dedupe": self.dedupe.state(),
+            "parked": [(p.event, p.offset, p.msg_ts, p.parked_at, p.raw) for p in self.parked],
+            "outcomes": dict(self.outcomes),
+            "dlq": dict(self.dlq),
+            "rate": self.rate.state(),
+            "tombstones": dict(self.tombstones),
+            "dlq_keys": dict(self.dlq_keys),
+            "newest_ts": self.newest_ts,
+            "expired": self.expired,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], dim: int, pp: ProfileParams, bp: BanditParams,
+                  dedupe: int, rate_limit: int = 0, rate_window_ms: int = 1) -> PartitionState:
+        """The state of :meth:`to_dict`; a snapshot this version cannot read is a StateError."""
+        if d.get("version") != SNAPSHOT_VERSION:
+            raise StateError(f"snapshot version {d.get('version')} is not {SNAPSHOT_VERSION}: "
+                             "run `profiles rebuild` to recompute the state with this version")
+        try:
+            return cls(
+                partition=int(d["partition"]),
+                profiles=ProfileTable.from_state(d["profiles"], dim, pp),
+                users=UserStats.from_state(d["users"], pp),
+                arms=ArmStats.from_state(d["arms"], bp),
+                dedupe=DedupeWindow.from_state(d["dedupe"], dedupe),
+                next_offset=int(d["next_offset"]),
+                parked=[Parked(*p) for p in d["parked"]],
+                outcomes=Counter(d["outcomes"]),
+                dlq=Counter(d["dlq"]),
+                model=str(d["model"]),
+                rate=RateCap.from_state(d.get("rate", {}), rate_limit, rate_window_ms),
+                tombstones=dict(d.get("tombstones", {})),
+                dlq_keys=dict(d.get("dlq_keys", {})),
+                newest_ts=int(d.get("newest_ts", 0)),
+                expired=int(d.get("expired", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"snapshot of partition {d.get('partition')} cannot be read by this "
+                             f"version ({type(exc).__name__}: {exc}): run `profiles rebuild`"
+                             ) from exc
