@@ -296,12 +296,14 @@ def cmd_broker(args) -> int:
     from stream.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start()
+    proc = broker.proc
+    assert proc is not None  # started
     print(f"bootstrap: {broker.bootstrap}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        while broker.proc.poll() is None:
+        while proc.poll() is None:
             time.sleep(0.5)
-        raise ProfilesError(f"broker exited with code {broker.proc.returncode}")
+        raise ProfilesError(f"broker exited with code {proc.returncode}")
     finally:
         broker.stop()
 

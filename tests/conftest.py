@@ -25,11 +25,14 @@ def real_encoder():
 # ---------------------------------------------------------------------------- integration
 
 def pytest_collection_modifyitems(config, items):
-    """Tests in tests/integration are integration tests; tests/gpu are gpu tests."""
+    """Tests in tests/integration are integration tests, tests/inprocess in-process tests,
+    tests/gpu gpu tests."""
     for item in items:
         path = str(item.fspath)
         if f"{os.sep}integration{os.sep}" in path:
             item.add_marker(pytest.mark.integration)
+        elif f"{os.sep}inprocess{os.sep}" in path:
+            item.add_marker(pytest.mark.inprocess)
         elif f"{os.sep}gpu{os.sep}" in path:
             item.add_marker(pytest.mark.gpu)
 

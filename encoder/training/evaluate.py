@@ -201,7 +201,7 @@ def run_eval(args: Any, params: ProfileParams) -> int:
     note = None
     if args.model is not None:
         ft = load_encoder(str(args.model), device=args.device)
-        td = (ft.metadata or {}).get("training_data", {})
+        td = (getattr(ft, "metadata", None) or {}).get("training_data", {})
         split = td.get("split", {})
         val_frac, test_frac = split.get("val_frac", val_frac), split.get("test_frac", test_frac)
         if td.get("fingerprint") != log.fingerprint:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from encoder.training.logdata import LogData, Split, load_log
-from stream.core.profile import DEFAULT_HALF_LIFE_MS, DEFAULT_WEIGHTS, ProfileParams
+from stream.core.eventtypes import DEFAULT_WEIGHTS
+from stream.core.profile import DEFAULT_HALF_LIFE_MS, ProfileParams
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,19 @@ def bench_encoder(device: str = "auto", batch_sizes=(1, 4, 16, 64, 256, 1024), t
             cases = [(f"model-{k}", dt, m) for k, m in models.items() for dt in dtypes]
             cases.append(("encode", "bf16" if dev.type == "cuda" else "fp32", None))
             for mode, dt, model in cases:
+                fn: Callable[[], None]
                 if model is None:
-                    def fn(B=B, texts=texts):
+                    def encode_fn(B: int = B, texts: list[str] = texts) -> None:
                         enc.encode(texts[:B])
+                    fn = encode_fn
                 else:
-                    def fn(model=model, dt=dt, ids=ids, mask=mask):
+                    def model_fn(model: Any = model, dt: str = dt, ids: Any = ids,
+                                 mask: Any = mask) -> None:
                         with torch.inference_mode(), torch.autocast(
                                 device_type=dev.type, dtype=torch.bfloat16, enabled=dt == "bf16"):
                             h = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
                             torch.nn.functional.normalize(h.mean(1), dim=1)
+                    fn = model_fn
                 n, el = _time(fn, seconds, sync)
                 peak, peak_note = device_peak(dev, dt, peak_tflops)
                 sps = n * B / el

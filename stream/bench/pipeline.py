@@ -176,7 +176,8 @@ def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float) -> dic
         t_start = time.monotonic()
         while True:
             if not w.alive():
-                raise ProfilesError(f"worker exited ({w.proc.returncode}); log: {w.log_path}")
+                code = w.proc.returncode if w.proc is not None else None
+                raise ProfilesError(f"worker exited ({code}); log: {w.log_path}")
             if time.monotonic() - t_start > timeout_s:
                 raise ProfilesError(f"stage P: not done after {timeout_s:.0f}s; log: {w.log_path}")
             try:
@@ -195,6 +196,7 @@ def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float) -> dic
         m = w.metrics()
         bs = _hist(m, "profiles_batch_size")
         snaps = sum(s.value for s in m.get("profiles_snapshots", []) if s.name.endswith("_total"))
+        assert t_first is not None
         return {"count": done, "n_first": n_first, "seconds": t_end - t_first,
                 "applied": int(st.get("events_applied", 0)),
                 "duplicate": int(st.get("events_duplicate", 0)),

@@ -22,11 +22,23 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, IMPRESSION_TYPES
+
+__all__ = [
+    "CONTEXTS",
+    "CONTEXT_SEP",
+    "DEFAULT_REWARD_WEIGHTS",  # re-exported from stream.core.eventtypes
+    "ArmStats",
+    "BanditParams",
+    "context_arm",
+    "rerank",
+    "seeded_rng",
+    "thompson_scores",
+]
 
 CONTEXTS: tuple[str, ...] = ("", "position")
 CONTEXT_SEP = "@"
@@ -106,22 +118,24 @@ class ArmStats:
 
     def _align(self, anchor: float | None) -> None:
         """Move this table's anchor forward to ``anchor`` (rescaling its counts)."""
-        if anchor is None or not self.discounted:
+        h = self.params.half_life_ms
+        if anchor is None or h is None:  # h None: not discounted
             return
         if self.anchor is None:
             self.anchor = float(anchor)
         elif anchor > self.anchor:
             n = len(self._names)
-            f = 2.0 ** ((self.anchor - anchor) / self.params.half_life_ms)
+            f = 2.0 ** ((self.anchor - anchor) / h)
             self._imp[:n] *= f
             self._rew[:n] *= f
             self.anchor = float(anchor)
 
-    def _decay_to(self, anchor: float | None) -> np.ndarray:
+    def _decay_to(self, anchor: float | None) -> np.float64:
         """Per-event factor 2^((ts - anchor)/H) that brings counts made at ``anchor`` to ours."""
-        if not self.discounted or anchor is None or self.anchor is None:
+        h = self.params.half_life_ms
+        if h is None or anchor is None or self.anchor is None:  # h None: not discounted
             return np.float64(1.0)
-        return np.float64(2.0 ** ((float(anchor) - self.anchor) / self.params.half_life_ms))
+        return np.float64(2.0 ** ((float(anchor) - self.anchor) / h))
 
     def _grow(self, need: int) -> None:
         cap = len(self._imp)
@@ -172,14 +186,16 @@ class ArmStats:
         if not len(arms):
             return self
         decay = None
-        if self.discounted:
+        h = self.params.half_life_ms
+        if h is not None:  # discounted
             if ts is None or len(ts) != len(arms):
                 raise ValueError("discounted counts need one event time (ts, ms) per event")
             t = np.asarray(ts, dtype=np.float64).reshape(-1)
             if not np.isfinite(t).all():
                 raise ValueError("event times must be finite")
             self._align(float(t.max()))
-            decay = np.exp2((t - self.anchor) / self.params.half_life_ms)
+            assert self.anchor is not None  # _align just set it (discounted, anchor given)
+            decay = np.exp2((t - self.anchor) / h)
         if self.params.context and contexts is not None:
             if len(contexts) != len(arms):
                 raise ValueError(f"{len(arms)} arms but {len(contexts)} contexts")
@@ -270,8 +286,9 @@ class ArmStats:
         if r is None:
             return 0.0, 0.0
         imp, rew = float(self._imp[r]), float(self._rew[r])
-        if at is not None and self.discounted and self.anchor is not None and at > self.anchor:
-            f = 2.0 ** ((self.anchor - at) / self.params.half_life_ms)
+        h = self.params.half_life_ms  # None: not discounted
+        if at is not None and h is not None and self.anchor is not None and at > self.anchor:
+            f = 2.0 ** ((self.anchor - at) / h)
             imp, rew = imp * f, rew * f
         return imp, rew
 
@@ -385,7 +402,7 @@ def rerank(
         raise ValueError(f"{len(arms)} arms but {sim.shape[0]} similarities")
     draws = thompson_scores(stats, arms, rng)
     score = (1.0 - explore_weight) * sim + explore_weight * draws
-    return np.argsort(-score, kind="stable").tolist()
+    return cast(list[int], np.argsort(-score, kind="stable").tolist())
 
 
 def seeded_rng(seed: int, *keys: str) -> np.random.Generator:

@@ -85,7 +85,7 @@ def length_sorted(
     def restore(results: list[R]) -> list[R]:
         if len(results) != len(order):
             raise ValueError(f"expected {len(order)} results, got {len(results)}")
-        out: list[R] = [None] * len(order)  # type: ignore[list-item]
+        out = list(results)  # right length and type; every slot is overwritten below
         for pos, i in enumerate(order):
             out[i] = results[pos]
         return out

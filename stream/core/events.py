@@ -17,7 +17,7 @@ Performance (timeit, Python 3.11, orjson 3.13, one dev-box core): ~2.3 µs per
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, final
 
 import orjson
 
@@ -91,6 +91,8 @@ class Item:
         return " | ".join(parts)
 
 
+# final: lets the checker narrow ``type(x) is Reject`` tests in both branches.
+@final
 @dataclass(frozen=True, slots=True)
 class Reject:
     """Why a message was refused: ``reason`` is a code, ``detail`` one line for humans."""
@@ -127,7 +129,8 @@ def _id(v: Any, name: str, limits: Limits, allow_int: bool) -> str | Reject:
             return Reject("bad_field", f"field '{name}' must be a non-empty string")
         if len(v) > limits.max_id_len:
             return Reject("oversized", f"field '{name}' longer than {limits.max_id_len} chars")
-        return v
+        s: str = v  # `t is str` above; a typed name, no extra call on this hot path
+        return s
     # `type(...) is int` rather than isinstance: bool is an int subclass and must be refused.
     if allow_int and t is int:
         return str(v)
@@ -296,7 +299,7 @@ def decode_item(raw: bytes, limits: Limits) -> Item | Reject:
     return Item(item_id, title, opt["category"], opt["brand"], price)
 
 
-_EVENT_FIELDS: tuple[str, ...] = Event.__slots__  # type: ignore[assignment]
+_EVENT_FIELDS: tuple[str, ...] = Event.__slots__
 
 
 def encode_event(ev: Event) -> bytes:

@@ -96,7 +96,7 @@ class BanditLog:
                 np.bincount(self.action, weights=self.reward, minlength=k))
 
 
-def _natural(a: str):
+def _natural(a: str) -> tuple[int, int, str]:
     return (0, int(a), "") if a.isdigit() else (1, 0, a)
 
 
@@ -109,7 +109,7 @@ class Estimate:
     n_boot: int
     level: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | float]:
         return {"estimator": self.estimator, "value": self.value, "lower": self.lower,
                 "upper": self.upper, "level": self.level, "n_boot": self.n_boot}
 
@@ -128,8 +128,9 @@ def fit_reward_model(log: BanditLog, strength: float = 10.0, n_positions: int | 
     pos_imps = imps.sum(axis=0)
     pos_ctr = np.divide(clicks.sum(axis=0), pos_imps, out=np.zeros(p), where=pos_imps > 0)
     denom = imps + strength
-    return np.divide(clicks + strength * pos_ctr, denom, out=np.tile(pos_ctr, (k, 1)),
-                     where=denom > 0)
+    q: np.ndarray = np.divide(clicks + strength * pos_ctr, denom, out=np.tile(pos_ctr, (k, 1)),
+                              where=denom > 0)
+    return q
 
 
 def _pi_rows(pi: np.ndarray, n: int, k: int) -> np.ndarray:

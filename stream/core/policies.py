@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from stream.core.errors import PolicyConfigError
 
@@ -43,6 +44,10 @@ __all__ = [
     "parse_policy",
 ]
 
+#: float64 scores / probabilities, one per arm (or shape (n, K))
+FloatArray = npt.NDArray[np.float64]
+#: arm indices (rankings), as ``argsort`` returns them
+IndexArray = npt.NDArray[np.intp]
 
 
 def _check_int(name: str, v: object, lo: int) -> None:
@@ -52,8 +57,8 @@ def _check_int(name: str, v: object, lo: int) -> None:
 
 def _check_float(name: str, v: object, lo: float, hi: float = math.inf,
                  lo_open: bool = False, hi_open: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if ok:
+    ok = False
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lb = "(" if lo_open else "["
@@ -88,7 +93,7 @@ class EpsilonGreedyConfig:
         _check_float("egreedy.epsilon", self.epsilon, 0.0, 1.0)
 
 
-def _check_inputs(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_inputs(alpha: npt.ArrayLike, beta: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
     a = np.asarray(alpha, dtype=np.float64).reshape(-1)
     b = np.asarray(beta, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:
@@ -99,7 +104,7 @@ def _check_inputs(alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.n
     return a, b
 
 
-def _blend(scores: np.ndarray, similarity: np.ndarray | None, w: float) -> np.ndarray:
+def _blend(scores: FloatArray, similarity: npt.ArrayLike | None, w: float) -> FloatArray:
     if not 0.0 <= w <= 1.0:
         raise ValueError(f"explore_weight must be in [0, 1], got {w!r}")
     if similarity is None:
@@ -110,7 +115,7 @@ def _blend(scores: np.ndarray, similarity: np.ndarray | None, w: float) -> np.nd
     return (1.0 - w) * sim + w * scores
 
 
-def _order(scores: np.ndarray) -> np.ndarray:
+def _order(scores: FloatArray) -> IndexArray:
     """Best first along the last axis; ties keep input order."""
     return np.argsort(-scores, axis=-1, kind="stable")
 
@@ -128,7 +133,8 @@ class Policy:
         if not isinstance(cfg, self.config_type):
             raise PolicyConfigError(f"{self.name} needs a {self.config_type.__name__}, "
                                     f"got {type(cfg).__name__}")
-        self.config = cfg
+        #: the policy's config dataclass (subclasses declare its concrete type)
+        self.config: Any = cfg
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -139,33 +145,40 @@ class Policy:
         return f"{self.name}:{params}" if params else self.name
 
     # -- to implement --------------------------------------------------------------------
-    def sample_scores(self, alpha, beta, rng: np.random.Generator, n: int) -> np.ndarray:
+    def sample_scores(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, rng: np.random.Generator,
+                      n: int) -> FloatArray:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------
-    def scores(self, alpha, beta, rng: np.random.Generator) -> np.ndarray:
+    def scores(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+               rng: np.random.Generator) -> FloatArray:
         """One score per arm for one decision."""
         a, _ = _check_inputs(alpha, beta)
         if a.size == 0:
             return np.zeros(0, dtype=np.float64)
-        return self.sample_scores(alpha, beta, rng, 1)[0]
+        first: FloatArray = self.sample_scores(alpha, beta, rng, 1)[0]
+        return first
 
-    def rank(self, alpha, beta, rng: np.random.Generator, similarity=None,
+    def rank(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, rng: np.random.Generator,
+             similarity: npt.ArrayLike | None = None,
              explore_weight: float = 1.0) -> list[int]:
         """Indices of the arms, best first, for one served ranking."""
         a, _ = _check_inputs(alpha, beta)
         if a.size == 0:
             return []
-        return _order(_blend(self.scores(alpha, beta, rng), similarity, explore_weight)).tolist()
+        order = _order(_blend(self.scores(alpha, beta, rng), similarity, explore_weight))
+        return cast(list[int], order.tolist())
 
-    def sample_rankings(self, alpha, beta, rng: np.random.Generator, n: int, similarity=None,
-                        explore_weight: float = 1.0) -> np.ndarray:
+    def sample_rankings(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+                        rng: np.random.Generator, n: int,
+                        similarity: npt.ArrayLike | None = None,
+                        explore_weight: float = 1.0) -> IndexArray:
         """``n`` independent rankings, shape (n, K), each as :meth:`rank` would serve it."""
         return _order(_blend(self.sample_scores(alpha, beta, rng, n), similarity, explore_weight))
 
-    def propensities(self, alpha, beta, order: list[int], k: int, rng: np.random.Generator,
-                     similarity=None, explore_weight: float = 1.0,
-                     samples: int | None = None) -> np.ndarray:
+    def propensities(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, order: list[int], k: int,
+                     rng: np.random.Generator, similarity: npt.ArrayLike | None = None,
+                     explore_weight: float = 1.0, samples: int | None = None) -> FloatArray:
         """P(arm ``order[j]`` is at position ``j``) under this policy, for ``j < k``.
 
         Generic Monte-Carlo estimate from ``samples`` re-samples drawn from ``rng`` (seeded by
@@ -181,10 +194,11 @@ class Policy:
             return np.zeros(0, dtype=np.float64)
         ranks = self.sample_rankings(alpha, beta, rng, n, similarity, explore_weight)[:, :k]
         hits = (ranks == np.asarray(order[:k])[None, :]).sum(axis=0)
-        return (1.0 + hits) / (1.0 + n)
+        p: FloatArray = (1.0 + hits) / (1.0 + n)
+        return p
 
-    def choice_probabilities(self, alpha, beta, rng: np.random.Generator,
-                             samples: int = 10_000) -> np.ndarray:
+    def choice_probabilities(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+                             rng: np.random.Generator, samples: int = 10_000) -> FloatArray:
         """pi(a) for one slot: the probability that each arm is ranked first."""
         a, _ = _check_inputs(alpha, beta)
         if a.size == 0:
@@ -198,12 +212,15 @@ class Thompson(Policy):
 
     name = "thompson"
     config_type = ThompsonConfig
+    config: ThompsonConfig
 
-    def sample_scores(self, alpha, beta, rng, n):
+    def sample_scores(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, rng: np.random.Generator,
+                      n: int) -> FloatArray:
         a, b = _check_inputs(alpha, beta)
         return rng.beta(a, b, size=(n, a.size))
 
-    def scores(self, alpha, beta, rng):
+    def scores(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+               rng: np.random.Generator) -> FloatArray:
         # exactly one Beta draw per arm, the same stream as stream.core.bandit.thompson_scores
         a, b = _check_inputs(alpha, beta)
         return rng.beta(a, b) if a.size else np.zeros(0, dtype=np.float64)
@@ -216,22 +233,26 @@ class UCB1(Policy):
 
     name = "ucb1"
     config_type = UCB1Config
+    config: UCB1Config
     stochastic = False
 
-    def index(self, alpha, beta) -> np.ndarray:
+    def index(self, alpha: npt.ArrayLike, beta: npt.ArrayLike) -> FloatArray:
         a, b = _check_inputs(alpha, beta)
         n = a + b
         total = max(float(n.sum()), 1.0)
         return a / n + np.sqrt(self.config.c * math.log(max(total, math.e)) / n)
 
-    def sample_scores(self, alpha, beta, rng, n):
+    def sample_scores(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, rng: np.random.Generator,
+                      n: int) -> FloatArray:
         return np.broadcast_to(self.index(alpha, beta), (n, np.asarray(alpha).size))
 
-    def propensities(self, alpha, beta, order, k, rng, similarity=None, explore_weight=1.0,
-                     samples=None):
+    def propensities(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, order: list[int], k: int,
+                     rng: np.random.Generator, similarity: npt.ArrayLike | None = None,
+                     explore_weight: float = 1.0, samples: int | None = None) -> FloatArray:
         return np.ones(min(k, len(order)), dtype=np.float64)
 
-    def choice_probabilities(self, alpha, beta, rng, samples=10_000):
+    def choice_probabilities(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+                             rng: np.random.Generator, samples: int = 10_000) -> FloatArray:
         idx = self.index(alpha, beta)
         out = np.zeros(idx.size)
         if idx.size:
@@ -246,8 +267,10 @@ class EpsilonGreedy(Policy):
 
     name = "egreedy"
     config_type = EpsilonGreedyConfig
+    config: EpsilonGreedyConfig
 
-    def sample_scores(self, alpha, beta, rng, n):
+    def sample_scores(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, rng: np.random.Generator,
+                      n: int) -> FloatArray:
         a, b = _check_inputs(alpha, beta)
         mean = a / (a + b)
         explore = rng.random(n) < self.config.epsilon
@@ -256,15 +279,20 @@ class EpsilonGreedy(Policy):
             out[explore] = rng.random((int(explore.sum()), a.size))
         return out
 
-    def rank(self, alpha, beta, rng, similarity=None, explore_weight=1.0):
+    def rank(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, rng: np.random.Generator,
+             similarity: npt.ArrayLike | None = None,
+             explore_weight: float = 1.0) -> list[int]:
         a, b = _check_inputs(alpha, beta)
         if a.size == 0:
             return []
         if rng.random() < self.config.epsilon:
-            return rng.permutation(a.size).tolist()
-        return _order(_blend(a / (a + b), similarity, explore_weight)).tolist()
+            return cast(list[int], rng.permutation(a.size).tolist())
+        return cast(list[int], _order(_blend(a / (a + b), similarity, explore_weight)).tolist())
 
-    def sample_rankings(self, alpha, beta, rng, n, similarity=None, explore_weight=1.0):
+    def sample_rankings(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+                        rng: np.random.Generator, n: int,
+                        similarity: npt.ArrayLike | None = None,
+                        explore_weight: float = 1.0) -> IndexArray:
         a, b = _check_inputs(alpha, beta)
         greedy = _order(_blend(a / (a + b), similarity, explore_weight))
         out = np.broadcast_to(greedy, (n, a.size)).copy()
@@ -273,15 +301,18 @@ class EpsilonGreedy(Policy):
             out[explore] = np.argsort(rng.random((int(explore.sum()), a.size)), axis=1)
         return out
 
-    def propensities(self, alpha, beta, order, k, rng, similarity=None, explore_weight=1.0,
-                     samples=None):
+    def propensities(self, alpha: npt.ArrayLike, beta: npt.ArrayLike, order: list[int], k: int,
+                     rng: np.random.Generator, similarity: npt.ArrayLike | None = None,
+                     explore_weight: float = 1.0, samples: int | None = None) -> FloatArray:
         a, b = _check_inputs(alpha, beta)
         k = min(k, len(order))
         greedy = _order(_blend(a / (a + b), similarity, explore_weight))[:k]
         eps = self.config.epsilon
-        return (1.0 - eps) * (greedy == np.asarray(order[:k])) + eps / a.size
+        p: FloatArray = (1.0 - eps) * (greedy == np.asarray(order[:k])) + eps / a.size
+        return p
 
-    def choice_probabilities(self, alpha, beta, rng, samples=10_000):
+    def choice_probabilities(self, alpha: npt.ArrayLike, beta: npt.ArrayLike,
+                             rng: np.random.Generator, samples: int = 10_000) -> FloatArray:
         a, b = _check_inputs(alpha, beta)
         out = np.full(a.size, self.config.epsilon / max(a.size, 1))
         if a.size:

@@ -28,6 +28,14 @@ import numpy as np
 
 from stream.core.eventtypes import CONVERSION_TYPES, DEFAULT_WEIGHTS
 
+__all__ = [
+    "DEFAULT_HALF_LIFE_MS",
+    "DEFAULT_WEIGHTS",  # re-exported from stream.core.eventtypes
+    "ProfileParams",
+    "ProfileTable",
+    "UserStats",
+]
+
 DEFAULT_HALF_LIFE_MS: float = 7 * 24 * 3600 * 1000
 
 # Anchor of a row that has never received an event; never used in arithmetic.
@@ -164,7 +172,7 @@ class ProfileTable:
         self._anchor[uniq] = new
 
         names = self._names
-        return [names[r] for r in uniq[np.argsort(first, kind="stable")].tolist()]  # type: ignore[misc]
+        return [names[r] for r in uniq[np.argsort(first, kind="stable")].tolist()]
 
     # -- reads ----------------------------------------------------------------------------
     @staticmethod
@@ -193,7 +201,8 @@ class ProfileTable:
         row = self._index.get(user)
         if row is None:
             return None
-        return self._normalise(self._sum[row : row + 1])[0]
+        vec: np.ndarray = self._normalise(self._sum[row : row + 1])[0]
+        return vec
 
     def raw(self, user: str) -> tuple[int, np.ndarray] | None:
         """(anchor_ts, copy of float64 sum) for tests and debugging."""
@@ -218,7 +227,7 @@ class ProfileTable:
         live = self._anchor[: self._next]
         rows = np.flatnonzero((live != _NO_ANCHOR) & (live < cutoff_ts))
         names = self._names
-        return [names[r] for r in rows.tolist() if names[r] is not None]
+        return [name for r in rows.tolist() if (name := names[r]) is not None]
 
     def __contains__(self, user: object) -> bool:
         return user in self._index
@@ -231,7 +240,7 @@ class ProfileTable:
         return list(self._index)
 
     # -- persistence ----------------------------------------------------------------------
-    def state(self) -> dict[str, np.ndarray | list]:
+    def state(self) -> dict[str, np.ndarray | list[str]]:
         """Compact snapshot of live rows only (np.savez / pickle friendly)."""
         users = list(self._index)
         rows = np.fromiter((self._index[u] for u in users), dtype=np.int64, count=len(users))
@@ -337,7 +346,7 @@ class UserStats:
     def users(self) -> list[str]:
         return list(self._events)
 
-    def state(self) -> dict[str, list]:
+    def state(self) -> dict[str, list[Any]]:
         """Pickle/JSON friendly snapshot (parallel lists keyed by position)."""
         users = list(self._events)
         return {
@@ -384,11 +393,11 @@ def _bench(
                 rng.standard_normal((batch, dim)).astype(np.float32),
             )
         )
-    for b in batches[:20]:  # warm up: allocate most rows
-        table.apply(*b)
+    for args in batches[:20]:  # warm up: allocate most rows
+        table.apply(*args)
     start = time.perf_counter()
-    for b in batches:
-        table.apply(*b)
+    for args in batches:
+        table.apply(*args)
     elapsed = time.perf_counter() - start
     return n_batches * batch / elapsed
 

@@ -262,15 +262,15 @@ def generate(users: int, items: int, events: int, seed: int,
     within = np.empty(items)
     cum_key = np.empty(items)  # category c occupies (c, c + 1] so one searchsorted samples any c
     start = 0
-    for c in range(n_cat):
-        n = int(counts[c])
+    for ci in range(n_cat):
+        n = int(counts[ci])
         if n == 0:
             continue
         w = _zipf(n, 1.0)[rng.permutation(n)]
         within[start:start + n] = w
         cs = np.cumsum(w)
-        cum_key[start:start + n] = c + cs / cs[-1]
-        cum_key[start + n - 1] = c + 1.0  # guard against float round-off at the upper edge
+        cum_key[start:start + n] = ci + cs / cs[-1]
+        cum_key[start + n - 1] = ci + 1.0  # guard against float round-off at the upper edge
         start += n
     global_pop = cat_pop[sorted_cat] * within
     global_pop /= global_pop.sum()

@@ -103,7 +103,7 @@ def convert(item_text: str, inter_text: str) -> tuple[list[dict], list[dict]]:
             raise DataError(f"ml-100k.inter: item {i} not in ml-100k.item")
         events.append({"event_id": f"ml-{u}-{i}", "user_id": u, "type": kind, "ts": ts,
                        "item_id": i, "rating": rating})
-    events.sort(key=lambda e: (e["ts"], _num(e["user_id"]), _num(e["item_id"])))
+    events.sort(key=lambda e: (e["ts"], _num(str(e["user_id"])), _num(str(e["item_id"]))))
     return items, events
 
 

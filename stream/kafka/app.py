@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -173,13 +173,11 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
     def events_partitions(tps: Iterable[TP]) -> list[int]:
         return sorted(tp.partition for tp in tps if is_events(tp))
 
-    @app.on_partitions_revoked.connect
     async def on_revoked(_app: Any, revoked: Iterable[TP], **kw: Any) -> None:
         parts = events_partitions(revoked)
         if parts:
             await pipeline.revoke(parts)
 
-    @app.on_partitions_assigned.connect
     async def on_assigned(_app: Any, assigned: Iterable[TP], **kw: Any) -> None:
         mine = set(events_partitions(assigned))
         gone = [p for p in pipeline.states if p not in mine]
@@ -237,11 +235,15 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
                      time.monotonic() - t_start, len(pipeline.catalog.index),
                      pipeline.profiles.indexed())
 
-    @app.on_before_shutdown.connect
     async def on_shutdown(_app: Any, **kw: Any) -> None:
         n = await pipeline.snapshot(everything=True)
         log.info("shutdown: wrote %d partition snapshots", n)
         await on_stop()
+
+    # faust's signal types want a ``signal`` keyword our handlers take through ``**kw``
+    app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
+    app.on_before_shutdown.connect(cast(Any, on_shutdown))
 
 
 class RepeatFilter(logging.Filter):

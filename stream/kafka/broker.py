@@ -58,16 +58,17 @@ class EmbeddedBroker:
         if not self.port:
             self.port = free_port(self.host)
         url = f"tcp://{self.host}:{self.port}"
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        log = open(log_path, "ab") if log_path else None  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
                 [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=subprocess.DEVNULL if log is None else log, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         finally:
-            if log_path:
-                out.close()  # the child holds its own descriptor
+            if log is not None:
+                log.close()  # the child holds its own descriptor
         try:
             wait_for_port(self.host, self.port, timeout_s)
         except BrokerError:

@@ -26,7 +26,7 @@ async def drain(s: Settings, topic: str, group: str, n: int, batch: int,
 
     t_assigned: list[float] = []
 
-    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library base
+    class Listener(ConsumerRebalanceListener):
         async def on_partitions_revoked(self, revoked: Any) -> None:
             pass
 

@@ -13,7 +13,6 @@ posteriors, which are sums of partials.
 from __future__ import annotations
 
 import functools
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -161,7 +160,7 @@ class Queries:
         if self.publish is None:
             raise Unavailable("not ready")
         event_id = f"forget-{uuid.uuid4().hex}"
-        ts = int(time.time() * 1000)
+        ts = int(self.p.clock.wall() * 1000)
         await self.publish(raw_id.encode(), orjson.dumps(
             {"event_id": event_id, "user_id": raw_id, "type": "forget", "ts": ts}))
         return {"user_id": self.user_id(raw_id), "event_id": event_id, "ts": ts}

@@ -65,7 +65,8 @@ class WorkerProcess:
         last_exc: Exception | None = None
         while time.monotonic() < deadline:
             if not self.alive():
-                raise ProfilesError(f"worker exited (code {self.proc.returncode}) while waiting for "
+                code = self.proc.returncode if self.proc is not None else None
+                raise ProfilesError(f"worker exited (code {code}) while waiting for "
                                     f"{what}; log: {self.log_path}")
             try:
                 value = predicate()

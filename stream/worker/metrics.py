@@ -9,13 +9,14 @@ a label; partition labels are removed when a partition is revoked.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from stream.core.bandit import ArmStats
 from stream.worker.state import PartitionState
@@ -24,6 +25,8 @@ __all__ = ["LATENCY_BUCKETS", "BanditArmsCollector", "BatchHistogram", "Metrics"
            "StateCollector"]
 
 States = Callable[[], Iterable[PartitionState]]
+# Prometheus's own float formatting of bucket bounds ("0.005", "10.0", "+Inf"); untyped upstream.
+floatToGoString = cast(Callable[[float], str], _untyped_float_to_go_string)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 

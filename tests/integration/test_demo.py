@@ -1,5 +1,6 @@
 """`profiles demo` stopped by SIGTERM in the middle of its replay leaves no broker or worker
-behind (they run in their own sessions, so only the demo's own cleanup stops them)."""
+behind (they run in their own sessions, so only the demo's own cleanup stops them), and
+nothing in the folder it was started from."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,12 +29,15 @@ def _listening(port: int) -> bool:
 def test_sigterm_mid_replay_stops_broker_and_worker(tmp_path) -> None:
     http_port = free_port()
     log = tmp_path / "demo.log"
-    env = {**os.environ, "PROFILES_ENCODER_KIND": "hashing", "PYTHONUNBUFFERED": "1"}
+    cwd = tmp_path / "cwd"  # the demo (and its worker) must write nothing here
+    cwd.mkdir()
+    env = {**os.environ, "PROFILES_ENCODER_KIND": "hashing", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stream.cli", "demo", "--port", str(http_port), "--events",
              "200000", "--rate", "500", "--workdir", str(tmp_path / "work")],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd)
     try:
         deadline = time.monotonic() + 240
         while "replaying" not in log.read_text():
@@ -47,6 +52,8 @@ def test_sigterm_mid_replay_stops_broker_and_worker(tmp_path) -> None:
         while _listening(broker_port) or _listening(http_port):
             assert time.monotonic() < deadline, "broker or worker still listening after the demo exited"
             time.sleep(0.2)
+        # nothing written into the current folder (faust's data folder was `profiles-data/`)
+        assert sorted(p.name for p in cwd.iterdir()) == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

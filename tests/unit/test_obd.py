@@ -68,6 +68,18 @@ def test_convert_obd_alias_writes_the_same_events(converted, tmp_path):
     assert read_jsonl(tmp_path / "it.jsonl") == read_jsonl(converted / "items.jsonl")
 
 
+def test_tools_create_their_output_folders(converted, tmp_path, capsys):
+    """`--out NEW_DIR/events.jsonl` makes NEW_DIR (it was a bare `[Errno 2]` line)."""
+    csv = converted / "obd-random-all.csv"
+    out = tmp_path / "new" / "dir" / "events.jsonl"
+    items_out = tmp_path / "other" / "items.jsonl"
+    items = converted / "obd-random-all-item_context.csv"
+    assert main(["bandit", "convert-obd", str(csv), "--out", str(out), "--items", str(items),
+                 "--items-out", str(items_out)]) == 0
+    assert len(read_jsonl(out)) == 10_038 and len(read_jsonl(items_out)) == 80
+    assert "Errno" not in capsys.readouterr().err
+
+
 def test_helpers():
     assert ts_ms("1970-01-01 00:00:01.999999+00:00") == 1999
     assert ts_ms("2019-11-24 09:00:00+09:00") == ts_ms("2019-11-24 00:00:00+00:00")
