@@ -16,6 +16,7 @@ answered with a watermark).  Partitions are assigned by hand: no consumer group,
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,21 +52,25 @@ async def caught_up(consumer: Any, tps: list[Any], empty_polls: int, patience: i
 async def assign_all(consumer: Any, topic: str, timeout_s: float = 30.0) -> list[Any]:
     """Assign every partition of ``topic`` to ``consumer`` (aiokafka, no group) and return them.
 
-    A topic just created may not be in the client's metadata yet: subscribing makes the client
-    track (and fetch) it through public API; then the subscription is replaced by a manual
-    assignment.
+    A topic just created may not be in the client's metadata yet.  A *pattern* subscription
+    makes the client fetch every topic's metadata through public API, without creating the
+    topic (a plain subscription would, on brokers that auto-create topics); it is renewed while
+    waiting and replaced by the manual assignment once the partitions are known.
     """
     from aiokafka import TopicPartition
 
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        consumer.subscribe([topic])
+        pattern = f"^{re.escape(topic)}$"
         deadline = time.monotonic() + timeout_s
         while not parts:
             if time.monotonic() > deadline:
+                consumer.unsubscribe()
                 raise ConfigError(f"topic {topic!r} does not exist (no metadata after "
                                   f"{timeout_s:g}s)")
-            await asyncio.sleep(0.1)
+            consumer.unsubscribe()
+            consumer.subscribe(pattern=pattern)  # forces a metadata refresh
+            await asyncio.sleep(0.2)
             parts = consumer.partitions_for_topic(topic)
         consumer.unsubscribe()
     tps = [TopicPartition(topic, p) for p in sorted(parts)]

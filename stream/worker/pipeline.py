@@ -2,8 +2,10 @@
 
 A batch goes through three phases:
 
-1. *classify* (async, read-only): skip offsets the state already covers, decode and validate,
-   spot duplicate event ids, look up item vectors (unknown items are parked), encode queries;
+1. *classify* (read-only, ``stream.worker.classify``): skip offsets the state already covers,
+   decode and validate, spot duplicate event ids, split off forgets and what they erase, apply
+   the rate cap; then (async) look up item vectors (unknown items are parked) and encode
+   queries;
 2. *dead-letter* (async): send rejected records to the DLQ and wait for the broker's ack, so a
    crash can only re-send them, never lose them;
 3. *apply* (synchronous, no ``await``): bandit partials, profiles, user stats, the users
@@ -23,16 +25,16 @@ import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from encoder.base import Encoder
 from stream.core.errors import StateError
-from stream.core.events import Event, Reject, decode_event
-from stream.core.eventtypes import ERASING_TYPES, QUERY_TYPES
+from stream.core.events import Event
+from stream.core.eventtypes import QUERY_TYPES
 from stream.settings import Settings
 from stream.worker.catalog import ItemCatalog
+from stream.worker.classify import Accepted, classify, rate_cap, split_forgets
 from stream.worker.deadletter import DeadLetter, dead_letter
 from stream.worker.encoding import EncoderService
 from stream.worker.metrics import Metrics
@@ -46,19 +48,6 @@ from stream.worker.state import Parked, PartitionState
 __all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
-
-# A rate cap's pending windows per partition: user -> (window, events counted)
-RateUpdates = dict[int, dict[str, tuple[int, int]]]
-
-
-@dataclass(slots=True)
-class _Accepted:
-    st: PartitionState
-    ev: Event
-    offset: int
-    msg_ts: int
-    raw: bytes
-
 
 class Pipeline:
     """One worker's state and the batch step that changes it."""
@@ -218,69 +207,18 @@ class Pipeline:
                     > self.s.max_parked):
                 await self._resolve_parked()
 
-    def _classify(self, records: Sequence[Record], rejects: list[DeadLetter]
-                  ) -> tuple[list[_Accepted], list[tuple[PartitionState, Event]], dict[int, int]]:
-        """Decode and validate; returns accepted events, duplicates and each partition's last
-        offset in the batch (rejects are appended to ``rejects``)."""
-        accepted: list[_Accepted] = []
-        duplicates: list[tuple[PartitionState, Event]] = []
-        high: dict[int, int] = {}
-        seen: set[tuple[int, str]] = set()
-        redelivered = 0
-        pseudo = self.pseudonymize
-        for rec in records:
-            p, off = rec.partition, rec.offset
-            st = self.profiles.get(p)
-            if st is None:  # revoked while buffered: its new owner applies it
-                continue
-            if off < st.next_offset:
-                redelivered += 1
-                continue
-            if off > high.get(p, st.next_offset - 1) + 1 and off != st.next_offset:
-                self.metrics.offset_gaps.labels(self.s.events_topic, str(p)).inc()
-                log.warning("partition %d: offset gap %d -> %d", p,
-                            high.get(p, st.next_offset - 1), off)
-            high[p] = off
-            raw = rec.value or b""
-            ev = decode_event(raw, rec.timestamp_ms, self.limits)
-            if isinstance(ev, Reject):
-                rejects.append(DeadLetter(st, rec.key, raw, ev.reason, ev.detail, off, "unknown",
-                                          None))
-                continue
-            if pseudo.enabled and not rec.id_hashed:
-                ev = Event(ev.event_id, pseudo(ev.user_id), ev.type, ev.ts, ev.item_id, ev.query,
-                           ev.arm, ev.position, ev.propensity)
-            if ev.event_id in st.dedupe or (p, ev.event_id) in seen:
-                duplicates.append((st, ev))
-                continue
-            seen.add((p, ev.event_id))
-            accepted.append(_Accepted(st, ev, off, rec.timestamp_ms, raw))
-        if redelivered:
-            self.metrics.redelivered.inc(redelivered)
-        return accepted, duplicates, high
-
     async def _process(self, records: Sequence[Record]) -> None:
-        rejects: list[DeadLetter] = []
-        accepted, duplicates, high = self._classify(records, rejects)
-
-        # Forgets win over anything older of the same user, whatever the arrival order.
-        forgets = [a for a in accepted if a.ev.type in ERASING_TYPES]
-        tomb: dict[tuple[int, str], int] = {}
-        for a in forgets:
-            k = (a.st.partition, a.ev.user_id)
-            tomb[k] = max(a.ev.ts, tomb.get(k, a.ev.ts))
-        forgotten: list[_Accepted] = []
-        live: list[_Accepted] = []
-        for a in accepted:
-            if a.ev.type in ERASING_TYPES:
-                continue
-            t = a.st.tombstones.get(tombstone_key(a.ev.user_id)) if a.st.tombstones else None
-            t2 = tomb.get((a.st.partition, a.ev.user_id)) if tomb else None
-            if (t is not None and a.ev.ts <= t) or (t2 is not None and a.ev.ts <= t2):
-                forgotten.append(a)
-            else:
-                live.append(a)
-        live, rate_updates = self._rate_cap(live, rejects)
+        # ---- classify: read-only ------------------------------------------------
+        c = classify(records, self.profiles.states, self.limits, self.pseudonymize)
+        for p, before, after in c.gaps:
+            self.metrics.offset_gaps.labels(self.s.events_topic, str(p)).inc()
+            log.warning("partition %d: offset gap %d -> %d", p, before, after)
+        if c.redelivered:
+            self.metrics.redelivered.inc(c.redelivered)
+        rejects, duplicates, high = c.rejects, c.duplicates, c.high
+        forgets, forgotten, live = split_forgets(c.accepted)
+        live, rate_updates = rate_cap(live, self.profiles.states, self.s.rate_limit_events,
+                                      self.s.rate_limit_window_ms, rejects)
 
         # Vectors: known items now, unknown items park, queries go through the encoder.
         item_rows = [i for i, a in enumerate(live) if a.ev.type not in QUERY_TYPES]
@@ -340,30 +278,7 @@ class Pipeline:
         self.metrics.batch_size.observe(len(records))
         self._refresh_sizes()
 
-    def _rate_cap(self, live: list[_Accepted], rejects: list[DeadLetter]
-                  ) -> tuple[list[_Accepted], RateUpdates]:
-        """Split off events over a user's rate cap (they become ``rate_limited`` rejects)."""
-        if not self.s.rate_limit_events or not live:
-            return live, {}
-        by_p: dict[int, list[_Accepted]] = defaultdict(list)
-        for a in live:
-            by_p[a.st.partition].append(a)
-        kept: list[_Accepted] = []
-        updates: RateUpdates = {}
-        for p, group in by_p.items():
-            allowed, updates[p] = self.profiles.states[p].rate.check(
-                [a.ev.user_id for a in group], [a.ev.ts for a in group])
-            for a, ok in zip(group, allowed):
-                if ok:
-                    kept.append(a)
-                else:
-                    rejects.append(DeadLetter(
-                        a.st, a.ev.user_id.encode(), a.raw, "rate_limited",
-                        f"over {self.s.rate_limit_events} events per "
-                        f"{self.s.rate_limit_window_ms} ms", a.offset, a.ev.type, a.ev.user_id))
-        return kept, updates
-
-    def _forget(self, a: _Accepted) -> None:
+    def _forget(self, a: Accepted) -> None:
         """Erase a user from this partition's state and the users index; keep a tombstone."""
         st, user = a.st, a.ev.user_id
         self.profiles.erase(st, user)
@@ -374,7 +289,7 @@ class Pipeline:
         log.info("audit: forget user-hash=%s partition=%d offset=%d ts=%d", tkey, st.partition,
                  a.offset, a.ev.ts)
 
-    def _apply_bandit(self, accepted: list[_Accepted]) -> None:
+    def _apply_bandit(self, accepted: list[Accepted]) -> None:
         """Bandit partials count every accepted event with an arm, parked or not."""
         groups: dict[int, tuple[list[str], list[str], list[int], list[int | None]]] = {}
         for a in accepted:
@@ -486,7 +401,7 @@ class Pipeline:
     async def _dead_letter(self, rejects: list[DeadLetter]) -> None:
         await dead_letter(rejects, self.send_dlq, self.pseudonymize, self.s.events_topic)
 
-    async def _erase_dead_letters(self, forgets: list[_Accepted]) -> None:
+    async def _erase_dead_letters(self, forgets: list[Accepted]) -> None:
         """Tombstones for every DLQ record of the users being forgotten (compaction erases them)."""
         keys = [k for a in forgets for k in a.st.dlq_keys.get(a.ev.user_id, ())]
         if keys:
