@@ -257,6 +257,7 @@ class Settings:
         process such as ``profiles worker``."""
         return {**os.environ, **self.to_env(), **(extra or {})}
 
+
 def _convert(f: dataclasses.Field, raw: str) -> Any:
     kind = type(f.default)
     if kind is Secret:
