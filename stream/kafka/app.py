@@ -13,12 +13,10 @@ ports with :class:`FaustIO`, the pipeline, and then calls :func:`wire` to connec
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -65,12 +63,11 @@ def tune_fetch(max_wait_ms: int, max_bytes: int) -> None:
     cls._create_worker_consumer = create
 
 
-def _scratch_datadir() -> str:
-    """faust's data folder: a temporary one (it holds nothing we keep; its default is
-    ``<app id>-data`` in the current folder, which the tools must not litter)."""
-    path = tempfile.mkdtemp(prefix="profiles-faust-")
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+def _datadir(s: Settings) -> str:
+    """faust's data folder: ``<state dir>/faust`` (faust keeps nothing there with in-memory
+    tables, but creates it; its default is ``<app id>-data`` in the current folder, which the
+    tools must not litter)."""
+    return str(Path(s.state_dir) / "faust")
 
 
 def _brokers(bootstrap: str) -> list[str]:
@@ -80,7 +77,7 @@ def _brokers(bootstrap: str) -> list[str]:
 def faust_app(s: Settings, app_id: str, **extra: Any) -> faust.App:
     """A faust app with the worker's settings (also used by the benchmark's faust stage)."""
     tune_fetch(s.fetch_max_wait_ms, s.fetch_max_bytes)
-    extra.setdefault("datadir", _scratch_datadir())
+    extra.setdefault("datadir", _datadir(s))
     return faust.App(
         app_id,
         broker=_brokers(s.bootstrap_servers),
@@ -107,7 +104,7 @@ def faust_app(s: Settings, app_id: str, **extra: Any) -> faust.App:
 
 def plain_faust_app(s: Settings, app_id: str, **extra: Any) -> faust.App:
     """faust's defaults, with only the brokers (and security) to connect: the benchmark's F0."""
-    extra.setdefault("datadir", _scratch_datadir())
+    extra.setdefault("datadir", _datadir(s))
     return faust.App(app_id, broker=_brokers(s.bootstrap_servers),
                      broker_credentials=faust_credentials(s), **extra)
 
@@ -120,6 +117,7 @@ def worker_app(s: Settings) -> faust.App:
 
 def run_app(app: faust.App, loglevel: str) -> None:
     """Run ``app`` as a faust worker until SIGTERM/SIGINT."""
+    Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)  # faust makes only the last level
     worker = faust.Worker(app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 

@@ -152,3 +152,14 @@ def test_only_the_clients_module_constructs_library_clients() -> None:
                 text = path.read_text()
                 bad += [f"{path.relative_to(SRC)}: {n}" for n in names if n in text]
     assert not bad
+
+
+def test_faust_keeps_its_data_folder_in_the_state_folder(tmp_path, monkeypatch) -> None:
+    """faust's default is `<app id>-data` in the current folder (the demo left
+    `profiles-data/` behind); the worker's lives under PROFILES_STATE_DIR."""
+    from stream.kafka.app import faust_app, worker_app
+
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({}, state_dir=str(tmp_path / "state"))
+    for app in (worker_app(s), faust_app(s, "bench-x")):
+        assert Path(app.conf.datadir).resolve() == (tmp_path / "state" / "faust").resolve()
