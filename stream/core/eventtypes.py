@@ -21,6 +21,7 @@ __all__ = [
     "ERASING_TYPES",
     "EVENT_TYPES",
     "IMPRESSION_TYPES",
+    "ITEMLESS_TYPES",
     "QUERY_TYPES",
     "TABLE",
     "EventType",
@@ -59,7 +60,6 @@ TABLE: tuple[EventType, ...] = (
 )
 
 EVENT_TYPES: tuple[str, ...] = tuple(t.name for t in TABLE)
-BY_NAME: Mapping[str, EventType] = {t.name: t for t in TABLE}
 DEFAULT_WEIGHTS: dict[str, float] = {t.name: t.weight for t in TABLE if t.weight}
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {t.name: t.reward for t in TABLE
                                             if t.reward is not None}

@@ -16,7 +16,6 @@ import os
 import pickle
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -213,9 +212,3 @@ class Scheduler:
         self._at[partition] = self.monotonic()
         self.dirty.discard(partition)
 
-
-def timed(fn: Callable[[], bytes]) -> tuple[bytes, float]:
-    """(fn(), seconds it took)."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
