@@ -27,7 +27,7 @@ from stream.kafka.clients import faust_credentials
 from stream.settings import Settings
 from stream.worker.pipeline import Pipeline
 from stream.worker.ports import Header
-from stream.worker.records import Record
+from stream.worker.records import from_message
 
 __all__ = ["FaustIO", "RepeatFilter", "faust_app", "plain_faust_app", "quiet_client_logs",
            "run_app", "tune_fetch", "wire", "worker_app"]
@@ -122,13 +122,6 @@ def run_app(app: faust.App, loglevel: str) -> None:
     worker.execute_from_commandline()
 
 
-def _record(message: Any) -> Record:
-    """Our record of a faust message (faust's timestamp is in seconds)."""
-    return Record(message.partition, message.offset, int((message.timestamp or 0) * 1000),
-                  message.key, message.value,
-                  tuple((k, v) for k, v in (message.headers or ())))
-
-
 class FaustIO:
     """The worker's ports (``stream.worker.ports``) on faust's producer: the dead-letter sink
     and the events publisher; and whether the group is rebalancing."""
@@ -201,7 +194,8 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
     async def apply_events(stream: Any) -> None:
         await pipeline.catalog.caught_up.wait()
         async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
-            await pipeline.process([_record(e.message) for e in batch])
+            # faust's message timestamps are in seconds
+            await pipeline.process([from_message(e.message, 1000.0) for e in batch])
 
     # Before the worker starts: the first assignment's seek (a restart with snapshots) must
     # already go to the snapshots' offsets.  Installed from an app task instead, it came after

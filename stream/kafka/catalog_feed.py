@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 
 from stream.kafka.clients import build
-from stream.kafka.highwater import assign_all, caught_up, to_record
+from stream.kafka.highwater import assign_all, caught_up
 from stream.settings import Settings
 from stream.worker.catalog import ItemCatalog, ItemEncoder
+from stream.worker.records import from_message
 
 __all__ = ["follow_catalog"]
 
@@ -34,7 +35,7 @@ async def follow_catalog(s: Settings, catalog: ItemCatalog, encoder: ItemEncoder
         empty_polls = 0
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=2000)
-            records = [to_record(m) for msgs in batches.values() for m in msgs]
+            records = [from_message(m) for msgs in batches.values() for m in msgs]
             if records:
                 n = await catalog.add_records(records, encoder)
                 log.debug("catalogue +%d items (%d total)", n, len(catalog.index))

@@ -215,19 +215,20 @@ class Publisher:
 
     def __init__(self, s: Settings, *, client_id: str = "profiles-publisher",
                  **overrides: Any) -> None:
+        from kafka.errors import KafkaTimeoutError
+
         self.settings = s
         self.acks = Acks()
+        self._metadata_timeout = KafkaTimeoutError
         self._producer = build("producer", s, client_id=client_id,
                                **{**self.DEFAULTS, **overrides})
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
              headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
-        from kafka.errors import KafkaTimeoutError
-
         try:
             fut = self._producer.send(topic, key=key, value=value, headers=headers,
                                       partition=partition)
-        except KafkaTimeoutError as exc:
+        except self._metadata_timeout as exc:
             raise BrokerError(f"cannot publish to topic {topic!r} on "
                               f"{self.settings.bootstrap_servers}: {exc}") from exc
         except Exception as exc:  # e.g. MessageSizeTooLargeError: count it, keep going

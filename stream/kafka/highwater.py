@@ -24,16 +24,9 @@ from typing import Any
 from stream.core.errors import BrokerError, ConfigError
 from stream.kafka.clients import build
 from stream.settings import Settings
-from stream.worker.records import Record
+from stream.worker.records import Record, from_message
 
-__all__ = ["TopicScan", "assign_all", "caught_up", "read_all", "read_to_high_watermark", "to_record"]
-
-
-def to_record(msg: Any, timestamp_scale: float = 1.0) -> Record:
-    """Our :class:`Record` of an aiokafka or kafka-python ``ConsumerRecord`` (ms timestamps)."""
-    ts = msg.timestamp
-    return Record(msg.partition, msg.offset, int((ts or 0) * timestamp_scale), msg.key,
-                  msg.value, tuple((k, v) for k, v in (msg.headers or ())))
+__all__ = ["TopicScan", "assign_all", "caught_up", "read_all", "read_to_high_watermark"]
 
 
 async def caught_up(consumer: Any, tps: list[Any], empty_polls: int, patience: int = 3) -> bool:
@@ -93,7 +86,7 @@ async def read_to_high_watermark(s: Settings, topic: str,
         empty = 0
         while True:
             got = await consumer.getmany(timeout_ms=500, max_records=batch)
-            records = [to_record(m) for msgs in got.values() for m in msgs]
+            records = [from_message(m) for msgs in got.values() for m in msgs]
             if records:
                 empty = 0
                 n += len(records)
@@ -162,7 +155,7 @@ class TopicScan:
                     got = True
                     seen[tp.partition] = m.offset + 1
                     visited += 1
-                    visit(to_record(m))
+                    visit(from_message(m))
             if got:
                 idle_since = time.monotonic()
         return seen

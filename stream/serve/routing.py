@@ -67,38 +67,34 @@ class Router:
             log.warning("forwarding %s to %s failed: %s", request.path, url, exc)
             return web.json_response({"error": f"owner {url} unreachable"}, status=503)
 
-    async def gather_search(self, vector: list[float], k: int, exclude: list[str],
-                            auth: str | None) -> list[tuple[str, float]]:
-        """Top-k of every peer's users index for ``vector``."""
+    async def _gather(self, path: str, payload: dict[str, Any], auth: str | None,
+                      what: str) -> list[Any]:
+        """The JSON answers of every peer that answers ``POST path`` with 200 (a peer that
+        fails is logged and left out)."""
         headers = {FORWARDED: "1"}
         if auth:
             headers["Authorization"] = auth
-        out: list[tuple[str, float]] = []
+        out: list[Any] = []
         for url in self.peers():
             try:
-                async with self.session().post(url + "/internal/users/search", headers=headers,
-                                               json={"vector": vector, "k": k, "exclude": exclude}) as r:
-                    if r.status == 200:
-                        out += [(h["user_id"], h["score"]) for h in (await r.json())["hits"]]
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("look-alike search on %s failed: %s", url, exc)
-        return out
-
-    async def gather_arms(self, arms: list[str], auth: str | None) -> list[dict[str, Any]]:
-        """Every peer's partial counts (ArmStats state) for ``arms``."""
-        headers = {FORWARDED: "1"}
-        if auth:
-            headers["Authorization"] = auth
-        out: list[dict[str, Any]] = []
-        for url in self.peers():
-            try:
-                async with self.session().post(url + "/internal/arms", headers=headers,
-                                               json={"arms": arms}) as r:
+                async with self.session().post(url + path, headers=headers, json=payload) as r:
                     if r.status == 200:
                         out.append(await r.json())
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("arm counts from %s failed: %s", url, exc)
+                log.warning("%s on %s failed: %s", what, url, exc)
         return out
+
+    async def gather_search(self, vector: list[float], k: int, exclude: list[str],
+                            auth: str | None) -> list[tuple[str, float]]:
+        """Top-k of every peer's users index for ``vector``."""
+        answers = await self._gather("/internal/users/search",
+                                     {"vector": vector, "k": k, "exclude": exclude}, auth,
+                                     "look-alike search")
+        return [(h["user_id"], h["score"]) for a in answers for h in a["hits"]]
+
+    async def gather_arms(self, arms: list[str], auth: str | None) -> list[dict[str, Any]]:
+        """Every peer's partial counts (ArmStats state) for ``arms``."""
+        return await self._gather("/internal/arms", {"arms": arms}, auth, "arm counts")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -22,7 +22,6 @@ class ProfileStore:
     """Owned partition states plus the ``users`` index of their profile vectors."""
 
     def __init__(self, dim: int, index: VectorIndex | None = None) -> None:
-        self.dim = dim
         self.index: VectorIndex = index if index is not None else make_index(dim, name="users")
         self._states: dict[int, PartitionState] = {}
 
