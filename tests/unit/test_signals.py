@@ -458,3 +458,35 @@ def test_view_is_bit_identical_whatever_the_arrival_order() -> None:
         for x, y in zip(v.popularity(["a"], T0 + 5), ref.popularity(["a"], T0 + 5)):
             assert x.tolist() == y.tolist()
         assert v.neighbours("a", T0 + 5) == ref.neighbours("a", T0 + 5)
+
+
+def test_view_reads_local_partitions_live_and_detach_freezes_them() -> None:
+    p = SignalParams()
+    s, other = Signals(p), Signals(p)
+    s.apply(["u", "u"], ["a", "b"], [T0, T0 + 1], ["view", "view"])
+    other.apply(["w", "w"], ["a", "c"], [T0, T0 + 1], ["view", "click"])
+    v = SignalView(p)
+    assert s.publish(v, 0) == 2
+    for it in ("a", "c"):
+        v.put_covis(1, it, other.covis.partial(it))
+    assert v.partitions() == {0, 1}
+    assert dict(v.neighbours("a", T0 + 1)) == pytest.approx({"b": 1.0, "c": math.sqrt(2.0)})
+    s.apply(["u"], ["c"], [T0 + 2], ["purchase"])  # not published yet: read live anyway
+    got = dict(v.neighbours("a", T0 + 2))
+    assert got["c"] == pytest.approx(math.sqrt(2.0) + math.sqrt(8.0))
+    v.detach(0)  # partition 0 moved away: what it said last stays until republished
+    s.apply(["u"], ["c"], [T0 + 3], ["purchase"])
+    assert dict(v.neighbours("a", T0 + 3))["c"] == pytest.approx(got["c"])
+    v.put_covis(0, "a", None)
+    assert dict(v.neighbours("a", T0 + 3)) == pytest.approx({"c": math.sqrt(2.0)})
+
+
+def test_late_event_pairs_with_what_is_kept() -> None:
+    p = SignalParams(recent_n=2)
+    r = RecentItems(p)
+    r.apply(["u"] * 3, ["a", "b", "c"], [T0, T0 + 10, T0 + 20], [1.0, 1.0, 4.0])
+    pairs = r.apply(["u"], ["x"], [T0 + 15], [1.0])  # late: between b and c
+    got = sorted(zip(pairs.left, pairs.right, pairs.ts, pairs.weight))
+    # every kept event with < 2 events strictly between it and the late one, at max(ts)
+    assert got == [("a", "x", T0 + 15, 1.0), ("b", "x", T0 + 15, 1.0), ("c", "x", T0 + 20, 2.0)]
+    assert [e[1] for e in r.get("u")] == ["x", "c"]
