@@ -11,6 +11,15 @@ of the whole text table that is re-encoded at every validation (the catalogue is
 encoding it is cheap), so gradients flow through the target side; the same weights make both
 sides, so the context follows.
 
+logQ correction (``FinetuneConfig.logq``, ``--logq/--no-logq``): in-batch negatives are drawn
+with the data's item frequency, so a popular item is a negative far more often than under a full
+softmax and the plain loss pushes popular items down.  Following Yi et al. 2019
+("Sampling-bias-corrected neural modeling for large corpus item recommendations", RecSys), every
+in-batch logit becomes ``s(u, i) - log p_i`` (after the temperature), where ``p_i`` is the
+probability that item ``i`` is a column of a batch, estimated on the stream of batches by
+``ItemFrequency`` (the paper's hashed arrays A = last step seen, B = estimated step gap,
+``p = 1 / B``).  Nothing changes at serving time: the correction only shapes the training loss.
+
 Early stopping: validation Recall@20 (``encoder.training.evaluate.val_recall``) every ``eval_every`` steps,
 from step 0 (the untuned model); the best weights are saved; ``patience`` evaluations without
 improvement stop training.  Test events are never read (the split holds them out per user).
@@ -51,6 +60,63 @@ class FinetuneConfig:
     keep_best: bool = True  # save the best-validation weights (False: the last ones)
     half_life_ms: float = DEFAULT_HALF_LIFE_MS
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    logq: bool = True  # subtract log(streaming in-batch frequency) from the logits (chosen by
+    # measurement on MovieLens-100k, README "logQ correction")
+    logq_alpha: float = 0.01  # ItemFrequency step size (the paper's alpha)
+
+
+class ItemFrequency:
+    """Streaming estimate of how often an item is a column of a training batch (Yi et al. 2019,
+    Algorithm 2): hashed arrays ``A`` (the last step a bucket was seen) and ``B`` (an
+    exponential moving average, step size ``alpha``, of the number of steps between two
+    sightings).  ``p = 1 / B``: for an item that is in a batch with probability ``p`` at every
+    step the step gap is geometric with mean ``1 / p``.
+
+    Choices, documented:
+
+    - **A/B gap estimator, not an exponentially decayed count**: it needs no decay constant tied
+      to the batch size, and a sighting updates only that item's two cells (O(batch) per step).
+    - **Buckets**: ``bucket = id % n_buckets`` over dense integer ids (catalogue rows).  With at
+      least one bucket per row, as in ``finetune``, this is collision-free; with
+      fewer buckets colliding items share a cell and their ``p`` is over-estimated (the paper's
+      trade-off for an unbounded vocabulary).
+    - **Distinct items per step**: ``update`` takes the batch's distinct items (duplicates in a
+      batch share one column of the in-batch softmax), so ``p`` estimates
+      P(item is in a batch) = 1 - (1 - q)^batch, the probability that matters for the columns.
+    - **Start**: ``A = 0`` (the step before training; the first gap is the steps to the first
+      sighting, itself geometric with mean ``1 / p``) and ``B = 0``, bias-corrected like Adam's
+      moments: ``B / (1 - (1 - alpha)^n)`` after ``n`` sightings, so the estimate is a proper
+      (recency-weighted) mean of the gaps from the first sighting on, not pulled towards 0.
+      A bucket never seen reads ``1 / max(1, last step)`` (at most once so far).
+    """
+
+    def __init__(self, n_buckets: int, alpha: float = 0.01) -> None:
+        if n_buckets < 1 or not 0 < alpha <= 1:
+            raise ValueError(f"need n_buckets >= 1 and 0 < alpha <= 1; got {n_buckets}, {alpha}")
+        self.n_buckets, self.alpha = int(n_buckets), float(alpha)
+        self.last = np.zeros(self.n_buckets, dtype=np.int64)  # A
+        self.gap = np.zeros(self.n_buckets, dtype=np.float64)  # B (before bias correction)
+        self.seen = np.zeros(self.n_buckets, dtype=np.int64)  # sightings (bias correction)
+        self.step = 0
+
+    def bucket(self, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64) % self.n_buckets
+
+    def update(self, ids: np.ndarray, step: int) -> None:
+        """Record that ``ids`` were in the batch of training step ``step`` (1, 2, ...; increasing)."""
+        h = np.unique(self.bucket(ids))
+        self.gap[h] = (1.0 - self.alpha) * self.gap[h] + self.alpha * (step - self.last[h])
+        self.last[h] = step
+        self.seen[h] += 1
+        self.step = max(self.step, int(step))
+
+    def prob(self, ids: np.ndarray) -> np.ndarray:
+        """Estimated P(in a batch) of ``ids``, in (0, 1]."""
+        h = self.bucket(ids)
+        n = self.seen[h]
+        debias = 1.0 - (1.0 - self.alpha) ** np.maximum(n, 1)
+        gap = np.where(n > 0, self.gap[h] / debias, float(max(1, self.step)))
+        return 1.0 / np.maximum(gap, 1.0)
 
 
 def training_examples(log: LogData, sp: Split) -> np.ndarray:
@@ -85,9 +151,28 @@ class _Contexts:
         return out
 
 
+def inbatch_loss(logits: Any, target: Any, weight: Any, mask: Any, log_p: Any = None):
+    """Weighted softmax cross-entropy over in-batch columns (torch tensors).
+
+    ``logits`` [n, m] (already divided by the temperature), ``target`` [n] column of each row's
+    positive, ``weight`` [n], ``mask`` [n, m] bool (True: not a negative for that row), ``log_p``
+    [m] or None: the logQ correction, ``logits - log_p`` for every column (the positive too, as in
+    Yi et al. 2019), before masking.
+    """
+    import torch
+
+    if log_p is not None:
+        logits = logits - log_p.unsqueeze(0)
+    logits = logits.masked_fill(mask, float("-inf"))
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    return (ce * weight).sum() / weight.sum().clamp(min=1e-9)
+
+
 def batch_loss(model: Any, tok: Any, log: LogData, batch: np.ndarray, q: np.ndarray,
-               hist: list[set[int]], tw: list[np.ndarray], temperature: float, max_length: int):
-    """Weighted in-batch InfoNCE of context profiles ``q`` against the batch's target items."""
+               hist: list[set[int]], tw: list[np.ndarray], temperature: float, max_length: int,
+               freq: ItemFrequency | None = None):
+    """Weighted in-batch InfoNCE of context profiles ``q`` against the batch's target items;
+    with ``freq``, logQ-corrected by its estimated in-batch probabilities."""
     import torch
 
     dev = next(model.parameters()).device
@@ -101,9 +186,11 @@ def batch_loss(model: Any, tok: Any, log: LogData, batch: np.ndarray, q: np.ndar
     w = torch.tensor([tw[ui][j] for ui, j in batch.tolist()], dtype=torch.float32, device=dev)
     t = embed(model, tok, [log.texts[r] for r in uniq.tolist()], dev, max_length)
     logits = torch.from_numpy(q).to(dev) @ t.T / temperature
-    logits = logits.masked_fill(torch.from_numpy(mask).to(dev), float("-inf"))
-    ce = torch.nn.functional.cross_entropy(logits, torch.from_numpy(inv).to(dev), reduction="none")
-    return (ce * w).sum() / w.sum().clamp(min=1e-9)
+    log_p = None
+    if freq is not None:
+        log_p = torch.from_numpy(np.log(freq.prob(uniq))).to(dev, torch.float32)
+    return inbatch_loss(logits, torch.from_numpy(inv).to(dev), w, torch.from_numpy(mask).to(dev),
+                        log_p)
 
 
 def embed(model: Any, tokenizer: Any, texts: list[str], device: Any, max_length: int):
@@ -150,6 +237,8 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
     contexts = _Contexts(log, params, cfg.max_context)
     hist = [set(u.rows[u.is_item].tolist()) for u in log.users]  # superset of "before j": masks
     tw = [params.weight_array(u.types) for u in log.users]
+    # One bucket per catalogue row: collision-free (rows are dense, 0 .. n_items - 1).
+    freq = ItemFrequency(log.n_items, cfg.logq_alpha) if cfg.logq else None
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, int(cfg.warmup_frac * total))
@@ -178,7 +267,10 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
         batch, q = batch[keep], q[keep]
         if len(batch) < 2:
             continue
-        loss = batch_loss(model, tok, log, batch, q, hist, tw, cfg.temperature, enc.max_length)
+        if freq is not None:  # update first: every column of this batch has been seen
+            freq.update(np.array([log.users[ui].rows[j] for ui, j in batch.tolist()]), step)
+        loss = batch_loss(model, tok, log, batch, q, hist, tw, cfg.temperature, enc.max_length,
+                          freq)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,7 +308,13 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
                           "items_file": Path(items).name, "users": len(log.users),
                           "items": log.n_items, "events": n_split, "split": sp.params()},
         "hyperparameters": {**asdict(cfg), "objective": "in-batch InfoNCE: stream-formula profile "
-                            "of the user's previous events -> next item text"},
+                            "of the user's previous events -> next item text"
+                            + (", logQ-corrected (s - log p, streaming in-batch frequency)"
+                               if cfg.logq else "")},
+        "logq": {"enabled": cfg.logq,
+                 "estimator": "Yi et al. 2019 streaming frequency (A = last step, B = EMA of the "
+                              "step gap, p = 1/B, bias-corrected), one bucket per catalogue row",
+                 "alpha": cfg.logq_alpha, "buckets": log.n_items if cfg.logq else None},
         "validation": {"metric": "recall@20", "untuned": base_val, "best": best_val,
                        "best_step": best_step, "steps_run": step, "stopped_early": stopped,
                        "history": history},

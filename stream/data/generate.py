@@ -4,6 +4,22 @@ Everything is drawn from one ``numpy.random.Generator(seed)`` so the same argume
 byte-identical files. Users have 1-3 interest categories; ~85% of their item events hit those
 categories and the rest are globally popular items, so a popularity baseline works but a
 profile-based ranker should beat it.
+
+**Repeat-purchase mode** (``repeat_frac > 0``, off by default; off gives byte-identical output to
+earlier versions): a share ``repeat_frac`` of the events are purchases of *staples*, items each
+user buys again every few days, mixed with the browsing above.  Every user has ``staples``
+distinct staple items, drawn like their browsing (85 % from their interest categories by
+within-category popularity, 15 % by global popularity; Gumbel top-k, without replacement).
+Every item has a period, log-normal around ``staple_days`` (sigma ``STAPLE_PERIOD_SIGMA``); a
+user's purchases of a staple form a renewal process: the first at a uniform phase in
+``[0, period)``, then gaps ``period * Gamma(STAPLE_GAP_SHAPE) / STAPLE_GAP_SHAPE`` (mean = the
+period, CV ~0.32).  The ``round(repeat_frac * events)`` earliest staple purchases are kept; the
+time of the last one is the log's span, and the browsing events' timestamps (their usual
+log-normal gaps) are scaled onto that span, so both kinds interleave over the same days.  A
+staple is bought about ``repeat_frac * events / (users * staples)`` times (at least 2 is
+required).  Staples come from a second generator seeded from ``seed``, and the catalogue and
+interests are those of the same seed without the mode.  ``Dataset.staples`` (written as
+``staples.json``) holds each user's staples and each staple item's period in ms.
 """
 
 from __future__ import annotations
@@ -20,6 +36,10 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "sea
 EVENT_TYPE_PROBS: tuple[float, ...] = (0.60, 0.22, 0.08, 0.04, 0.06)
 INTEREST_SHARE = 0.85  # share of item events drawn from the user's interest categories
 MIN_EVENTS_PER_USER = 3
+DAY_MS = 86_400_000
+STAPLE_PERIOD_SIGMA = 0.35  # log-normal spread of the per-item periods around staple_days
+STAPLE_GAP_SHAPE = 10.0  # Gamma shape of one inter-purchase gap (mean = the item's period)
+MIN_PURCHASES_PER_STAPLE = 2.0  # repeat mode: repeat_frac * events >= this * users * staples
 
 
 @dataclass(frozen=True)
@@ -181,9 +201,12 @@ class Dataset:
     items: list[dict]
     events: list[dict]
     interests: dict[str, list[str]] = field(default_factory=dict)
+    # Repeat-purchase mode only: {"users": {user: [staple item ids]}, "period_ms": {item: ms}}.
+    staples: dict[str, dict] = field(default_factory=dict)
 
     def write(self, out_dir: Path) -> dict[str, Path]:
-        """Write items.jsonl, events.jsonl and interests.json into out_dir; return their paths."""
+        """Write items.jsonl, events.jsonl and interests.json (and, in repeat-purchase mode,
+        staples.json) into out_dir; return their paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
@@ -195,6 +218,9 @@ class Dataset:
         paths["events"].write_bytes(_jsonl(self.events))
         # One JSON object (user_id -> categories) on one line.
         paths["interests"].write_bytes(orjson.dumps(self.interests) + b"\n")
+        if self.staples:
+            paths["staples"] = out / "staples.json"
+            paths["staples"].write_bytes(orjson.dumps(self.staples) + b"\n")
         return paths
 
 
@@ -208,14 +234,35 @@ def _zipf(n: int, s: float) -> np.ndarray:
 
 
 def generate(users: int, items: int, events: int, seed: int,
-             start_ts_ms: int = 1_700_000_000_000) -> Dataset:
+             start_ts_ms: int = 1_700_000_000_000, repeat_frac: float = 0.0, staples: int = 3,
+             staple_days: float = 4.0) -> Dataset:
     """Generate a deterministic synthetic dataset.
 
     ``events`` must be 0 or at least ``3 * users`` (every user gets >= 3 events).
+    ``repeat_frac`` > 0 turns on the repeat-purchase mode (module docstring): that share of the
+    events are purchases of each user's ``staples`` staple items, bought about every
+    ``staple_days`` days; the other events (at least ``3 * users``) are the usual browsing.
     """
-    for name, value, low in (("users", users, 1), ("items", items, 1), ("events", events, 0)):
+    for name, value, low in (("users", users, 1), ("items", items, 1), ("events", events, 0),
+                             ("staples", staples, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not 0.0 <= repeat_frac < 1.0:
+        raise ValueError(f"repeat_frac must be in [0, 1), got {repeat_frac!r}")
+    if not staple_days > 0:
+        raise ValueError(f"staple_days must be > 0, got {staple_days!r}")
+    n_repeat = round(repeat_frac * events)
+    if n_repeat:
+        k = min(int(staples), int(items))
+        if n_repeat < MIN_PURCHASES_PER_STAPLE * users * k:
+            raise ValueError(
+                f"repeat mode: {n_repeat} staple purchases for {users} users x {k} staples is "
+                f"fewer than {MIN_PURCHASES_PER_STAPLE:g} per staple; raise events or "
+                "repeat_frac, or lower users or staples")
+        if events - n_repeat < MIN_EVENTS_PER_USER * users:
+            raise ValueError(
+                f"repeat mode: {events - n_repeat} browsing events left, need >= "
+                f"{MIN_EVENTS_PER_USER} * users = {MIN_EVENTS_PER_USER * users}; lower repeat_frac")
     if 0 < events < MIN_EVENTS_PER_USER * users:
         raise ValueError(
             f"events must be 0 or >= {MIN_EVENTS_PER_USER} * users = "
@@ -287,8 +334,22 @@ def generate(users: int, items: int, events: int, seed: int,
     interests = {user_ids[u]: [CATEGORIES[int(c)].name for c in top[u, :n_int[u]]]
                  for u in range(users)}
 
+    staple_info: dict[str, dict] = {}
+    staple_ev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    if n_repeat:
+        within_by_item = np.empty(items)
+        within_by_item[order] = within
+        pop_by_item = np.empty(items)
+        pop_by_item[order] = global_pop
+        staple_ev, staple_info = _staples(
+            np.random.Generator(np.random.PCG64([seed, 0x5714])), n_repeat, int(staples),
+            float(staple_days), item_cat, within_by_item, pop_by_item, top, n_int, user_ids,
+            item_rows)
+    n_browse = events - n_repeat
+
     event_rows: list[dict] = []
     if events:
+        events = n_browse
         # Heavy-tailed activity (few heavy users, many light): 3 guaranteed events each, the
         # rest by log-normal weights (Pareto let one user take ~10% of the log).
         activity = rng.lognormal(0.0, 1.1, size=users)
@@ -324,5 +385,78 @@ def generate(users: int, items: int, events: int, seed: int,
                 if t in ("view", "click"):
                     row["position"] = p
             event_rows.append(row)
+        if staple_ev is not None:
+            event_rows = _merge_staples(event_rows, ts - start_ts_ms, staple_ev, user_ids,
+                                        item_rows, start_ts_ms)
 
-    return Dataset(items=item_rows, events=event_rows, interests=interests)
+    return Dataset(items=item_rows, events=event_rows, interests=interests, staples=staple_info)
+
+
+def _staples(rng: np.random.Generator, n_repeat: int, staples: int, staple_days: float,
+             item_cat: np.ndarray, within: np.ndarray, pop: np.ndarray, top: np.ndarray,
+             n_int: np.ndarray, user_ids: list[str], item_rows: list[dict],
+             ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, dict]]:
+    """Each user's staples and the ``n_repeat`` earliest staple purchases:
+    ((ms offsets from the start, sorted), user indices, item indices), and the ``staples`` info."""
+    users, items = len(user_ids), len(item_rows)
+    k = min(staples, items)
+    period = staple_days * DAY_MS * np.exp(STAPLE_PERIOD_SIGMA * rng.standard_normal(items))
+    # Per user: Gumbel top-k of log(0.85 * interest-category popularity + 0.15 * global).
+    chosen = np.empty((users, k), dtype=np.int64)
+    chunk = 1024
+    for lo in range(0, users, chunk):
+        hi = min(users, lo + chunk)
+        member = np.zeros((hi - lo, int(item_cat.max()) + 1))
+        for r, u in enumerate(range(lo, hi)):
+            member[r, top[u, :n_int[u]]] = 1.0 / n_int[u]
+        w = INTEREST_SHARE * member[:, item_cat] * within + (1.0 - INTEREST_SHARE) * pop
+        keys = np.log(w) + rng.gumbel(size=w.shape)
+        part = np.argpartition(-keys, k - 1, axis=1)[:, :k]  # the k largest keys, any order
+        by_key = np.argsort(-np.take_along_axis(keys, part, axis=1), axis=1, kind="stable")
+        chosen[lo:hi] = np.take_along_axis(part, by_key, axis=1)
+    # Renewal processes, one per (user, staple): enough purchases per process that the
+    # n_repeat earliest overall all come before any process runs out.
+    pair_user = np.repeat(np.arange(users), k)
+    pair_item = chosen.reshape(-1)
+    p = period[pair_item][:, None]
+    m = int(np.ceil(4.0 * n_repeat / len(pair_item))) + 10
+    while True:
+        gaps = p * rng.gamma(STAPLE_GAP_SHAPE, 1.0 / STAPLE_GAP_SHAPE, size=(len(pair_item), m))
+        gaps[:, 0] = p[:, 0] * rng.random(len(pair_item))  # first purchase: uniform phase
+        t = np.cumsum(gaps, axis=1)
+        flat = np.argsort(t, axis=None, kind="stable")[:n_repeat]
+        if t.reshape(-1)[flat[-1]] <= t[:, -1].min():
+            break
+        m *= 2
+    pair = flat // m
+    info: dict[str, dict] = {"users": {user_ids[u]: [item_rows[i]["item_id"] for i in chosen[u].tolist()]
+                      for u in range(users)},
+            "period_ms": {item_rows[i]["item_id"]: round(float(period[i]))
+                          for i in np.unique(chosen).tolist()}}
+    return (t.reshape(-1)[flat], pair_user[pair], pair_item[pair]), info
+
+
+def _merge_staples(browse: list[dict], browse_off: np.ndarray,
+                   staple_ev: tuple[np.ndarray, np.ndarray, np.ndarray], user_ids: list[str],
+                   item_rows: list[dict], start_ts_ms: int) -> list[dict]:
+    """Browsing rows scaled onto the staples' span, merged with the staple purchases in time
+    order; timestamps made strictly increasing (ms) and event ids renumbered in that order."""
+    t_staple, s_user, s_item = staple_ev
+    span = float(t_staple[-1])
+    off = browse_off.astype(np.float64)
+    if off[-1] > 0:
+        off = off * (span / off[-1])
+    rows = browse + [{"event_id": "", "user_id": user_ids[u], "type": "purchase", "ts": 0,
+                      "item_id": item_rows[i]["item_id"]}
+                     for u, i in zip(s_user.tolist(), s_item.tolist())]
+    when = np.concatenate([off, t_staple])
+    o = np.argsort(when, kind="stable")
+    ms = np.floor(when[o]).astype(np.int64)
+    steps = np.arange(len(ms), dtype=np.int64)
+    ms = np.maximum.accumulate(ms - steps) + steps  # strictly increasing, at most a few ms later
+    out = []
+    for n, (r, t) in enumerate(zip(o.tolist(), ms.tolist())):
+        row = rows[r]
+        row["event_id"], row["ts"] = f"e{n + 1:08d}", start_ts_ms + t
+        out.append(row)
+    return out

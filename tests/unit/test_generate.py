@@ -6,6 +6,7 @@ import itertools
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -138,3 +139,131 @@ def test_invalid_args(kw: dict) -> None:
     args = {"users": 10, "items": 10, "events": 100, "seed": 1} | kw
     with pytest.raises(ValueError):
         generate(**args)
+
+
+# --- repeat-purchase mode -------------------------------------------------------------------
+
+def _digest(rows: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"".join(orjson.dumps(r) + b"\n" for r in rows)).hexdigest()
+
+
+def test_mode_off_is_unchanged() -> None:
+    """Pinned output of the generator before the repeat mode existed (same bytes)."""
+    d = generate(50, 60, 1000, seed=7)
+    assert _digest(d.events) == "badf536b6105a0e09a86c06348334a55fe77acc6c8a9f8f65a3629e047003992"
+    assert _digest(d.items) == "f0c87aff4855642bc5875499d1faf47061a8a3a9d902c455bfa6a5038e2c3315"
+    assert generate(50, 60, 1000, seed=7, repeat_frac=0.0, staples=5, staple_days=9.0) == d
+    assert d.staples == {}
+
+
+@pytest.fixture(scope="module")
+def rep() -> Dataset:
+    return generate(users=200, items=400, events=20_000, seed=1, repeat_frac=0.3, staples=3,
+                    staple_days=4.0)
+
+
+def _staple_purchases(d: Dataset) -> list[dict]:
+    st = d.staples["users"]
+    return [e for e in d.events if e["type"] == "purchase" and e["item_id"] in st[e["user_id"]]]
+
+
+def test_repeat_mode_valid_log(rep: Dataset) -> None:
+    assert len(rep.events) == 20_000
+    assert [e["event_id"] for e in rep.events] == [f"e{n:08d}" for n in range(1, 20_001)]
+    ts = [e["ts"] for e in rep.events]
+    assert ts[0] == 1_700_000_000_000 and all(b > a for a, b in itertools.pairwise(ts))
+    item_ids = {i["item_id"] for i in rep.items}
+    for e in rep.events:
+        _check_event(e)
+        assert e["user_id"] in rep.interests and e.get("item_id", "i00001") in item_ids
+    assert min(Counter(e["user_id"] for e in rep.events).values()) >= 3
+    # Catalogue and interests are those of the same seed without the mode.
+    off = generate(200, 400, 1000, seed=1)
+    assert rep.items == off.items and rep.interests == off.interests
+    st = rep.staples["users"]
+    assert set(st) == set(rep.interests)
+    assert all(len(v) == 3 == len(set(v)) for v in st.values())
+    assert set(rep.staples["period_ms"]) == {i for v in st.values() for i in v}
+
+
+def test_repeat_purchases_occur_at_the_configured_rate(rep: Dataset) -> None:
+    sp = _staple_purchases(rep)
+    # 30 % of the events are staple purchases (browsing adds a few: 4 % of it are purchases).
+    assert 6_000 <= len(sp) <= 6_300
+    # Gaps between two purchases of a staple follow the item's period (gamma, mean 1 x period;
+    # a browsing purchase in between shortens a few).
+    per, last, ratios = rep.staples["period_ms"], {}, []
+    for e in sp:
+        key = (e["user_id"], e["item_id"])
+        if key in last:
+            ratios.append((e["ts"] - last[key]) / per[e["item_id"]])
+        last[key] = e["ts"]
+    assert len(ratios) >= 5_000
+    assert 0.85 < float(np.median(ratios)) < 1.05 and 0.9 < float(np.mean(ratios)) < 1.05
+    # Periods scatter around staple_days; the log spans ~ purchases per staple x period.
+    days = np.array(list(per.values())) / 86_400_000
+    assert 3.0 < float(np.exp(np.log(days).mean())) < 5.3
+    span = (rep.events[-1]["ts"] - rep.events[0]["ts"]) / 86_400_000
+    assert 30 < span < 50  # 6,000 / (200 x 3) = 10 purchases x ~4 days
+    # Most purchases are repeats of the user's own earlier purchase (what "buy again" serves).
+    seen, repeats, purchases = set(), 0, 0
+    for e in rep.events:
+        if e["type"] == "purchase":
+            key = (e["user_id"], e["item_id"])
+            repeats += key in seen
+            purchases += 1
+            seen.add(key)
+    assert repeats / purchases > 0.75
+    # Browsing still follows the interests.
+    cat = {i["item_id"]: i["category"] for i in rep.items}
+    item_events = [e for e in rep.events if "item_id" in e]
+    assert sum(cat[e["item_id"]] in rep.interests[e["user_id"]] for e in item_events) \
+        / len(item_events) >= 0.80
+
+
+def test_repeat_mode_deterministic(tmp_path: Path, rep: Dataset) -> None:
+    kw = {"users": 40, "items": 80, "events": 3000, "repeat_frac": 0.2, "staples": 2,
+          "staple_days": 3.0}
+    a = generate(seed=5, **kw).write(tmp_path / "a")
+    b = generate(seed=5, **kw).write(tmp_path / "b")
+    assert set(a) == {"items", "events", "interests", "staples"}
+    for k in a:
+        assert a[k].read_bytes() == b[k].read_bytes()
+    assert orjson.loads(a["staples"].read_bytes()) == generate(seed=5, **kw).staples
+    c = generate(seed=6, **kw)
+    assert c.events != generate(seed=5, **kw).events and c.staples != rep.staples
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"repeat_frac": 1.0}, "repeat_frac"),
+    ({"repeat_frac": -0.1}, "repeat_frac"),
+    ({"repeat_frac": 0.3, "staples": 0}, "staples"),
+    ({"repeat_frac": 0.3, "staple_days": 0.0}, "staple_days"),
+    ({"repeat_frac": 0.05}, "fewer than 2 per staple"),  # 500 < 2 x 100 x 3
+    ({"repeat_frac": 0.98}, "browsing events left"),  # 200 < 3 x 100
+])
+def test_repeat_mode_invalid_args(kw: dict, match: str) -> None:
+    args = {"users": 100, "items": 50, "events": 10_000, "seed": 1} | kw
+    with pytest.raises(ValueError, match=match):
+        generate(**args)
+
+
+def test_cli_repeat_mode(tmp_path: Path, capsys) -> None:
+    from stream.cli import main
+
+    out = tmp_path / "g"
+    assert main(["generate", "--users", "30", "--items", "60", "--events", "2000", "--seed", "3",
+                 "--out", str(out), "--repeat-frac", "0.25", "--staples", "2",
+                 "--staple-days", "2.5"]) == 0
+    assert "repeat-purchase mode: 500 staple purchases over" in capsys.readouterr().out
+    want = generate(30, 60, 2000, seed=3, repeat_frac=0.25, staples=2, staple_days=2.5)
+    assert (out / "events.jsonl").read_bytes() == b"".join(orjson.dumps(r) + b"\n" for r in want.events)
+    assert orjson.loads((out / "staples.json").read_bytes()) == want.staples
+    with pytest.raises(SystemExit) as ex:
+        main(["generate", "--out", str(out), "--repeat-frac", "1.5"])
+    assert ex.value.code == 2
+    with pytest.raises(SystemExit) as ex:  # too few staple purchases: one line, exit 1
+        main(["generate", "--out", str(out), "--repeat-frac", "0.01"])
+    assert ex.value.code == 1 and "fewer than 2 per staple" in capsys.readouterr().err
