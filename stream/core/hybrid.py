@@ -22,6 +22,10 @@ trend              pop_short - pop_long (0: steady rate, > 0: rising)
 own_recency        recency weight of the user's own newest event on the item (0: none)
 category_match     share of the user's category weight that is the candidate's category
 bandit_mean        bandit posterior mean (0 when no bandit is given)
+since_last         log1p(hours from the user's newest recent event to ``now``) (0: no history);
+                   the same for every candidate of a call: lets a ranker tell a returning
+                   user (popularity matters) from one mid-session (co-visitation matters)
+history_len        log1p(number of the user's recent events) (the same for every candidate)
 src_<source>       1.0 when the source produced the candidate
 =================  =========================================================================
 
@@ -52,7 +56,7 @@ __all__ = [
 SOURCES: tuple[str, ...] = ("content", "covis", "trending", "buy_again")
 FEATURES: tuple[str, ...] = (
     "content_sim", "covis_score", "covis_recency", "pop_short", "pop_long", "trend",
-    "own_recency", "category_match", "bandit_mean",
+    "own_recency", "category_match", "bandit_mean", "since_last", "history_len",
     *(f"src_{s}" for s in SOURCES),
 )
 _COL = {name: i for i, name in enumerate(FEATURES)}
@@ -182,7 +186,8 @@ def generate(
     cov_rec: dict[str, float] = {}
     if seeds and p.covis_per_item:  # scores feed the feature even when the source is off
         for a in sorted(seeds):
-            sw, ra = seeds[a], own[a]
+            # own.get: a seed whose recency underflowed to 0.0 was never stored in own
+            sw, ra = seeds[a], own.get(a, 0.0)
             for nb, v in view.neighbours(a, now, p.covis_per_item):
                 if nb in excl:
                     continue
@@ -239,6 +244,10 @@ def generate(
             x[:, _COL["category_match"]] = [
                 max(0.0, user_categories.get(c, 0.0)) / total if c is not None else 0.0
                 for c in cats]
+    if recent:
+        gap_h = max(0.0, now - max(t for t, _, _ in recent)) / 3_600_000.0
+        x[:, _COL["since_last"]] = math.log1p(gap_h)
+        x[:, _COL["history_len"]] = math.log1p(len(recent))
     if bandit is not None:
         x[:, _COL["bandit_mean"]] = np.asarray(bandit(items), dtype=np.float64).reshape(-1)
     for b, name in enumerate(SOURCES):

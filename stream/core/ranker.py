@@ -261,7 +261,7 @@ def _json_default(o: object) -> object:
 DEFAULT_WEIGHTS: dict[str, float] = {
     "content_sim": 2.0, "covis_score": 1.5, "covis_recency": 0.3, "pop_short": 0.4,
     "pop_long": 0.2, "trend": 0.1, "own_recency": 0.0, "category_match": 0.5,
-    "bandit_mean": 0.0, "src_content": 0.2, "src_covis": 0.5, "src_trending": 0.0,
+    "bandit_mean": 0.0, "since_last": 0.0, "history_len": 0.0, "src_content": 0.2, "src_covis": 0.5, "src_trending": 0.0,
     "src_buy_again": 0.5,
 }
 

@@ -148,3 +148,27 @@ def test_rank_breaks_ties_by_item_id_and_default_ranker_orders_evidence() -> Non
     cands = generate([(T0, "a", 1.0)], [], v, T0 + HOUR, HybridParams(), exclude={"a"})
     ranked = rank(cands, default_ranker().score(cands.features), 3)
     assert [it for it, _ in ranked][:2] == ["b", "c"]  # co-visited before merely popular
+
+
+def test_seed_whose_recency_underflows_still_generates() -> None:
+    # A seed months old with a 1 h recency half-life: 2**(-big) == 0.0.  generate() used to
+    # raise KeyError (the seed never reached the own-recency dict); now it scores it 0.
+    v = view_with(EVENTS)
+    months = 200 * 24 * HOUR
+    c = generate([(T0, "a", 1.0)], [], v, T0 + months,
+                 HybridParams(recent_half_life_ms=float(HOUR), trending_k=0))
+    assert set(c.items) == {"b", "c"}
+    assert set(col(c, "covis_recency").values()) == {0.0}
+
+
+def test_user_context_features_since_last_and_history_len() -> None:
+    v = view_with(EVENTS)
+    recent = [(T0, "a", 1.0), (T0 + HOUR, "c", 1.0)]
+    c = generate(recent, [], v, T0 + 3 * HOUR, HybridParams(trending_k=2))
+    assert set(col(c, "since_last").values()) == {math.log1p(2.0)}
+    assert set(col(c, "history_len").values()) == {math.log1p(2.0)}
+    # No history: both 0; a clock behind the newest event clips the gap to 0.
+    c = generate([], [], v, T0 + HOUR, HybridParams(trending_k=2))
+    assert set(col(c, "since_last").values()) == {0.0} == set(col(c, "history_len").values())
+    c = generate(recent, [], v, T0, HybridParams(trending_k=2))
+    assert set(col(c, "since_last").values()) == {0.0}
