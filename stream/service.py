@@ -24,6 +24,7 @@ from encoder.base import Encoder
 from stream.kafka.app import FaustIO, quiet_client_logs, run_app, wire, worker_app
 from stream.kafka.clients import AsyncTopicProducer, create_topics
 from stream.kafka.membership import FaustMembership
+from stream.kafka.signals_feed import SIGNALS_TOPIC_CONFIG, SignalPublisher
 from stream.serve.decisions import DecisionLogger
 from stream.serve.http import Api
 from stream.serve.queries import Queries
@@ -47,6 +48,7 @@ class Service:
     api: Api
     router: Router
     decisions: DecisionLogger | None
+    signals: SignalPublisher | None = None
     runner: web.AppRunner | None = None
 
     async def start_http(self) -> None:
@@ -60,6 +62,8 @@ class Service:
         if self.decisions is not None:  # flush logged decisions still in flight
             await self.decisions.close()
         await self.router.close()
+        if self.signals is not None:  # after the shutdown publish (on_before_shutdown)
+            await self.signals.close()
 
 
 def build_service(settings: Settings, encoder: Encoder) -> Service:
@@ -67,7 +71,8 @@ def build_service(settings: Settings, encoder: Encoder) -> Service:
     s = settings
     app = worker_app(s)
     io = FaustIO(app, s)
-    pipeline = Pipeline(s, encoder, dead_letters=io.send_dead_letter)
+    signals = SignalPublisher(s)
+    pipeline = Pipeline(s, encoder, dead_letters=io.send_dead_letter, signals=signals)
 
     def ready() -> bool:
         return pipeline.ready() and not io.rebalancing()
@@ -78,7 +83,7 @@ def build_service(settings: Settings, encoder: Encoder) -> Service:
     queries = Queries(pipeline, peers=router, decisions=decisions, publish=io.publish_event,
                       ready=ready)
     api = Api(queries, token=s.api_token.reveal(), router=router)
-    service = Service(s, app, pipeline, queries, api, router, decisions)
+    service = Service(s, app, pipeline, queries, api, router, decisions, signals)
     wire(app, io, s, pipeline, on_start=service.start_http, on_stop=service.stop, ready=ready)
     return service
 
@@ -97,7 +102,9 @@ def run_worker(settings: Settings) -> None:
     service.pipeline.store.check_model(enc.fingerprint)  # before joining: a one-line refusal
     # Reach the broker (and create missing topics) before faust starts: an unreachable broker
     # is one line (BrokerError), not a crash inside faust's services.
+    signals_topic = settings.signals_topic_name()
     create_topics(settings, {settings.events_topic: settings.partitions,
-                             settings.items_topic: 1, settings.dlq_topic: 1},
-                  timeout_s=max(30.0, settings.session_timeout_s * 3))
+                             settings.items_topic: 1, settings.dlq_topic: 1, signals_topic: 1},
+                  timeout_s=max(30.0, settings.session_timeout_s * 3),
+                  configs={signals_topic: SIGNALS_TOPIC_CONFIG})
     run_app(service.app, settings.log_level)

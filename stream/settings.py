@@ -21,8 +21,10 @@ from stream.core.bandit import BanditParams
 from stream.core.errors import ConfigError
 from stream.core.events import Limits
 from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, DEFAULT_WEIGHTS, format_weights
+from stream.core.hybrid import HybridParams
 from stream.core.policies import parse_policy
 from stream.core.profile import ProfileParams
+from stream.core.signals import SignalParams
 
 ENV_PREFIX = "PROFILES_"
 
@@ -133,6 +135,29 @@ class Settings:
     cache_dir: str = field(default="", metadata={
         "help": "where downloaded data sets are kept (empty: $XDG_CACHE_HOME/profiles, else "
                 "~/.cache/profiles)"})
+    # -- collaborative signals and candidates (README, "Candidates") --------------
+    signals_topic: str = field(default="", metadata={
+        "help": "compacted topic of the signal partials every worker reads ('' = <events topic>.signals)"})
+    signals_publish_ms: int = field(default=1000, metadata={
+        "help": "changed signal partials are published this often (ms): bounds other workers' staleness"})
+    signals_recent_n: int = field(default=SignalParams.recent_n, metadata={
+        "help": "recent items kept per user for co-visitation (erased by forget)"})
+    signals_pop_short_half_life_ms: float = field(default=float(SignalParams.pop_short_half_life_ms), metadata={
+        "help": "half-life of the short (trending) item popularity, event time (ms)"})
+    signals_pop_long_half_life_ms: float = field(default=float(SignalParams.pop_long_half_life_ms), metadata={
+        "help": "half-life of the long item popularity, event time (ms)"})
+    signals_covis_window_ms: float = field(default=float(SignalParams.covis_window_ms), metadata={
+        "help": "two items of a user are co-visited when at most this far apart (ms)"})
+    signals_covis_half_life_ms: float = field(default=float(SignalParams.covis_half_life_ms), metadata={
+        "help": "half-life of co-visitation weights, event time (ms)"})
+    signals_covis_top_m: int = field(default=SignalParams.covis_top_m, metadata={
+        "help": "co-visitation neighbours published and served per item"})
+    signals_covis_capacity: int = field(default=SignalParams.covis_capacity, metadata={
+        "help": "co-visitation neighbours kept per item per partition (the weakest is evicted)"})
+    purchased_items: str = field(default="exclude", metadata={
+        "help": "bought items in /candidates: exclude, or buy_again (served by the buy_again source)"})
+    ranker_dir: str = field(default="", metadata={
+        "help": "CTR ranker folder from `profiles ranker train` (empty: the default linear ranker)"})
 
     # -- derived, validated views ------------------------------------------------
     def event_weight_map(self) -> dict[str, float]:
@@ -156,6 +181,31 @@ class Settings:
                             reward_weights=self.reward_weight_map(),
                             half_life_ms=self.bandit_half_life_ms or None,
                             context=self.bandit_context)
+
+    def signal_params(self) -> SignalParams:
+        """Half-lives, window and bounds of the collaborative signals; event weights are the
+        profile's (``event_weights``)."""
+        return SignalParams(
+            pop_short_half_life_ms=self.signals_pop_short_half_life_ms,
+            pop_long_half_life_ms=self.signals_pop_long_half_life_ms,
+            recent_n=self.signals_recent_n, covis_window_ms=self.signals_covis_window_ms,
+            covis_half_life_ms=self.signals_covis_half_life_ms,
+            covis_top_m=self.signals_covis_top_m, covis_capacity=self.signals_covis_capacity,
+            weights=self.event_weight_map())
+
+    def hybrid_params(self, **tuned: Any) -> HybridParams:
+        """Candidate generation: ``tuned`` pool sizes and sources (a ranker directory's
+        ``hybrid`` entry, chosen on validation data), and whether bought items are excluded
+        (``purchased_items``: this setting always decides)."""
+        tuned.pop("exclude_purchased", None)
+        if "sources" in tuned:
+            tuned["sources"] = tuple(tuned["sources"])
+        return HybridParams(exclude_purchased=self.purchased_items == "exclude", **tuned)
+
+    def signals_topic_name(self) -> str:
+        """The signals topic: ``signals_topic``, else ``<events topic>.signals`` (so every
+        events topic, e.g. a test's, has its own)."""
+        return self.signals_topic or f"{self.events_topic}.signals"
 
     def cache_path(self) -> Path:
         """Folder for downloaded data sets (``cache_dir``, else the XDG cache folder)."""
@@ -207,6 +257,20 @@ class Settings:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.rate_limit_window_ms < 1:
             problems.append(f"rate_limit_window_ms must be >= 1, got {self.rate_limit_window_ms}")
+        for name in ("signals_publish_ms", "signals_recent_n", "signals_covis_top_m",
+                     "signals_covis_capacity"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("signals_pop_short_half_life_ms", "signals_pop_long_half_life_ms",
+                     "signals_covis_window_ms", "signals_covis_half_life_ms"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be > 0, got {value}")
+        if self.signals_covis_capacity < self.signals_covis_top_m:
+            problems.append(f"signals_covis_capacity ({self.signals_covis_capacity}) must be >= "
+                            f"signals_covis_top_m ({self.signals_covis_top_m})")
+        if self.purchased_items not in ("exclude", "buy_again"):
+            problems.append(f"purchased_items must be exclude or buy_again, got {self.purchased_items!r}")
         if self.encoder_kind not in ("transformer", "hashing"):
             problems.append(f"encoder_kind must be transformer or hashing, got {self.encoder_kind!r}")
         for name in ("event_weights", "reward_weights"):

@@ -327,6 +327,10 @@ class UserStats:
             "top_categories": [[c, w] for c, w in top],
         }
 
+    def categories(self, user: str) -> dict[str, float]:
+        """The user's weighted (undecayed) category counts, every category (a copy)."""
+        return dict(self._cats.get(user, {}))
+
     def purchased(self, user: str) -> frozenset[str]:
         return frozenset(self._purchased.get(user, ()))
 

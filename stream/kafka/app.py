@@ -24,6 +24,7 @@ from faust.types import TP
 
 from stream.kafka.catalog_feed import follow_catalog
 from stream.kafka.clients import faust_credentials
+from stream.kafka.signals_feed import follow_signals
 from stream.settings import Settings
 from stream.worker.pipeline import Pipeline
 from stream.worker.ports import Header
@@ -153,7 +154,8 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
          on_start: Callable[[], Awaitable[None]], on_stop: Callable[[], Awaitable[None]],
          ready: Callable[[], bool]) -> None:
     """Connect ``pipeline`` to ``app``: the events agent, rebalance hooks, the seek to the
-    snapshots' offsets, the catalogue feed, timers (snapshots, housekeeping) and shutdown.
+    snapshots' offsets, the catalogue and signals feeds, timers (snapshots, signal publishing,
+    housekeeping) and shutdown.
     ``on_start`` runs once the app runs (the HTTP server), ``on_stop`` at shutdown."""
     t_start = time.monotonic()
     ready_logged = False
@@ -208,8 +210,17 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         pipeline.encoder_service.start()
         pipeline.load_catalog()
         await on_start()
-        asyncio.get_running_loop().create_task(
-            follow_catalog(s, pipeline.catalog, pipeline.encoder_service))
+        loop = asyncio.get_running_loop()
+        loop.create_task(follow_catalog(s, pipeline.catalog, pipeline.encoder_service))
+        loop.create_task(follow_signals(s, pipeline.sharing))
+
+    @app.timer(s.signals_publish_ms / 1000.0)
+    async def publish_signals() -> None:
+        try:
+            await pipeline.publish_signals()
+        except Exception as exc:  # kept pending: the next tick sends them again
+            log.warning("publishing signal partials failed (%s: %s); retrying",
+                        type(exc).__name__, exc)
 
     @app.timer(min(0.25, s.snapshot_interval_s))  # pipeline.snapshot decides what is due
     async def snapshot_timer() -> None:
@@ -228,6 +239,10 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
                      pipeline.profiles.indexed())
 
     async def on_shutdown(_app: Any, **kw: Any) -> None:
+        try:
+            await pipeline.publish_signals()
+        except Exception as exc:  # the next owner re-publishes every partial it loads
+            log.warning("publishing signal partials at shutdown failed: %s", exc)
         n = await pipeline.snapshot(everything=True)
         log.info("shutdown: wrote %d partition snapshots", n)
         await on_stop()

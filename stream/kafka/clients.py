@@ -120,9 +120,11 @@ class _TopicError(BrokerError):
 
 
 def create_topics(s: Settings, topics: Mapping[str, int], replication: int = 1,
-                  timeout_s: float = 30) -> None:
-    """Create missing topics with the given partition counts; wait for the broker up to
-    ``timeout_s``.  Existing topics are left alone (their partition count is not changed)."""
+                  timeout_s: float = 30,
+                  configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """Create missing topics with the given partition counts (and topic ``configs``, e.g.
+    ``{"cleanup.policy": "compact"}``); wait for the broker up to ``timeout_s``.  Existing
+    topics are left alone (their partition count and configs are not changed)."""
     for name, parts in topics.items():
         if not name or isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
             raise ValueError(f"topic {name!r}: partitions must be an integer >= 1, got {parts!r}")
@@ -151,7 +153,8 @@ def create_topics(s: Settings, topics: Mapping[str, int], replication: int = 1,
             missing = {t: p for t, p in topics.items() if t not in existing}
             if missing:
                 res = admin.create_topics(
-                    {t: {"num_partitions": p, "replication_factor": replication}
+                    {t: {"num_partitions": p, "replication_factor": replication,
+                         **({"configs": dict(configs[t])} if configs and t in configs else {})}
                      for t, p in missing.items()},
                     raise_errors=False)
                 for t in res.get("topics", []):

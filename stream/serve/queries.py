@@ -22,15 +22,18 @@ import numpy as np
 import orjson
 
 from stream.core.bandit import ArmStats, context_arm, seeded_rng
-from stream.core.errors import BadRequest, NotFound, Unavailable
+from stream.core.errors import BadRequest, NotFound, StateError, Unavailable
+from stream.core.hybrid import FEATURES, SOURCES, Candidates, HybridParams, generate, rank
 from stream.core.policies import Policy, parse_policy
+from stream.core.ranker import Ranker, default_ranker
 from stream.serve.decisions import DecisionLogger, decision_record
 from stream.worker.pipeline import Pipeline
 from stream.worker.ports import EventPublisher
 
-__all__ = ["MAX_K", "Peers", "Queries", "parse_k"]
+__all__ = ["MAX_K", "Peers", "Queries", "load_ranker", "parse_k"]
 
 MAX_K = 1000
+_BANDIT_MEAN = FEATURES.index("bandit_mean")
 
 
 class Peers(Protocol):
@@ -60,18 +63,32 @@ def _policy(spec: str) -> Policy:
     return parse_policy(spec)
 
 
+def load_ranker(folder: str) -> Ranker:
+    """The CTR ranker of ``PROFILES_RANKER_DIR`` (empty: the default linear ranker);
+    StateError (one line) when the folder cannot be used."""
+    return Ranker.load(folder) if folder else default_ranker()
+
+
 class Queries:
     """The answers of one worker, over its pipeline's state (and its peers')."""
 
     def __init__(self, pipeline: Pipeline, *, peers: Peers | None = None,
                  decisions: DecisionLogger | None = None, publish: EventPublisher | None = None,
-                 ready: Callable[[], bool] | None = None) -> None:
+                 ready: Callable[[], bool] | None = None, ranker: Ranker | None = None) -> None:
         self.p = pipeline
         self.s = pipeline.s
         self.peers = peers
         self.decisions = decisions
         self.publish = publish
         self.ready: Callable[[], bool] = ready if ready is not None else pipeline.ready
+        self.ranker = ranker if ranker is not None else load_ranker(self.s.ranker_dir)
+        # pool sizes and sources chosen with the ranker (its directory's "hybrid" entry)
+        try:
+            self.hybrid: HybridParams = self.s.hybrid_params(
+                **dict(self.ranker.meta.get("hybrid") or {}))
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"ranker directory {self.s.ranker_dir or '(default)'}: its "
+                             f"'hybrid' entry cannot be used ({exc})") from exc
 
     def user_id(self, raw_id: str) -> str:
         """The id the state uses for a raw id from a URL (pseudonymised when configured)."""
@@ -92,48 +109,84 @@ class Queries:
             body["vector"] = [] if vec is None else [float(x) for x in vec]
         return body
 
-    def _pool(self, user: str, k: int) -> tuple[list[str], np.ndarray]:
-        """The candidate pool: the ``max(4k, 50)`` items nearest the user's profile, items the
-        user bought excluded; (item ids, similarities)."""
+    def generate(self, user: str) -> Candidates:
+        """Candidate generation for ``user`` from this worker's state
+        (:func:`stream.core.hybrid.generate`, the code the evaluator scores): the profile's
+        nearest items (content), co-visitation neighbours of the user's recent items, trending
+        items and (``PROFILES_PURCHASED_ITEMS=buy_again``) the user's bought items, as of the
+        newest event time in the merged signal view.  A user without history (unknown, or
+        forgotten) gets trending items.  The ``bandit_mean`` column is filled by the caller
+        (the posterior sums every worker's partials: an await)."""
+        hp = self.hybrid
         st = self.p.profiles.owner(user)
-        if st is None:
-            raise NotFound(f"unknown user {user!r}")
-        vec = self.p.profiles.vector(user)
+        vec = self.p.profiles.vector(user) if st is not None else None
+        bought = st.users.purchased(user) if st is not None else frozenset()
+        content: list[tuple[str, float]] = []
         items = self.p.catalog.index
-        pool = min(max(4 * k, 50), len(items))
-        if vec is None or pool == 0:
-            return [], np.zeros(0)
-        hits = items.search(vec[None, :], pool, exclude=[set(st.users.purchased(user))])[0]
-        return [h[0] for h in hits], np.array([h[1] for h in hits], dtype=np.float64)
+        n = min(hp.content_k, len(items))
+        if vec is not None and n > 0 and "content" in hp.sources:
+            exclude = [set(bought)] if hp.exclude_purchased else None
+            content = [(it, float(sim)) for it, sim in
+                       items.search(vec[None, :], n, exclude=exclude)[0]]
+
+        def similarity(ids: list[str]) -> np.ndarray:
+            vecs, missing = self.p.catalog.vectors(ids)
+            sims = (vecs @ vec).astype(np.float64) if vec is not None else np.zeros(len(ids))
+            sims[missing] = 0.0
+            return sims
+
+        return generate(
+            st.signals.recent.get(user) if st is not None else [], content,
+            self.p.sharing.view, self.p.sharing.newest_ts, hp, bought=bought,
+            user_categories=st.users.categories(user) if st is not None else None,
+            item_category=self.p.catalog.category,
+            similarity=similarity if vec is not None else None)
 
     async def candidates(self, raw_id: str, k: int, auth: str | None = None) -> dict[str, Any]:
-        """Items for the user: the pool re-ranked by the bandit policy, decisions logged."""
+        """Items for the user: hybrid candidates scored by the CTR ranker, the best
+        ``max(4k, 50)`` re-ranked by the bandit policy, decisions logged."""
         user = self.user_id(raw_id)
-        arms, sims = self._pool(user, k)
-        if not arms:
-            return {"user_id": user, "candidates": []}
-        stats = await self.global_arms(arms, auth)
+        cands = self.generate(user)
         policy = _policy(self.s.bandit_policy)
-        alpha, beta = stats.posteriors(arms)
+        if not len(cands):
+            return {"user_id": user, "candidates": [], "policy": policy.describe()}
+        stats = await self.global_arms(cands.items, auth)
+        alpha, beta = stats.posteriors(cands.items)
+        cands.features[:, _BANDIT_MEAN] = alpha / (alpha + beta)
+        scores = self.ranker.score(cands.features)
+        pool = rank(cands, scores, max(4 * k, 50))  # the ranker's order: score, then item id
+        at = {it: i for i, it in enumerate(cands.items)}
+        rows = [at[it] for it, _ in pool]
+        arms = [it for it, _ in pool]
+        sims = np.array([s for _, s in pool], dtype=np.float64)
         w = self.s.explore_weight
-        order = policy.rank(alpha, beta, seeded_rng(self.s.seed, user), similarity=sims,
-                            explore_weight=w)
+        order = policy.rank(alpha[rows], beta[rows], seeded_rng(self.s.seed, user),
+                            similarity=sims, explore_weight=w)
         decision = None
         if self.decisions is not None:  # decision logging with per-shown-arm propensities
-            decision = decision_record(policy, user, arms, alpha, beta, sims, w, order, k,
-                                       self.s.seed)
+            decision = decision_record(policy, user, arms, alpha[rows], beta[rows], sims, w,
+                                       order, k, self.s.seed)
             self.decisions.submit(decision)
         out = []
+        served: dict[str, int] = dict.fromkeys(SOURCES, 0)
         for j, i in enumerate(order[:k]):
             item = self.p.catalog.items.get(arms[i])
             imp, rew = stats.counts(arms[i])
+            bits = int(cands.sources[rows[i]])
+            sources = [s for b, s in enumerate(SOURCES) if bits >> b & 1]
+            for s in sources:
+                served[s] += 1
             c: dict[str, Any] = {"item_id": arms[i], "score": float(sims[i]),
+                                 "sources": sources,
                                  "title": item.title if item else None,
                                  "category": item.category if item else None,
                                  "impressions": imp, "rewards": rew}
             if decision is not None:
                 c["propensity"] = decision["shown"][j]["propensity"]
             out.append(c)
+        for s, n in served.items():
+            if n:
+                self.p.metrics.candidates.labels(s).inc(n)
         body: dict[str, Any] = {"user_id": user, "candidates": out, "policy": policy.describe()}
         if decision is not None:
             body["decision_id"] = decision["decision_id"]
@@ -241,5 +294,9 @@ class Queries:
         s: dict[str, Any] = dict(self.p.summary())
         s.update(users_index=self.p.profiles.indexed(), items_index=len(self.p.catalog.index),
                  partitions={p: st.next_offset for p, st in self.p.profiles.states.items()},
-                 ready=self.ready())
+                 ready=self.ready(), ranker=self.ranker.describe(),
+                 signals={"published": self.p.sharing.published,
+                          "received": self.p.sharing.received,
+                          "pending": self.p.sharing.pending_count(),
+                          "newest_ts": self.p.sharing.newest_ts})
         return s

@@ -194,6 +194,19 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
         )
         self.ready = Gauge("profiles_ready", "1 when state recovery has finished", registry=r)
+        self.candidates = Counter(
+            "profiles_candidates",
+            "Candidates served by /candidates, by the source that found them (a candidate found "
+            "by several sources counts once for each)", ["source"], registry=r,
+        )
+        self.signals_published = Counter(
+            "profiles_signals_published", "Signal partials published to the signals topic",
+            registry=r,
+        )
+        self.signals_received = Counter(
+            "profiles_signals_received",
+            "Signal partials read from the signals topic (this worker's own included)", registry=r,
+        )
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the series of a partition this worker no longer owns."""

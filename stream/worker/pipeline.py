@@ -8,9 +8,14 @@ A batch goes through three phases:
    queries;
 2. *dead-letter* (async): send rejected records to the DLQ and wait for the broker's ack, so a
    crash can only re-send them, never lose them;
-3. *apply* (synchronous, no ``await``): bandit partials, profiles, user stats, the users
-   index, outcome counters and ``next_offset`` change together.  A snapshot can only ever see
-   state between batches, and a cancelled batch has changed nothing.
+3. *apply* (synchronous, no ``await``): bandit partials, profiles, user stats, collaborative
+   signals (and this worker's merged signal view), the users index, outcome counters and
+   ``next_offset`` change together.  A snapshot can only ever see state between batches, and a
+   cancelled batch has changed nothing.
+
+The signal partials a batch changed are published later (:meth:`Pipeline.publish_signals`, on a
+timer and on revocation) to the compacted signals topic every worker reads
+(``stream.worker.sharing``).
 
 The pipeline is given everything it talks to when it is built (settings, encoder, dead-letter
 sink, clock); the Kafka layer feeds it :class:`~stream.worker.records.Record` lists and calls
@@ -32,20 +37,25 @@ from encoder.base import Encoder
 from stream.core.errors import StateError
 from stream.core.events import Event
 from stream.core.eventtypes import QUERY_TYPES
+from stream.core.signals import Signals
 from stream.settings import Settings
 from stream.worker.catalog import ItemCatalog
 from stream.worker.classify import Accepted, classify, rate_cap, split_forgets
 from stream.worker.deadletter import DeadLetter, dead_letter
 from stream.worker.encoding import EncoderService
 from stream.worker.metrics import Metrics
-from stream.worker.ports import Clock, DeadLetterSink, SystemClock
+from stream.worker.ports import Clock, DeadLetterSink, SignalSink, SystemClock
 from stream.worker.privacy import Pseudonymizer, tombstone_key
 from stream.worker.profiles import ProfileStore
 from stream.worker.records import Record
+from stream.worker.sharing import SharedSignals
 from stream.worker.snapshots import Scheduler, SnapshotStore
 from stream.worker.state import Parked, PartitionState
 
-__all__ = ["Pipeline"]
+__all__ = ["PUBLISH_CHUNK", "Pipeline"]
+
+#: signal partials sent per chunk (the event loop runs batches and requests between chunks)
+PUBLISH_CHUNK = 500
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +63,12 @@ class Pipeline:
     """One worker's state and the batch step that changes it."""
 
     def __init__(self, settings: Settings, encoder: Encoder, *, dead_letters: DeadLetterSink,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, signals: SignalSink | None = None) -> None:
         self.s = settings
         self.limits = settings.limits()
         self.pp = settings.profile_params()
         self.bp = settings.bandit_params()
+        self.sp = settings.signal_params()
         self.encoder = encoder
         self.dim: int = encoder.dim
         self.model: str = encoder.fingerprint
@@ -65,6 +76,10 @@ class Pipeline:
         self.send_dlq = dead_letters
         self.profiles = ProfileStore(self.dim)
         self.metrics = Metrics(self.profiles.partitions, top_arms=settings.bandit_top_arms)
+        # signals=None (rebuild, tools): the view is kept, nothing is published
+        self.send_signals = signals
+        self.sharing = SharedSignals(self.sp, self.profiles.states.keys, self.metrics)
+        self._publish_lock = asyncio.Lock()  # one publisher at a time: partials stay in order
         self.encoder_service = EncoderService(encoder, settings.encoder_batch,
                                               settings.encoder_max_wait_s, self.metrics)
         self.catalog = ItemCatalog(self.dim, self.limits, self.model)
@@ -84,8 +99,10 @@ class Pipeline:
         return dict(self.profiles.states)
 
     def ready(self) -> bool:
-        """The catalogue is caught up and the first assignment is loaded."""
-        return self.catalog.caught_up.is_set() and self.assigned_once.is_set()
+        """The catalogue and the signals topic are caught up and the first assignment is
+        loaded."""
+        return (self.catalog.caught_up.is_set() and self.sharing.caught_up.is_set()
+                and self.assigned_once.is_set())
 
     # ------------------------------------------------------------------ assignment
     def load_partition(self, partition: int) -> PartitionState:
@@ -94,7 +111,8 @@ class Pipeline:
         s = self.s
         if d is None:
             st = PartitionState.empty(partition, self.dim, self.pp, self.bp, s.dedupe_window,
-                                      self.model, s.rate_limit_events, s.rate_limit_window_ms)
+                                      self.model, s.rate_limit_events, s.rate_limit_window_ms,
+                                      self.sp)
         else:
             if d.get("model") != self.model:
                 raise StateError(
@@ -102,8 +120,9 @@ class Pipeline:
                     f"{d.get('model')}, this worker's encoder is {self.model}: run "
                     "`profiles rebuild`, or point PROFILES_ENCODER_PATH at the model that made it")
             st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, s.dedupe_window,
-                                          s.rate_limit_events, s.rate_limit_window_ms)
+                                          s.rate_limit_events, s.rate_limit_window_ms, self.sp)
         self.profiles.add(st)
+        self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None)
         log.info("partition %d: resumed at offset %d from %s (%d users, %d parked)", partition,
                  st.next_offset, "snapshot" if d is not None else "empty state",
                  len(st.profiles), len(st.parked))
@@ -118,17 +137,71 @@ class Pipeline:
         self.assigned_once.set()
 
     async def revoke(self, partitions: Iterable[int]) -> None:
-        """Snapshot and drop partitions this worker no longer owns."""
-        async with self.lock:
-            for p in partitions:
+        """Publish the pending signal partials of, snapshot and drop partitions this worker no
+        longer owns."""
+        parts = list(partitions)
+        async with self._publish_lock, self.lock:
+            await self._publish(parts, timeout_s=max(1.0, self.s.session_timeout_s / 2))
+            for p in parts:
                 st = self.profiles.get(p)
                 if st is None:
                     continue
                 await self._write_snapshot(st)
                 self.profiles.drop(p)
+                self.sharing.drop(p)
                 self.schedule.dirty.discard(p)
                 self.metrics.forget_partition(self.s.events_topic, p)
             self._refresh_sizes()
+
+    # ------------------------------------------------------------------ signals
+    async def publish_signals(self) -> int:
+        """Publish the signal partials changed since the last call (the timer,
+        ``PROFILES_SIGNALS_PUBLISH_MS``); returns how many.  Chunks of ``PUBLISH_CHUNK``
+        partials, with the event loop free in between (batches and requests go on: a chunk's
+        partials are read when it is sent, so a newer state is never overwritten by an older
+        one).  What a failed or timed-out send did not publish stays queued."""
+        if self.send_signals is None:
+            return 0
+        async with self._publish_lock:
+            todo = self.sharing.take_pending(None)
+            sent = 0
+            for i in range(0, len(todo), PUBLISH_CHUNK):
+                chunk = todo[i:i + PUBLISH_CHUNK]
+                msgs = self.sharing.encode(chunk, self._signal_states())
+                try:
+                    # bounded: a revocation waits for this
+                    await asyncio.wait_for(self._send_signals(msgs),
+                                           max(5.0, self.s.session_timeout_s))
+                except BaseException:
+                    self.sharing.requeue(todo[i:])
+                    raise
+                sent += len(msgs)
+                await asyncio.sleep(0)
+            return sent
+
+    def _signal_states(self) -> dict[int, Signals]:
+        return {p: st.signals for p, st in self.profiles.states.items()}
+
+    async def _send_signals(self, msgs: list[tuple[bytes, bytes]]) -> None:
+        if msgs and self.send_signals is not None:
+            await self.send_signals(msgs)
+            self.sharing.sent(msgs)
+
+    async def _publish(self, partitions: list[int], timeout_s: float) -> None:
+        """On revocation (under both locks): best effort within ``timeout_s``; the next owner
+        re-publishes every partial it loads anyway."""
+        if self.send_signals is None:
+            return
+        todo = self.sharing.take_pending(partitions)
+        msgs = self.sharing.encode(todo, self._signal_states())
+        if not msgs:
+            return
+        try:
+            await asyncio.wait_for(self._send_signals(msgs), timeout_s)
+        except Exception as exc:
+            log.warning("publishing %d signal partials of revoked partitions %s failed (%s: "
+                        "%s): their next owner publishes them", len(msgs), partitions,
+                        type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ snapshots
     def _serialise(self, st: PartitionState) -> tuple[bytes, float]:
@@ -307,10 +380,22 @@ class Pipeline:
 
     def _apply_profiles(self, work: dict[int, tuple[list[Event], np.ndarray, list[int]]]
                         ) -> None:
-        """Apply events to their partitions' profiles and the users index, count them
-        applied, and observe ingest -> index latency."""
+        """Apply events to their partitions' profiles, the users index and the collaborative
+        signals (item events; the merged view at once), count them applied, and observe
+        ingest -> index latency."""
         self.profiles.apply({p: (events, vectors) for p, (events, vectors, _) in work.items()},
                             self.catalog.category)
+        publish = self.send_signals is not None
+        weight = self.sp.weights
+        for p, (events, _vectors, _ts) in work.items():
+            if not events:
+                continue
+            sig = self.profiles.states[p].signals
+            sig.apply([e.user_id for e in events], [e.item_id for e in events],
+                      [e.ts for e in events], [e.type for e in events])
+            newest = max((e.ts for e in events if e.item_id and weight.get(e.type, 0.0) > 0),
+                         default=0)
+            self.sharing.local(p, sig, newest, publish=publish)
         msg_ts: list[int] = []
         for p, (events, _vectors, ts) in work.items():
             self.profiles.states[p].outcomes.update((e.type, "applied") for e in events)

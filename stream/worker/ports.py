@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "DeadLetterSink", "EventPublisher", "Header", "SystemClock"]
+__all__ = ["Clock", "DeadLetterSink", "EventPublisher", "Header", "SignalSink", "SystemClock"]
 
 Header = tuple[str, bytes]
 
@@ -29,6 +29,13 @@ class EventPublisher(Protocol):
     """Publishes one record to the events topic (``DELETE /users/{id}`` sends a forget)."""
 
     async def __call__(self, key: bytes, value: bytes) -> None: ...
+
+
+class SignalSink(Protocol):
+    """Publishes signal partials (``(key, value)`` pairs) to the compacted signals topic and
+    returns once the broker acknowledged every one of them (``stream.worker.sharing``)."""
+
+    async def __call__(self, messages: list[tuple[bytes, bytes]]) -> None: ...
 
 
 class Clock(Protocol):

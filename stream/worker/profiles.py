@@ -91,6 +91,7 @@ class ProfileStore:
             st.profiles.remove(user)
             st.users.remove(user)
             st.rate.forget(user)
+            st.signals.erase(user)
         if idle:
             self.index.remove(idle)
             st.expired += len(idle)

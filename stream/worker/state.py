@@ -1,7 +1,8 @@
 """Per-partition state: everything derived from one partition of the events topic.
 
 Everything the worker derives from one partition of the events topic lives in one
-``PartitionState``: profiles, user stats, bandit partials, the dedupe window, parked events,
+``PartitionState``: profiles, user stats, bandit partials, collaborative signals (item
+popularity, users' recent items, co-visitation), the dedupe window, parked events,
 exactly-once outcome counters and ``next_offset`` — the first offset the state does *not*
 cover.  A snapshot (``stream.worker.snapshots``) writes all of it atomically, so state and
 offset can never disagree: on assignment the worker loads the snapshot and seeks to
@@ -22,9 +23,13 @@ from stream.core.errors import StateError
 from stream.core.events import Event
 from stream.core.profile import ProfileParams, ProfileTable, UserStats
 from stream.core.ratelimit import RateCap
+from stream.core.signals import SignalParams, Signals
 
 __all__ = ["SNAPSHOT_VERSION", "DedupeWindow", "Parked", "PartitionState"]
 
+# Additions that old snapshots lack load with an empty default (``signals``: a snapshot written
+# before the collaborative signals loads with none; they grow from the next events), so the
+# version changes only when a field changes meaning.
 SNAPSHOT_VERSION = 1
 
 
@@ -58,19 +63,22 @@ class PartitionState:
     dlq_keys: dict[str, list[bytes]] = field(default_factory=dict)  # user -> their DLQ keys
     newest_ts: int = 0  # newest event time applied (TTL is measured against it)
     expired: int = 0  # profiles removed by the TTL
+    signals: Signals = field(default_factory=Signals)  # popularity, recent items, co-visitation
 
     @classmethod
     def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
               dedupe: int, model: str, rate_limit: int = 0,
-              rate_window_ms: int = 1) -> PartitionState:
+              rate_window_ms: int = 1, sp: SignalParams | None = None) -> PartitionState:
         return cls(partition, ProfileTable(dim, pp), UserStats(pp), ArmStats(bp),
-                   DedupeWindow(dedupe), model=model, rate=RateCap(rate_limit, rate_window_ms))
+                   DedupeWindow(dedupe), model=model, rate=RateCap(rate_limit, rate_window_ms),
+                   signals=Signals(sp))
 
     def erase(self, user: str) -> None:
         """Remove every trace of ``user`` from this partition's state (not the tombstone)."""
         self.profiles.remove(user)
         self.users.remove(user)
         self.rate.forget(user)
+        self.signals.erase(user)
         self.dlq_keys.pop(user, None)
         if any(pk.event.user_id == user for pk in self.parked):
             self.parked = [pk for pk in self.parked if pk.event.user_id != user]
@@ -93,12 +101,15 @@ class PartitionState:
             "dlq_keys": dict(self.dlq_keys),
             "newest_ts": self.newest_ts,
             "expired": self.expired,
+            "signals": self.signals.state(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], dim: int, pp: ProfileParams, bp: BanditParams,
-                  dedupe: int, rate_limit: int = 0, rate_window_ms: int = 1) -> PartitionState:
-        """The state of :meth:`to_dict`; a snapshot this version cannot read is a StateError."""
+                  dedupe: int, rate_limit: int = 0, rate_window_ms: int = 1,
+                  sp: SignalParams | None = None) -> PartitionState:
+        """The state of :meth:`to_dict`; a snapshot this version cannot read is a StateError.
+        A snapshot without ``signals`` (written before them) loads with empty signals."""
         if d.get("version") != SNAPSHOT_VERSION:
             raise StateError(f"snapshot version {d.get('version')} is not {SNAPSHOT_VERSION}: "
                              "run `profiles rebuild` to recompute the state with this version")
@@ -119,6 +130,8 @@ class PartitionState:
                 dlq_keys=dict(d.get("dlq_keys", {})),
                 newest_ts=int(d.get("newest_ts", 0)),
                 expired=int(d.get("expired", 0)),
+                signals=(Signals.from_state(d["signals"], sp) if "signals" in d
+                         else Signals(sp)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"snapshot of partition {d.get('partition')} cannot be read by this "

@@ -36,7 +36,8 @@ from stream.worker.pipeline import Pipeline
 from stream.worker.ports import Header
 from stream.worker.records import Headers, Record
 
-__all__ = ["DeadLetters", "InProcessWorker", "ManualClock", "Published", "Source", "murmur2"]
+__all__ = ["DeadLetters", "InProcessWorker", "ManualClock", "Published", "SignalsTopic", "Source",
+           "murmur2"]
 
 
 def murmur2(data: bytes) -> int:
@@ -136,6 +137,28 @@ class Published:
         self.records.append((key, value))
 
 
+@dataclass
+class SignalsTopic:
+    """An in-memory :class:`~stream.worker.ports.SignalSink` standing for the compacted signals
+    topic: every published ``(key, value)`` in order; ``fail`` makes every send raise it."""
+
+    messages: list[tuple[bytes, bytes]] = field(default_factory=list)
+    fail: BaseException | None = None
+
+    async def __call__(self, messages: list[tuple[bytes, bytes]]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.messages.extend(messages)
+
+    def records(self, start: int = 0) -> list[Record]:
+        """The messages from offset ``start`` on, as the signals feed would read them."""
+        return [Record(0, i, 0, k, v) for i, (k, v) in enumerate(self.messages) if i >= start]
+
+    def compacted(self) -> dict[bytes, bytes]:
+        """What compaction keeps: the last value of every key."""
+        return dict(self.messages)
+
+
 class Source:
     """Makes :class:`Record` lists as a Kafka topic of ``partitions`` partitions would deliver
     them: consecutive offsets per partition, keyed records partitioned like Kafka's default
@@ -175,24 +198,31 @@ class Source:
 
 
 class InProcessWorker:
-    """A :class:`Pipeline` with an in-memory dead-letter sink, a manual clock and a
-    :class:`Source`, owning every partition; ``async with`` starts and stops its encoder
-    service."""
+    """A :class:`Pipeline` with an in-memory dead-letter sink and signals topic, a manual clock
+    and a :class:`Source`, owning ``partitions`` (default: every partition); ``async with``
+    starts and stops its encoder service.  Its signals feed is "caught up" from the start
+    (nothing to read in memory); hand it another worker's partials with
+    ``pipeline.sharing.receive(other.signals.records())``."""
 
     def __init__(self, settings: Settings, encoder: Encoder, *,
                  clock: ManualClock | None = None, dead_letters: DeadLetters | None = None,
-                 source: Source | None = None) -> None:
+                 source: Source | None = None, signals: SignalsTopic | None = None,
+                 partitions: Iterable[int] | None = None) -> None:
         self.settings = settings
         self.clock = clock or ManualClock()
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters()
         self.source = source if source is not None else Source(settings.partitions, self.clock)
+        self.signals = signals if signals is not None else SignalsTopic()
+        self.partitions = (list(range(settings.partitions)) if partitions is None
+                           else list(partitions))
         self.pipeline = Pipeline(settings, encoder, dead_letters=self.dead_letters,
-                                 clock=self.clock)
+                                 clock=self.clock, signals=self.signals)
+        self.pipeline.sharing.mark_caught_up()
 
     async def __aenter__(self) -> InProcessWorker:
         self.pipeline.encoder_service.start()
         self.pipeline.load_catalog()
-        await self.pipeline.assign(range(self.settings.partitions))
+        await self.pipeline.assign(self.partitions)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -220,7 +250,8 @@ class InProcessWorker:
         await self.pipeline.snapshot(everything=True)
         await self.pipeline.encoder_service.stop()
         other = InProcessWorker(self.settings, self.pipeline.encoder, clock=self.clock,
-                                dead_letters=self.dead_letters, source=self.source)
+                                dead_letters=self.dead_letters, source=self.source,
+                                signals=self.signals, partitions=self.partitions)
         await other.__aenter__()
         if self.pipeline.catalog.caught_up.is_set():
             other.pipeline.catalog.caught_up.set()

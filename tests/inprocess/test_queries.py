@@ -80,8 +80,12 @@ def test_candidates_exclude_bought_items_and_rank_by_policy(tmp_path) -> None:
         assert len(ids) == 3 and "i1" not in ids and got["policy"].startswith("thompson")
         assert ids[0] == "i0"  # the profile's own item, nearest by far
         assert got == await q.candidates("u1", 3)  # seeded per (seed, user): the same ranking
-        with pytest.raises(NotFound):
-            await q.candidates("nobody", 3)
+        # A user with no history gets trending items (issue 11), not 404: a new shopper is
+        # exactly who a best-seller list is for: by weighted recent popularity i1 (a purchase,
+        # 8), i0 (two views), i3 (a click, 2, slightly older than i0's newest view).
+        new = await q.candidates("nobody", 3)
+        assert {c["item_id"] for c in new["candidates"]} == {"i1", "i0", "i3"}
+        assert all(c["sources"] == ["trending"] for c in new["candidates"])
 
     run(tmp_path, body)
 

@@ -165,7 +165,10 @@ def test_http_endpoints(replayed, dataset):
     assert {c for c, _w in body["top_categories"]} <= touched
     missing = replayed.json("/users/nobody-at-all/profile")
     assert missing["_status"] == 404 and "error" in missing
-    assert replayed.json("/users/nobody-at-all/candidates")["_status"] == 404
+    # no history: trending items (issue 11: "a user with no history gets trending candidates")
+    cold = replayed.json("/users/nobody-at-all/candidates")
+    assert cold["_status"] == 200 and cold["candidates"], cold
+    assert all(c["sources"] == ["trending"] for c in cold["candidates"])
     assert replayed.json("/users/nobody-at-all/similar")["_status"] == 404
     assert replayed.json(f"/users/{user}/candidates?k=abc")["_status"] == 400
     assert replayed.json("/arms/no-such-arm")["_status"] == 404

@@ -59,6 +59,9 @@ WORKER_METRICS = {
     "profiles_bandit_arm_posterior_mean": "gauge",
     "profiles_bandit_arms": "gauge",
     "profiles_expired": "counter",
+    "profiles_candidates": "counter",
+    "profiles_signals_published": "counter",
+    "profiles_signals_received": "counter",
     # prometheus_client's ProcessCollector
     "process_cpu_seconds": "counter",
     "process_max_fds": "gauge",
