@@ -48,6 +48,16 @@ def _positive(kind):
     return parse
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return v
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
@@ -89,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=_positive(int), default=20000)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--repeat-frac", type=_fraction, default=0.0,
+                   help="repeat-purchase mode: this share of the events are purchases of each "
+                        "user's staple items, bought again every few days (default 0: off); "
+                        "needs repeat-frac x events >= 2 x users x staples")
+    p.add_argument("--staples", type=_positive(int), default=3,
+                   help="staple items per user in repeat-purchase mode")
+    p.add_argument("--staple-days", type=_positive(float), default=4.0,
+                   help="mean days between two purchases of a staple (each item's own period "
+                        "is log-normal around it)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="broker + worker + generated data + HTTP, all on this machine")
@@ -143,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_positive(int), default=4, help="validations without gain")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--logq", action=argparse.BooleanOptionalAction, default=None,
+                   help="correct in-batch negatives by log of the streaming item frequency "
+                        "(Yi et al. 2019); recorded in the model metadata (default: "
+                        "FinetuneConfig.logq, chosen by measurement, README)")
     p.add_argument("--no-progress", action="store_true")
     _add_settings_flags(p, ["half_life_ms", "event_weights"])
     p.set_defaults(func=cmd_encoder_finetune)
@@ -173,7 +196,132 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dlq_replay)
     _add_bandit_commands(sub)
     _add_movielens(sub)
+    _add_ranker_eval_obd(sub)
+    _add_eval(sub)
+    _add_ranker_train_eval(sub)
     return parser
+
+
+def _add_eval(sub) -> None:
+    """``profiles eval`` (stream/eval/run.py): every method side by side on one split."""
+    p = sub.add_parser("eval", help="next-item retrieval: popularity, co-visitation, ItemKNN, "
+                                    "SASRec, content profiles and the hybrid, side by side")
+    p.add_argument("--events", type=Path, required=True)
+    p.add_argument("--items", type=Path, required=True)
+    p.add_argument("--model", type=Path, default=None, help="fine-tuned encoder directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--plot", type=Path, default=None, help="draw Recall@K, K = 1..50 (PNG)")
+    p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap and cold hold-out seed")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of the methods (default: all)")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-start protocols")
+    p.add_argument("--ablation", action="store_true",
+                   help="also the hybrid without each source / feature group (default: "
+                        "without content only)")
+    p.add_argument("--sasrec-seconds", type=_positive(float), default=360.0,
+                   help="SASRec's training budget in the main run (the cold run gets half)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (encoding)")
+    p.add_argument("--encoder", choices=["transformer", "hashing"], default="transformer",
+                   help="the untuned encoder: the bundled transformer, or the hashing test fake")
+    p.add_argument("--verbose", action="store_true", help="progress on stderr even with --json")
+    _add_settings_flags(p, ["half_life_ms", "event_weights"])
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_ranker_train_eval(sub) -> None:
+    """``profiles ranker train|eval`` (stream/eval/ranker_cmd.py) on a behaviour log, added to
+    the ``ranker`` group (created here if absent)."""
+    ranker = sub.choices.get("ranker")
+    if ranker is None:
+        ranker = sub.add_parser("ranker", help="the CTR ranker: train, evaluate")
+        ranker.add_subparsers(dest="ranker_command", required=True, metavar="ACTION")
+    rsub = next(a for a in ranker._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("train", "eval"):
+        if name == "train":
+            p = rsub.add_parser("train", help="fit the ranker on the hybrid's candidates of the "
+                                              "validation split; write a ranker directory")
+            p.add_argument("--out", type=Path, required=True, help="ranker directory to write")
+            p.add_argument("--kind", choices=["auto", "linear", "trees"], default="auto",
+                           help="auto: logistic regression vs HistGradientBoosting, by "
+                                "validation Recall@20")
+            p.add_argument("--max-queries", type=_positive(int), default=3000,
+                           help="validation queries (seeded sample) to learn from")
+            p.set_defaults(func=cmd_ranker_train)
+        else:
+            p = rsub.add_parser("eval", help="logloss, AUC and Recall@20 of a ranker directory "
+                                             "on the test split's candidates")
+            p.add_argument("--ranker", type=Path, required=True, help="ranker directory")
+            p.add_argument("--json", action="store_true", help="print JSON")
+            p.set_defaults(func=cmd_ranker_eval)
+        p.add_argument("--events", type=Path, required=True)
+        p.add_argument("--items", type=Path, required=True)
+        p.add_argument("--model", type=Path, default=None,
+                       help="fine-tuned encoder directory (default: the bundled encoder)")
+        p.add_argument("--encoder", choices=["transformer", "hashing"], default="transformer",
+                       help="without --model: the bundled transformer, or the hashing test fake")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda (encoding)")
+        p.add_argument("--seed", type=int, default=0)
+        _add_settings_flags(p, ["half_life_ms", "event_weights"])
+
+
+def cmd_ranker_train(args) -> int:
+    from stream.eval.ranker_cmd import run_train
+
+    for f in (args.events, args.items):
+        _need_file(f)
+    return run_train(args, _settings(args).profile_params())
+
+
+def cmd_ranker_eval(args) -> int:
+    from stream.eval.ranker_cmd import run_eval
+
+    for f in (args.events, args.items):
+        _need_file(f)
+    if not args.ranker.is_dir():
+        raise ConfigError(f"no such ranker directory: {args.ranker}")
+    return run_eval(args, _settings(args).profile_params())
+
+
+def cmd_eval(args) -> int:
+    from stream.eval.run import run_cli
+
+    for f in (args.events, args.items):
+        _need_file(f)
+    return run_cli(args, _settings(args).profile_params())
+
+
+def _add_ranker_eval_obd(sub) -> None:
+    """``profiles ranker eval-obd`` (stream/eval/obd_ctr.py), added to the ``ranker`` group
+    (created here if absent)."""
+    ranker = sub.choices.get("ranker")
+    if ranker is None:
+        ranker = sub.add_parser("ranker", help="the CTR ranker: train, evaluate")
+        ranker.add_subparsers(dest="ranker_command", required=True, metavar="ACTION")
+    rsub = next(a for a in ranker._actions if isinstance(a, argparse._SubParsersAction))
+    p = rsub.add_parser("eval-obd", help="click prediction on the Open Bandit Dataset's random "
+                                         "campaigns: logloss/AUC of the ranker vs CTR baselines")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder of the obp 0.5.7 sdist, downloaded there when absent "
+                        "(default: <cache-dir>/obd)")
+    p.add_argument("--model-out", type=Path, default=None,
+                   help="save the chosen model here as a ranker directory")
+    p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    _add_settings_flags(p, ["cache_dir"])
+    p.set_defaults(func=cmd_ranker_eval_obd)
+
+
+def cmd_ranker_eval_obd(args) -> int:
+    import json
+
+    from stream.eval.obd_ctr import EvalConfig, format_table, run
+
+    data = args.data or _settings(args).cache_path() / "obd"
+    report = run(data, EvalConfig(n_boot=args.bootstrap, seed=args.seed), args.model_out)
+    print(json.dumps(report, indent=1) if args.json else format_table(report))
+    return 0
 
 
 def _add_movielens(sub) -> None:
@@ -346,10 +494,15 @@ def cmd_replay(args) -> int:
 def cmd_generate(args) -> int:
     from stream.data.generate import generate
 
-    ds = generate(args.users, args.items, args.events, args.seed)
+    ds = generate(args.users, args.items, args.events, args.seed, repeat_frac=args.repeat_frac,
+                  staples=args.staples, staple_days=args.staple_days)
     paths = ds.write(args.out)
     for name, path in paths.items():
         print(f"{name}: {path}")
+    if ds.staples and ds.events:
+        days = (ds.events[-1]["ts"] - ds.events[0]["ts"]) / 86_400_000
+        print(f"repeat-purchase mode: {round(args.repeat_frac * args.events)} staple purchases "
+              f"over {days:.1f} days")
     return 0
 
 
@@ -392,12 +545,14 @@ def cmd_encoder_finetune(args) -> int:
                          max_steps=args.max_steps, device=args.device, seed=args.seed,
                          eval_every=args.eval_every, patience=args.patience,
                          half_life_ms=s.half_life_ms, event_weights=s.event_weight_map())
+    if args.logq is not None:
+        cfg.logq = args.logq
     meta = finetune(args.events, args.items, args.out, cfg, base=args.base,
                     progress=not args.no_progress)
     v = meta["validation"]
     print(f"model: {args.out} (fingerprint {meta['fingerprint']}); val Recall@20 untuned "
           f"{v['untuned']:.4f} -> {v['best']:.4f} at step {v['best_step']}; "
-          f"{meta['training']['seconds']:.0f}s")
+          f"logQ {'on' if meta['logq']['enabled'] else 'off'}; {meta['training']['seconds']:.0f}s")
     return 0
 
 

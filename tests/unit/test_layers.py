@@ -41,9 +41,12 @@ LAYERS: dict[str, tuple[str, ...]] = {
                        "stream.serve", "encoder", "index"),
     "stream.bench": ("stream.core", "stream.settings", "stream.data", "stream.worker",
                      "stream.kafka", "stream.tools", "encoder"),
+    # the side-by-side evaluation (profiles eval, ranker train/eval): offline, reads logs
+    "stream.eval": ("stream.core", "stream.settings", "stream.data", "encoder",
+                    "encoder.training", "index"),
     "stream.cli": ("stream.core", "stream.settings", "stream.data", "stream.kafka",
                    "stream.tools", "stream.service", "stream.bench", "encoder",
-                   "encoder.training"),
+                   "encoder.training", "stream.eval"),
     "stream": (),  # the package itself (stream/__init__.py): imports nothing of ours
 }
 
