@@ -144,6 +144,22 @@ def _decay(anchor: np.ndarray | float, now: float, half_life: float) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+def _read_pop(index: Mapping[str, int], anchor: np.ndarray, short_sums: np.ndarray,
+              long_sums: np.ndarray, params: SignalParams, items: Sequence[str],
+              now: float) -> tuple[np.ndarray, np.ndarray]:
+    """(short, long) popularity of ``items`` decayed to ``now``, 0 for items not in ``index``
+    (one partition's :class:`ItemPopularity` and the merged :class:`SignalView` alike)."""
+    rows = np.fromiter((index.get(i, -1) for i in items), dtype=np.int64, count=len(items))
+    ok = rows >= 0
+    short = np.zeros(len(items))
+    long = np.zeros(len(items))
+    r = rows[ok]
+    a = anchor[r]
+    short[ok] = short_sums[r] * _decay(a, now, params.pop_short_half_life_ms)
+    long[ok] = long_sums[r] * _decay(a, now, params.pop_long_half_life_ms)
+    return short, long
+
+
 class ItemPopularity:
     """Decayed popularity per item: (anchor = newest ts, short sum, long sum, event count)."""
 
@@ -220,16 +236,8 @@ class ItemPopularity:
 
     def get(self, items: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray]:
         """(short, long) decayed to ``now`` for each item (0 for unknown items)."""
-        index = self._index
-        rows = np.fromiter((index.get(i, -1) for i in items), dtype=np.int64, count=len(items))
-        ok = rows >= 0
-        short = np.zeros(len(items))
-        long = np.zeros(len(items))
-        r = rows[ok]
-        a = self._anchor[r]
-        short[ok] = self._short[r] * _decay(a, now, self.params.pop_short_half_life_ms)
-        long[ok] = self._long[r] * _decay(a, now, self.params.pop_long_half_life_ms)
-        return short, long
+        return _read_pop(self._index, self._anchor, self._short, self._long, self.params, items,
+                         now)
 
     def partial(self, item: str) -> PopPartial | None:
         """(anchor, short, long, count) as published; None for an unknown item."""
@@ -805,16 +813,8 @@ class SignalView:
     # -- reads ----------------------------------------------------------------------------
     def popularity(self, items: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray]:
         """(short, long) merged popularity of each item decayed to ``now`` (0 when unknown)."""
-        index = self._index
-        rows = np.fromiter((index.get(i, -1) for i in items), dtype=np.int64, count=len(items))
-        ok = rows >= 0
-        short = np.zeros(len(items))
-        long = np.zeros(len(items))
-        r = rows[ok]
-        a = self._anchor[r]
-        short[ok] = self._short[r] * _decay(a, now, self.params.pop_short_half_life_ms)
-        long[ok] = self._long[r] * _decay(a, now, self.params.pop_long_half_life_ms)
-        return short, long
+        return _read_pop(self._index, self._anchor, self._short, self._long, self.params, items,
+                         now)
 
     def counts(self, items: Sequence[str]) -> np.ndarray:
         """Undecayed event counts (int64), 0 when unknown."""
