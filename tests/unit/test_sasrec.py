@@ -153,6 +153,10 @@ def test_bad_input() -> None:
         model.score([[5]])
 
 
+# RecBole is an optional extra installed by hand (README): run on demand with `pytest -m bench`
+# after `pip install --no-deps recbole==1.2.1 && pip install '.[recbole]'`; CI never installs it,
+# and with CI=true a skipped test fails the run
+@pytest.mark.bench
 @pytest.mark.filterwarnings("ignore")  # RecBole 1.2.1 warns on pandas and torch deprecations
 def test_recbole_runner_learns_the_pattern_when_installed(pattern, tmp_path) -> None:
     pytest.importorskip("recbole", reason="optional: pip install --no-deps recbole==1.2.1")
