@@ -12,13 +12,13 @@ A folder without the file (e.g. the bundled all-MiniLM-L6-v2) loads as a plain m
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from encoder.base import EncoderError
+from stream.core.files import replace_dir
 
 META_FILE = "profiles_model.json"
 FORMAT = "profiles-encoder/1"
@@ -94,18 +94,7 @@ def save_model_dir(model: Any, tokenizer: Any, base_folder: Path | str, out: Pat
                     fingerprint=compute_fingerprint(weights, _read_pooling(tmp), max_length),
                     created=datetime.now(UTC).isoformat(timespec="seconds"))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with p.open("rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,6 +21,7 @@ import numpy as np
 
 from stream.core.errors import DataError
 from stream.core.events import Item
+from stream.core.files import sha256_file
 
 
 @dataclass
@@ -84,14 +85,6 @@ class LogData:
         return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_log(events_path: Path | str, items_path: Path | str) -> LogData:
     """Read items and events; events of unknown items and bad records are skipped."""
     from stream.data.logs import read_events
@@ -149,5 +142,5 @@ def load_log(events_path: Path | str, items_path: Path | str) -> LogData:
         users.append(UserLog(user, [e[1] for e in ev], np.array([e[0] for e in ev], dtype=np.int64),
                              [e[2] for e in ev], np.array([e[3] for e in ev], dtype=np.int64),
                              np.array([e[4] for e in ev], dtype=bool)))
-    fp = hashlib.sha256(f"{_sha256(events_path)}|{_sha256(items_path)}".encode()).hexdigest()
+    fp = hashlib.sha256(f"{sha256_file(events_path)}|{sha256_file(items_path)}".encode()).hexdigest()
     return LogData(item_ids, texts, users, fp)

@@ -19,10 +19,8 @@ imports sklearn; the training code calls them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from stream.core.errors import StateError
+from stream.core.files import replace_dir, sha256_file
 from stream.core.hybrid import FEATURES
 
 __all__ = [
@@ -180,23 +179,13 @@ class Ranker:
             info = dict(self.meta)
             info.update(meta)
             info.update(format=FORMAT, kind=self.kind, features=list(self.features),
-                        arrays_file=ARRAYS_FILE, arrays_sha256=_sha256(arrays_path))
+                        arrays_file=ARRAYS_FILE, arrays_sha256=sha256_file(arrays_path))
             info.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
             info.setdefault("trained_on", None)
             info.setdefault("metrics", {})
             (tmp / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True,
                                                     default=_json_default) + "\n")
-            for p in (arrays_path, tmp / META_FILE):
-                with p.open("rb") as fh:
-                    os.fsync(fh.fileno())
-            old = None
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                out.rename(old)
-            tmp.rename(out)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -221,7 +210,7 @@ class Ranker:
         arrays_path = folder / str(meta.get("arrays_file", ARRAYS_FILE))
         if not arrays_path.is_file():
             raise StateError(f"ranker directory {folder}: {arrays_path.name} is missing")
-        if meta.get("arrays_sha256") != _sha256(arrays_path):
+        if meta.get("arrays_sha256") != sha256_file(arrays_path):
             raise StateError(f"ranker directory {folder}: {arrays_path.name} does not match its "
                              "recorded sha256 (corrupt or modified)")
         try:
@@ -237,14 +226,6 @@ class Ranker:
         n_trees = int(self.arrays["roots"].shape[0]) if self.kind == "trees" else 0
         return {"kind": self.kind, "features": list(self.features), "trees": n_trees,
                 **{k: self.meta[k] for k in ("trained_on", "metrics", "created") if k in self.meta}}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json_default(o: object) -> object:
