@@ -7,6 +7,7 @@ Bad arguments and expected failures print one line (``profiles: error: ...``) an
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -36,16 +37,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**overrides)
 
 
-def _positive(kind):
+def _positive(kind, allow_zero: bool = False):
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if allow_zero else '>'} 0, got "
+                                             f"{text!r}")
         return v
     return parse
+
+
+def _non_negative(kind):
+    return _positive(kind, allow_zero=True)
 
 
 def _fraction(text: str) -> float:
@@ -221,6 +227,11 @@ def _add_eval(sub) -> None:
                         "without content only)")
     p.add_argument("--sasrec-seconds", type=_positive(float), default=360.0,
                    help="SASRec's training budget in the main run (the cold run gets half)")
+    p.add_argument("--no-sequence", action="store_true",
+                   help="the hybrid without its sequence source (the run's SASRec)")
+    p.add_argument("--fresh-every", type=_non_negative(int), default=None,
+                   help="the hybrid's freshness rule: a fresh item at least every N positions "
+                        "(0: off; default: HybridParams.fresh_every)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (encoding)")
     p.add_argument("--encoder", choices=["transformer", "hashing"], default="transformer",
                    help="the untuned encoder: the bundled transformer, or the hashing test fake")
@@ -247,6 +258,9 @@ def _add_ranker_train_eval(sub) -> None:
                                 "validation Recall@20")
             p.add_argument("--max-queries", type=_positive(int), default=3000,
                            help="validation queries (seeded sample) to learn from")
+            p.add_argument("--sequence-seconds", type=_non_negative(float), default=300.0,
+                           help="training budget of the sequence source's SASRec (early "
+                                "stopped on validation); 0: no sequence source")
             p.set_defaults(func=cmd_ranker_train)
         else:
             p = rsub.add_parser("eval", help="logloss, AUC and Recall@20 of a ranker directory "

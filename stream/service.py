@@ -15,18 +15,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from encoder import load_encoder
 from encoder.base import Encoder
+from encoder.sequence import SEQUENCE_META, SequenceModel
 from stream.kafka.app import FaustIO, quiet_client_logs, run_app, wire, worker_app
 from stream.kafka.clients import AsyncTopicProducer, create_topics
 from stream.kafka.membership import FaustMembership
 from stream.kafka.signals_feed import SIGNALS_TOPIC_CONFIG, SignalPublisher
 from stream.serve.decisions import DecisionLogger
-from stream.serve.http import Api
+from stream.serve.http import Api, check_exposure
 from stream.serve.queries import Queries
 from stream.serve.routing import Router
 from stream.settings import Settings
@@ -53,7 +55,8 @@ class Service:
 
     async def start_http(self) -> None:
         s = self.settings
-        self.runner = web.AppRunner(self.api.app(), access_log=None)
+        check_exposure(s)  # also checked before anything is loaded (run_worker)
+        self.runner = self.api.runner()
         await self.runner.setup()
         await web.TCPSite(self.runner, s.http_host, s.http_port).start()
         log.info("HTTP on http://%s:%d (metrics at /metrics)", s.http_host, s.http_port)
@@ -64,6 +67,14 @@ class Service:
         await self.router.close()
         if self.signals is not None:  # after the shutdown publish (on_before_shutdown)
             await self.signals.close()
+
+
+def load_sequence(s: Settings) -> SequenceModel | None:
+    """The sequence source's model: ``sequence.json`` in the ranker's directory (written by
+    ``profiles ranker train``), else None (no sequence source)."""
+    if not s.ranker_dir or not (Path(s.ranker_dir) / SEQUENCE_META).is_file():
+        return None
+    return SequenceModel.load(s.ranker_dir)
 
 
 def build_service(settings: Settings, encoder: Encoder) -> Service:
@@ -81,7 +92,7 @@ def build_service(settings: Settings, encoder: Encoder) -> Service:
     decisions = (DecisionLogger(AsyncTopicProducer(s, s.decisions_topic))
                  if s.decisions_topic else None)
     queries = Queries(pipeline, peers=router, decisions=decisions, publish=io.publish_event,
-                      ready=ready)
+                      ready=ready, sequence=load_sequence(s))
     api = Api(queries, token=s.api_token.reveal(), router=router)
     service = Service(s, app, pipeline, queries, api, router, decisions, signals)
     wire(app, io, s, pipeline, on_start=service.start_http, on_stop=service.stop, ready=ready)
@@ -90,6 +101,7 @@ def build_service(settings: Settings, encoder: Encoder) -> Service:
 
 def run_worker(settings: Settings) -> None:
     """Build the encoder and the worker, then run until SIGTERM/SIGINT."""
+    check_exposure(settings)  # an open API beyond loopback: one line, before any loading
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_client_logs()

@@ -20,7 +20,7 @@ from encoder.base import Encoder
 from index import make_index
 from stream.core.bandit import ArmStats
 from stream.core.events import Item
-from stream.core.hybrid import FEATURES, generate, rank
+from stream.core.hybrid import FEATURES, generate, rank, serve_scores
 from stream.core.profile import ProfileTable, UserStats
 from stream.core.ranker import Ranker
 from stream.core.signals import Signals, SignalView
@@ -36,9 +36,10 @@ class Offline:
     """Every piece of state the candidates need, from ``events`` (applied, in log order)."""
 
     def __init__(self, events: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]],
-                 s: Settings, encoder: Encoder, ranker: Ranker) -> None:
+                 s: Settings, encoder: Encoder, ranker: Ranker, sequence: Any = None) -> None:
         self.s = s
         self.ranker = ranker
+        self.sequence = sequence  # encoder.sequence.SequenceModel (None: no sequence source)
         self.hp = s.hybrid_params(**dict(ranker.meta.get("hybrid") or {}))
         sp, pp, bp = s.signal_params(), s.profile_params(), s.bandit_params()
         ids = [str(it["item_id"]) for it in items]
@@ -104,13 +105,19 @@ class Offline:
             return sims
 
         sig = self.signals.get(self.partition.get(user, -1))
+        lifts, hits = None, []
+        if self.sequence is not None:
+            lifts = self.sequence.lifts(sig.recent.get(user, self.sequence.max_len)
+                                        if sig is not None else [])
+            hits = lifts.top(hp.sequence_k, set(bought) if hp.exclude_purchased else ())
         cands = generate(sig.recent.get(user) if sig is not None else [], content, self.view,
                          self.now, hp, bought=bought,
                          user_categories=self.users.categories(user) if known else None,
                          item_category=lambda i: self.category.get(i),
-                         similarity=similarity if vec is not None else None)
+                         similarity=similarity if vec is not None else None,
+                         sequence=hits, sequence_lift=lifts)
         if not len(cands):
             return []
         alpha, beta = self.arms.posteriors(cands.items)
         cands.features[:, FEATURES.index("bandit_mean")] = alpha / (alpha + beta)
-        return rank(cands, self.ranker.score(cands.features), k)
+        return rank(cands, serve_scores(cands, self.ranker.score(cands.features), self.hp), k)

@@ -8,7 +8,9 @@ Sources (``SOURCES``; each candidate carries a bit per source that produced it):
   weighted by its recency ``2**(-(now - t)/recent_half_life_ms)`` times ``sqrt(event weight)``;
 - ``trending``: the view's top items by short-half-life popularity (a user with no history gets
   these only);
-- ``buy_again``: the user's own converted items, when ``exclude_purchased`` is off.
+- ``buy_again``: the user's own converted items, when ``exclude_purchased`` is off;
+- ``sequence``: the top items of a next-item sequence model (SASRec, ``encoder.sequence``)
+  over the user's recent events, when the caller passes them (a model directory is set).
 
 ``FEATURES`` names the columns of :attr:`Candidates.features` (float64), the ranker's input:
 
@@ -26,6 +28,10 @@ since_last         log1p(hours from the user's newest recent event to ``now``) (
                    the same for every candidate of a call: lets a ranker tell a returning
                    user (popularity matters) from one mid-session (co-visitation matters)
 history_len        log1p(number of the user's recent events) (the same for every candidate)
+seq_lift           log1p(n_items * P(item | recent events)) of the sequence model: 0 = no
+                   model, log 2 = as likely as a uniform draw, larger = more likely
+fresh              1.0 when nobody has interacted with the item yet (no popularity count in
+                   the view): only the content source can find it
 src_<source>       1.0 when the source produced the candidate
 =================  =========================================================================
 
@@ -51,13 +57,14 @@ __all__ = [
     "HybridParams",
     "generate",
     "rank",
+    "serve_scores",
 ]
 
-SOURCES: tuple[str, ...] = ("content", "covis", "trending", "buy_again")
+SOURCES: tuple[str, ...] = ("content", "covis", "trending", "buy_again", "sequence")
 FEATURES: tuple[str, ...] = (
     "content_sim", "covis_score", "covis_recency", "pop_short", "pop_long", "trend",
-    "own_recency", "category_match", "bandit_mean", "since_last", "history_len",
-    *(f"src_{s}" for s in SOURCES),
+    "own_recency", "category_match", "bandit_mean", "since_last", "history_len", "seq_lift",
+    "fresh", *(f"src_{s}" for s in SOURCES),
 )
 _COL = {name: i for i, name in enumerate(FEATURES)}
 _DAY_MS = 86_400_000.0
@@ -71,19 +78,26 @@ class HybridParams:
     covis_k: int = 100
     trending_k: int = 50
     buy_again_k: int = 50
+    sequence_k: int = 100
     #: neighbours read per seed item (at most the view's covis_top_m are published)
     covis_per_item: int = 50
     #: newest recent items used as co-visitation seeds
     recent_k: int = 20
     recent_half_life_ms: float = _DAY_MS
+    #: seed weight factor per newer step: a seed whose ts has g distinct newer ts among the
+    #: user's recent events is weighted ``seed_step_decay**g`` (ties share a step; 1 = off)
+    seed_step_decay: float = 1.0
+    #: freshness: the j-th best fresh candidate (``fresh`` feature, j = 0, 1, ...) ranks no
+    #: lower than position ``(j + 1) * fresh_every`` (0: off; see ``serve_scores``)
+    fresh_every: int = 20
     #: purchased items are excluded (a sofa); off: they come back through ``buy_again``
     exclude_purchased: bool = True
     #: enabled sources (ablation: drop one)
     sources: tuple[str, ...] = SOURCES
 
     def __post_init__(self) -> None:
-        for name in ("content_k", "covis_k", "trending_k", "buy_again_k", "covis_per_item",
-                     "recent_k"):
+        for name in ("content_k", "covis_k", "trending_k", "buy_again_k", "sequence_k",
+                     "covis_per_item", "recent_k", "fresh_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
@@ -141,12 +155,15 @@ def generate(
     bandit: Callable[[list[str]], np.ndarray] | None = None,
     bought: Collection[str] = (),
     similarity: Callable[[list[str]], np.ndarray] | None = None,
+    sequence: Sequence[tuple[str, float]] = (),
+    sequence_lift: Callable[[list[str]], np.ndarray] | None = None,
 ) -> Candidates:
     """Union of the enabled sources minus ``exclude`` (and ``bought`` when exclude_purchased).
 
     ``recent``: the user's events (ts, item, weight) (``RecentItems.get``); ``content``: profile
     ANN hits (item, similarity); ``bandit(items)``: posterior means; ``similarity(items)``:
-    profile . item for candidates that are not ANN hits.
+    profile . item for candidates that are not ANN hits; ``sequence``: the sequence model's
+    best items (item, seq_lift), ``sequence_lift(items)``: seq_lift for the other candidates.
     """
     p = params or HybridParams()
     hr = p.recent_half_life_ms
@@ -180,8 +197,12 @@ def generate(
         r = _recency(now, t, hr)
         if r > own.get(it, 0.0):
             own[it] = r
+    step_w: dict[int, float] = {}
+    if newest:
+        distinct = sorted({t for t, _, _ in newest}, reverse=True)
+        step_w = {t: p.seed_step_decay ** g for g, t in enumerate(distinct)}
     for t, it, w in newest:
-        seeds[it] = seeds.get(it, 0.0) + _recency(now, t, hr) * math.sqrt(w)
+        seeds[it] = seeds.get(it, 0.0) + _recency(now, t, hr) * math.sqrt(w) * step_w[t]
     cov: dict[str, float] = {}
     cov_rec: dict[str, float] = {}
     if seeds and p.covis_per_item:  # scores feed the feature even when the source is off
@@ -214,6 +235,14 @@ def generate(
         for it in again:
             add(it, 8)
 
+    lifts: dict[str, float] = {}
+    if "sequence" in p.sources and p.sequence_k and sequence:
+        best = sorted(((it, float(v)) for it, v in sequence if it not in excl),
+                      key=lambda kv: (-kv[1], kv[0]))[: p.sequence_k]
+        for it, v in best:
+            lifts[it] = v
+            add(it, 16)
+
     items = list(order)
     n = len(items)
     x = np.zeros((n, len(FEATURES)), dtype=np.float64)
@@ -226,6 +255,12 @@ def generate(
         if missing:
             vals = np.asarray(similarity([items[k] for k in missing]), dtype=np.float64)
             x[missing, _COL["content_sim"]] = vals.reshape(-1)
+    x[:, _COL["seq_lift"]] = [lifts.get(it, 0.0) for it in items]
+    if sequence_lift is not None:
+        missing = [k for k, it in enumerate(items) if it not in lifts]
+        if missing:
+            vals = np.asarray(sequence_lift([items[k] for k in missing]), dtype=np.float64)
+            x[missing, _COL["seq_lift"]] = vals.reshape(-1)
     x[:, _COL["covis_score"]] = np.log1p([cov.get(it, 0.0) for it in items])
     x[:, _COL["covis_recency"]] = [cov_rec.get(it, 0.0) for it in items]
     short, long = view.popularity(items, now)
@@ -235,6 +270,7 @@ def generate(
     x[:, _COL["pop_short"]] = rate_s
     x[:, _COL["pop_long"]] = rate_l
     x[:, _COL["trend"]] = rate_s - rate_l
+    x[:, _COL["fresh"]] = view.counts(items) == 0
     x[:, _COL["own_recency"]] = [own.get(it, 0.0) for it in items]
     if user_categories and item_category is not None:
         total = sum(v for v in user_categories.values() if v > 0)
@@ -262,3 +298,35 @@ def rank(cands: Candidates, scores: np.ndarray, k: int) -> list[tuple[str, float
         raise ValueError(f"{len(cands)} candidates but {s.shape[0]} scores")
     pairs = sorted(zip(cands.items, s.tolist()), key=lambda kv: (-kv[1], kv[0]))
     return pairs[:k]
+
+
+def serve_scores(cands: Candidates, scores: np.ndarray, params: HybridParams) -> np.ndarray:
+    """The ranker's ``scores`` with the freshness rule (``params.fresh_every``) applied: the
+    order :func:`rank` serves and the evaluator scores.
+
+    A fresh item (nobody interacted with it yet) rarely out-scores the proven ones, so a ranker
+    alone never shows it and nobody ever will interact with it.  With ``fresh_every = E`` the
+    fresh candidates, best score first (equal scores: candidate order, i.e. content
+    similarity), are lifted so that the j-th ranks no lower than position ``(j + 1) * E``
+    (1-based): its score becomes the next float above that of the non-fresh candidate it must
+    precede (it ranks before that candidate's whole tie group), never lower than its own.  A
+    list of K items then holds at least ``min(K // E, fresh candidates)`` fresh ones."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    every = params.fresh_every
+    if every <= 0 or len(s) == 0:
+        return s
+    fresh = cands.features[:, _COL["fresh"]] > 0
+    if not fresh.any():
+        return s
+    out = s.copy()
+    others = np.sort(s[~fresh])[::-1]
+    fidx = np.flatnonzero(fresh)
+    fidx = fidx[np.argsort(-s[fidx], kind="stable")]
+    prev = math.inf
+    for j, i in enumerate(fidx.tolist()):
+        slot = (j + 1) * every - 1 - j  # non-fresh candidates allowed above it
+        if slot < len(others):
+            out[i] = max(out[i], float(np.nextafter(others[slot], math.inf)))
+        out[i] = min(out[i], prev)  # never above the better fresh candidate before it
+        prev = out[i]
+    return out

@@ -23,7 +23,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,9 +164,12 @@ class Ranker:
         return self.predict(np.asarray(features, dtype=np.float64)[:, idx])
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, folder: Path | str, **meta: Any) -> dict[str, Any]:
+    def save(self, folder: Path | str, attach: Callable[[Path], Any] | None = None,
+             **meta: Any) -> dict[str, Any]:
         """Write ``ranker.json`` + ``arrays.npz`` to ``folder`` atomically; ``meta`` (e.g.
-        trained_on, metrics, params) is recorded too.  Returns the metadata written."""
+        trained_on, metrics, params) is recorded too; ``attach(tmp)`` may write more files
+        (the sequence model) into the unfinished folder before the swap.  Returns the
+        metadata written."""
         out = Path(folder)
         if out.exists() and any(out.iterdir()) and not (out / META_FILE).is_file():
             raise StateError(f"{out} exists and is not a ranker directory; choose another --out")
@@ -185,6 +188,8 @@ class Ranker:
             info.setdefault("metrics", {})
             (tmp / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True,
                                                     default=_json_default) + "\n")
+            if attach is not None:
+                attach(tmp)
             replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -242,8 +247,9 @@ def _json_default(o: object) -> object:
 DEFAULT_WEIGHTS: dict[str, float] = {
     "content_sim": 2.0, "covis_score": 1.5, "covis_recency": 0.3, "pop_short": 0.4,
     "pop_long": 0.2, "trend": 0.1, "own_recency": 0.0, "category_match": 0.5,
-    "bandit_mean": 0.0, "since_last": 0.0, "history_len": 0.0, "src_content": 0.2, "src_covis": 0.5, "src_trending": 0.0,
-    "src_buy_again": 0.5,
+    "bandit_mean": 0.0, "since_last": 0.0, "history_len": 0.0, "seq_lift": 0.5, "fresh": 0.0,
+    "src_content": 0.2, "src_covis": 0.5, "src_trending": 0.0,
+    "src_buy_again": 0.5, "src_sequence": 0.2,
 }
 
 

@@ -15,9 +15,12 @@ against one reference time that moves only when a pair is more than ``_REBASE`` 
 These are item-level facts computed in a user-partitioned stream.  Each worker keeps the
 signals of the partitions it owns and publishes ``partial(item)`` for the items returned by
 ``take_changed()`` under the key (source partition, item) to a compacted topic; every worker
-reads that topic into a :class:`SignalView`, where a re-published partial *replaces* the old one
-(never adds), so replays, rebalances and duplicates cannot double-count.  :class:`Signals`
-bundles the three stateful parts for the worker (one ``apply`` per batch).
+reads that topic into a :class:`~stream.core.signal_view.SignalView` (its own module; re-exported
+here), where a re-published partial *replaces* the old one (never adds), so replays, rebalances
+and duplicates cannot double-count.  :class:`Signals` bundles the three stateful parts for the
+worker (one ``apply`` per batch).  :class:`~stream.core.signal_params.SignalParams` and the
+partial formats live in ``stream.core.signal_params``, which both this module and the view
+import (re-exported here too).
 
 Pair rule (co-visitation): an item event ``b`` at ``t`` pairs with every earlier event ``a`` of
 the same user with ``t - t_a <= covis_window_ms`` and fewer than ``recent_n`` of the user's
@@ -46,9 +49,10 @@ Micro-benchmark (not a test)::
 
     python -m stream.core.signals    # batches of 500 Zipf events, 10k users, 20k items
 
-Measured 2026-11-30 on the 2-vCPU dev box shared with other jobs (load average ~5):
-``Signals.apply`` ~20k events/s (~43k at lower load); apply + ``Signals.publish`` into a
-:class:`SignalView` after every batch ~10k events/s (~19k at lower load).
+Measured 2026-11-30 on the 2-vCPU dev box shared with other jobs (load average ~2-3):
+``Signals.apply`` 45-47k events/s; apply + ``Signals.publish`` into a ``SignalView`` and its
+merge after every batch 40-43k events/s (the per-item view before the vectorised merge:
+21-24k, measured alongside).
 """
 
 from __future__ import annotations
@@ -57,13 +61,13 @@ import bisect
 import heapq
 import math
 import operator
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from stream.core.eventtypes import DEFAULT_WEIGHTS
+from stream.core.signal_params import CovisPartial, PopPartial, SignalParams, decay, read_pop
+from stream.core.signal_view import SignalView
 
 __all__ = [
     "CoVisitation",
@@ -77,89 +81,13 @@ __all__ = [
     "Signals",
 ]
 
-DAY_MS = 86_400_000.0
 _NO_ANCHOR = np.iinfo(np.int64).min
 # A co-visitation row moves its reference time only when a pair is this many half-lives newer:
 # contributions stay <= 2**_REBASE, far from overflow, and adding a pair never touches the row.
 _REBASE = 16.0
 
-#: published popularity partial: (anchor_ts, short, long, count)
-PopPartial = tuple[int, float, float, int]
-#: published co-visitation partial: (anchor_ts, neighbours, values) (top covis_top_m, best first)
-CovisPartial = tuple[int, list[str], list[float]]
-
-
-@dataclass(frozen=True)
-class SignalParams:
-    """Half-lives (ms), window and bounds of the collaborative signals."""
-
-    pop_short_half_life_ms: float = DAY_MS
-    pop_long_half_life_ms: float = 14 * DAY_MS
-    #: recent items served per user (and the pair rule's "fewer than N between")
-    recent_n: int = 20
-    covis_window_ms: float = DAY_MS
-    covis_half_life_ms: float = 14 * DAY_MS
-    #: neighbours published / served per item
-    covis_top_m: int = 50
-    #: neighbours kept per item per partition (a full row evicts its weakest)
-    covis_capacity: int = 200
-    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    #: hard cap on events kept per user (tie groups can need more than recent_n); 0 = 4*recent_n
-    recent_cap: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("pop_short_half_life_ms", "pop_long_half_life_ms", "covis_half_life_ms"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        w = self.covis_window_ms
-        if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ValueError(f"covis_window_ms must be a finite number >= 0, got {w!r}")
-        for name in ("recent_n", "covis_top_m", "covis_capacity"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if self.covis_capacity < self.covis_top_m:
-            raise ValueError(f"covis_capacity ({self.covis_capacity}) must be >= covis_top_m "
-                             f"({self.covis_top_m})")
-        if not isinstance(self.recent_cap, int) or (0 < self.recent_cap < self.recent_n) \
-                or self.recent_cap < 0:
-            raise ValueError(f"recent_cap must be 0 or an int >= recent_n, got {self.recent_cap!r}")
-        for k, x in self.weights.items():
-            if not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
-                raise ValueError(f"weight for event type {k!r} must be finite and >= 0, got {x!r}")
-        object.__setattr__(self, "weights", {str(k): float(v) for k, v in self.weights.items()})
-        if self.recent_cap == 0:
-            object.__setattr__(self, "recent_cap", 4 * self.recent_n)
-
-    def weight_array(self, types: Sequence[str]) -> np.ndarray:
-        """float64 weights for a batch of event types; unknown types weigh 0."""
-        get = self.weights.get
-        return np.fromiter((get(t, 0.0) for t in types), dtype=np.float64, count=len(types))
-
-
-def _decay(anchor: np.ndarray | float, now: float, half_life: float) -> Any:
-    """2**((anchor - now)/H), capped at 1 (reading before the anchor reads it as of the anchor)."""
-    return np.exp2(np.minimum(0.0, np.asarray(anchor, dtype=np.float64) - float(now)) / half_life)
-
 
 # --------------------------------------------------------------------------------------------
-def _read_pop(index: Mapping[str, int], anchor: np.ndarray, short_sums: np.ndarray,
-              long_sums: np.ndarray, params: SignalParams, items: Sequence[str],
-              now: float) -> tuple[np.ndarray, np.ndarray]:
-    """(short, long) popularity of ``items`` decayed to ``now``, 0 for items not in ``index``
-    (one partition's :class:`ItemPopularity` and the merged :class:`SignalView` alike)."""
-    rows = np.fromiter((index.get(i, -1) for i in items), dtype=np.int64, count=len(items))
-    ok = rows >= 0
-    short = np.zeros(len(items))
-    long = np.zeros(len(items))
-    r = rows[ok]
-    a = anchor[r]
-    short[ok] = short_sums[r] * _decay(a, now, params.pop_short_half_life_ms)
-    long[ok] = long_sums[r] * _decay(a, now, params.pop_long_half_life_ms)
-    return short, long
-
-
 class ItemPopularity:
     """Decayed popularity per item: (anchor = newest ts, short sum, long sum, event count)."""
 
@@ -236,8 +164,8 @@ class ItemPopularity:
 
     def get(self, items: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray]:
         """(short, long) decayed to ``now`` for each item (0 for unknown items)."""
-        return _read_pop(self._index, self._anchor, self._short, self._long, self.params, items,
-                         now)
+        return read_pop(self._index, self._anchor, self._short, self._long, self.params, items,
+                        now)
 
     def partial(self, item: str) -> PopPartial | None:
         """(anchor, short, long, count) as published; None for an unknown item."""
@@ -283,12 +211,15 @@ class ItemPopularity:
 
 # --------------------------------------------------------------------------------------------
 class Pairs(NamedTuple):
-    """Unordered item pairs made by one batch; CoVisitation adds each in both directions."""
+    """Item pairs made by one batch; CoVisitation adds ``weight`` to row ``left -> right`` and
+    ``back`` to row ``right -> left``.  ``left`` is the earlier event; for a tied pair (equal
+    ts: one unordered step) ``back == weight``, else ``back == weight * covis_backward``."""
 
     left: list[str]
     right: list[str]
     ts: list[int]
     weight: list[float]
+    back: list[float]
 
 
 Recent = tuple[int, str, float]  # (ts, item, weight)
@@ -313,7 +244,7 @@ class RecentItems:
         by_user: dict[str, list[Recent]] = {}
         for u, it, t, w in zip(users, items, t_list, w_list):
             by_user.setdefault(u, []).append((t, it, w))
-        out = Pairs([], [], [], [])
+        out = Pairs([], [], [], [], [])
         for u, evs in by_user.items():
             evs.sort(key=_ts_key)  # stable: a user's batch events in ts order
             kept = self._ev.get(u)
@@ -335,8 +266,9 @@ class RecentItems:
         p = self.params
         n_max, window = p.recent_n, p.covis_window_ms
         t = group[0][0]
-        left, right, pts, pw = out
+        left, right, pts, pw, pb = out
         sqrt = math.sqrt
+        lam = p.covis_backward
         if not kept or t >= kept[-1][0]:
             # Normal case: walk kept events newest first; ``between`` counts the kept events
             # with ts strictly between the one looked at and t.
@@ -353,19 +285,24 @@ class RecentItems:
                     if t - s > window or between >= n_max:
                         break
                 run += 1
+                f = 1.0 if s == t else lam  # a tied kept event: one unordered step
                 if single is not None:
                     if a != single[1]:
                         left.append(a)
                         right.append(single[1])
                         pts.append(t)
-                        pw.append(sqrt(wa * single[2]))
+                        x = sqrt(wa * single[2])
+                        pw.append(x)
+                        pb.append(x * f)
                     continue
                 for _, b, wb in group:
                     if a != b:
                         left.append(a)
                         right.append(b)
                         pts.append(t)
-                        pw.append(sqrt(wa * wb))
+                        x = sqrt(wa * wb)
+                        pw.append(x)
+                        pb.append(x * f)
         else:
             # Late event: pair with what is kept on either side (approximate, see module doc).
             tl = [e[0] for e in kept]
@@ -374,12 +311,19 @@ class RecentItems:
                 if hi - lo > window or bisect.bisect_left(tl, hi) - bisect.bisect_right(tl, lo) \
                         >= n_max:
                     continue
+                f = 1.0 if s == t else lam
                 for _, b, wb in group:
                     if a != b:
-                        left.append(a)
-                        right.append(b)
-                        pts.append(max(s, t))
-                        pw.append(sqrt(wa * wb))
+                        x = sqrt(wa * wb)
+                        if s <= t:
+                            left.append(a)
+                            right.append(b)
+                        else:
+                            left.append(b)
+                            right.append(a)
+                        pts.append(hi)
+                        pw.append(x)
+                        pb.append(x * f)
         for x in range(len(group) - 1):
             _, b, wb = group[x]
             for y in range(x + 1, len(group)):
@@ -388,7 +332,9 @@ class RecentItems:
                     left.append(b)
                     right.append(c)
                     pts.append(t)
-                    pw.append(sqrt(wb * wc))
+                    x = sqrt(wb * wc)
+                    pw.append(x)
+                    pb.append(x)
         if not kept or t > kept[-1][0]:
             kept.extend(sorted(group) if len(group) > 1 else group)
         else:
@@ -486,7 +432,7 @@ class CoVisitation:
         rows, anchors = self._rows, self._anchor
         inv_h = 1.0 / self.params.covis_half_life_ms
         rebase = _REBASE * self.params.covis_half_life_ms
-        for a, b, t, w in zip(pairs.left, pairs.right, pairs.ts, pairs.weight):
+        for a, b, t, w, wr in zip(pairs.left, pairs.right, pairs.ts, pairs.weight, pairs.back):
             # both directions, unrolled: this loop is the hot path of the signals
             row = rows.get(a)
             if row is None:
@@ -498,18 +444,20 @@ class CoVisitation:
                     self._rebase(a, t)
                     d = 0
                 row[b] = row.get(b, 0.0) + w * 2.0 ** (d * inv_h)
+            if not wr:  # covis_backward 0: no reverse entry (it would hold a row slot at 0)
+                continue
             row = rows.get(b)
             if row is None:
-                rows[b] = {a: w}
+                rows[b] = {a: wr}
                 anchors[b] = t
             else:
                 d = t - anchors[b]
                 if d > rebase:
                     self._rebase(b, t)
                     d = 0
-                row[a] = row.get(a, 0.0) + w * 2.0 ** (d * inv_h)
+                row[a] = row.get(a, 0.0) + wr * 2.0 ** (d * inv_h)
         touched = set(pairs.left)
-        touched.update(pairs.right)
+        touched.update(b for b, wr in zip(pairs.right, pairs.back) if wr)
         cap = self.params.covis_capacity
         # A full row drops to 7/8 of the capacity (weakest out), so pruning runs once per
         # capacity/8 new neighbours instead of on every one; rows never exceed the capacity
@@ -543,7 +491,7 @@ class CoVisitation:
         row = self._rows.get(item)
         if row is None:
             return []
-        f = float(_decay(self._anchor[item], now, self.params.covis_half_life_ms))
+        f = float(decay(self._anchor[item], now, self.params.covis_half_life_ms))
         return [(k, v * f) for k, v in _top(row, self.params.covis_top_m if m is None else m)]
 
     def row(self, item: str) -> tuple[int, dict[str, float]] | None:
@@ -599,10 +547,6 @@ def _top(row: Mapping[str, float], m: int) -> list[tuple[str, float]]:
     if len(row) <= 2 * m:
         return sorted(row.items(), key=_VALUE, reverse=True)[:m]
     return heapq.nlargest(m, row.items(), key=_VALUE)
-
-
-def _rank_key(kv: tuple[str, float]) -> tuple[float, str]:
-    return (-kv[1], kv[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -677,217 +621,6 @@ class Signals:
         return out
 
 
-# --------------------------------------------------------------------------------------------
-class SignalView:
-    """Merged read view over the partials of every source partition.
-
-    Partials are keyed (partition, item): putting one replaces what that partition said about
-    that item before (never adds), so re-published or replayed partials cannot double-count.
-    A popularity put recomputes the item's merged value at once (O(partitions), cheap); a
-    co-visitation item is merged when it is next read.  :meth:`put_local` registers the live
-    :class:`Signals` of a partition this process owns: its co-visitation partials are taken
-    when read (not after every batch), which keeps the per-batch cost of a worker low.
-    """
-
-    def __init__(self, params: SignalParams | None = None) -> None:
-        self.params = params or SignalParams()
-        self._pop_parts: dict[str, dict[int, PopPartial]] = {}
-        self._cov_parts: dict[str, dict[int, CovisPartial]] = {}
-        self._cov_merged: dict[str, tuple[int, list[tuple[str, float]]]] = {}
-        self._cov_stale: set[str] = set()  # items whose merged neighbours must be recomputed
-        self._cov_live: dict[str, dict[int, CoVisitation]] = {}  # item -> partition -> source
-        self._index: dict[str, int] = {}
-        self._names: list[str] = []
-        self._anchor = np.zeros(64, dtype=np.int64)
-        self._short = np.zeros(64, dtype=np.float64)
-        self._long = np.zeros(64, dtype=np.float64)
-        self._count = np.zeros(64, dtype=np.int64)
-        self.version = 0  # bumped by every put: lets callers cache reads
-
-    # -- writes ---------------------------------------------------------------------------
-    def _row(self, item: str) -> int:
-        r = self._index.get(item)
-        if r is None:
-            r = self._index[item] = len(self._names)
-            self._names.append(item)
-            if r >= len(self._anchor):
-                for attr in ("_anchor", "_short", "_long", "_count"):
-                    old = getattr(self, attr)
-                    arr = np.zeros(2 * len(old), dtype=old.dtype)
-                    arr[:len(old)] = old
-                    setattr(self, attr, arr)
-        return r
-
-    def put_pop(self, partition: int, item: str, partial: PopPartial | None) -> None:
-        """Replace ``partition``'s popularity partial of ``item`` (None deletes it)."""
-        parts = self._pop_parts.setdefault(item, {})
-        if partial is None:
-            parts.pop(partition, None)
-        else:
-            a, s, lg, c = partial
-            parts[partition] = (int(a), float(s), float(lg), int(c))
-        r = self._row(item)
-        p = self.params
-        if not parts:
-            self._anchor[r], self._short[r], self._long[r], self._count[r] = 0, 0.0, 0.0, 0
-        else:
-            # Sum in partition order: the merged floats do not depend on arrival order.
-            vs = [parts[k] for k in sorted(parts)]
-            top = max(v[0] for v in vs)
-            hs, hl = p.pop_short_half_life_ms, p.pop_long_half_life_ms
-            self._anchor[r] = top
-            self._short[r] = sum(v[1] * 2.0 ** ((v[0] - top) / hs) for v in vs)
-            self._long[r] = sum(v[2] * 2.0 ** ((v[0] - top) / hl) for v in vs)
-            self._count[r] = sum(v[3] for v in vs)
-        self.version += 1
-
-    def put_covis(self, partition: int, item: str, partial: CovisPartial | None) -> None:
-        """Replace ``partition``'s co-visitation partial of ``item`` (None deletes it)."""
-        parts = self._cov_parts.setdefault(item, {})
-        live = self._cov_live.get(item)
-        if live is not None:
-            live.pop(partition, None)
-        if partial is None:
-            parts.pop(partition, None)
-        else:
-            a, nbs, vals = partial
-            if len(nbs) != len(vals):
-                raise ValueError(f"co-visitation partial of {item!r}: {len(nbs)} neighbours, "
-                                 f"{len(vals)} values")
-            parts[partition] = (int(a), list(nbs), list(map(float, vals)))
-        self._cov_stale.add(item)
-        self.version += 1
-
-    def put_local(self, partition: int, signals: Signals, items: Iterable[str]) -> int:
-        """``partition`` is owned here by ``signals`` and ``items`` changed: their popularity
-        partials are put now, their co-visitation partials are taken from ``signals`` when
-        read.  Returns the number of items."""
-        pop, cov = signals.popularity, signals.covis
-        n = 0
-        for item in items:
-            n += 1
-            pp = pop.partial(item)
-            if pp is not None:
-                self.put_pop(partition, item, pp)
-            self._cov_live.setdefault(item, {})[partition] = cov
-            self._cov_stale.add(item)
-        self.version += 1
-        return n
-
-    def detach(self, partition: int) -> None:
-        """``partition`` left this process: freeze its live co-visitation partials as they are."""
-        for item, live in self._cov_live.items():
-            src = live.pop(partition, None)
-            if src is not None:
-                self.put_covis(partition, item, src.partial(item))
-
-    def _merge_covis(self, item: str) -> tuple[int, list[tuple[str, float]]] | None:
-        self._cov_stale.discard(item)
-        parts = self._cov_parts.setdefault(item, {})
-        live = self._cov_live.get(item)
-        if live:
-            for part, src in live.items():
-                cp = src.partial(item)
-                if cp is None:
-                    parts.pop(part, None)
-                else:
-                    parts[part] = cp
-        if not parts:
-            self._cov_merged.pop(item, None)
-            return None
-        if len(parts) == 1:
-            ((a, nbs, vals),) = parts.values()
-            merged = (a, list(zip(nbs, vals)))
-        else:
-            top = max(v[0] for v in parts.values())
-            h = self.params.covis_half_life_ms
-            acc: dict[str, float] = {}
-            for a, nbs, vals in (parts[k] for k in sorted(parts)):  # arrival order irrelevant
-                f = 2.0 ** ((a - top) / h)
-                for k, v in zip(nbs, vals):
-                    acc[k] = acc.get(k, 0.0) + v * f
-            merged = (top, sorted(acc.items(), key=_rank_key))
-        self._cov_merged[item] = merged
-        return merged
-
-    # -- reads ----------------------------------------------------------------------------
-    def popularity(self, items: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray]:
-        """(short, long) merged popularity of each item decayed to ``now`` (0 when unknown)."""
-        return _read_pop(self._index, self._anchor, self._short, self._long, self.params, items,
-                         now)
-
-    def counts(self, items: Sequence[str]) -> np.ndarray:
-        """Undecayed event counts (int64), 0 when unknown."""
-        index = self._index
-        rows = np.fromiter((index.get(i, -1) for i in items), dtype=np.int64, count=len(items))
-        return np.where(rows >= 0, self._count[np.maximum(rows, 0)], 0)
-
-    def _ranked(self, values: np.ndarray, half_life: float, now: float,
-                k: int) -> list[tuple[str, float]]:
-        n = len(self._names)
-        if n == 0 or k <= 0:
-            return []
-        score = values[:n] * _decay(self._anchor[:n], now, half_life)
-        pos = np.flatnonzero(score > 0)
-        if pos.size > k:
-            # keep every item tied with the k-th score, then order exactly (score desc, id asc)
-            kth = np.partition(score[pos], pos.size - k)[pos.size - k]
-            pos = pos[score[pos] >= kth]
-        names = self._names
-        ranked = sorted(((names[i], float(score[i])) for i in pos.tolist()), key=_rank_key)
-        return ranked[:k]
-
-    def trending(self, now: float, k: int) -> list[tuple[str, float]]:
-        """Top ``k`` items by short-half-life popularity as of ``now`` (score desc, id asc)."""
-        return self._ranked(self._short, self.params.pop_short_half_life_ms, now, k)
-
-    def popular(self, now: float, k: int) -> list[tuple[str, float]]:
-        """Top ``k`` items by long-half-life popularity as of ``now``."""
-        return self._ranked(self._long, self.params.pop_long_half_life_ms, now, k)
-
-    def neighbours(self, item: str, now: float, m: int | None = None) -> list[tuple[str, float]]:
-        """Merged top ``m`` (default covis_top_m) co-visitation neighbours decayed to ``now``."""
-        if item in self._cov_stale or item in self._cov_live:
-            merged = self._merge_covis(item)
-        else:
-            merged = self._cov_merged.get(item)
-        if merged is None:
-            return []
-        a, ranked = merged
-        f = float(_decay(a, now, self.params.covis_half_life_ms))
-        k = self.params.covis_top_m if m is None else m
-        return [(nb, v * f) for nb, v in ranked[:k]]
-
-    def newest_ts(self) -> int | None:
-        """Newest popularity anchor over all partials (the merged view's event time), or None."""
-        live = [self._anchor[self._index[i]] for i, parts in self._pop_parts.items() if parts]
-        return int(max(live)) if live else None
-
-    def items(self) -> list[str]:
-        """Items with any popularity partial."""
-        return list(self._names)
-
-    def partitions(self) -> set[int]:
-        out: set[int] = set()
-        for parts in self._pop_parts.values():
-            out.update(parts)
-        for cparts in self._cov_parts.values():
-            out.update(cparts)
-        for live in self._cov_live.values():
-            out.update(live)
-        return out
-
-    def extend(self, partials: Iterable[tuple[str, int, str, Any]]) -> None:
-        """Put many ``(kind, partition, item, partial)`` with kind "pop" or "covis"."""
-        for kind, part, item, partial in partials:
-            if kind == "pop":
-                self.put_pop(part, item, partial)
-            elif kind == "covis":
-                self.put_covis(part, item, partial)
-            else:
-                raise ValueError(f"unknown partial kind {kind!r} (want 'pop' or 'covis')")
-
-
 def _bench(n_users: int = 10_000, n_items: int = 20_000, batch: int = 500,
            n_batches: int = 200, seed: int = 0) -> tuple[float, float]:
     """(events/s of Signals.apply, events/s of apply + publishing every batch's changed
@@ -919,6 +652,7 @@ def _bench(n_users: int = 10_000, n_items: int = 20_000, batch: int = 500,
             sig.apply(*args)
             if publish:
                 sig.publish(view, 0)
+                view.merge()  # as the worker's batch step does
         out.append(n_batches * batch / (time.perf_counter() - start))
     return out[0], out[1]
 

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from stream.core.hybrid import FEATURES, SOURCES, Candidates, HybridParams, generate
+from stream.core.hybrid import (
+    FEATURES,
+    SOURCES,
+    Candidates,
+    HybridParams,
+    generate,
+    serve_scores,
+)
 from stream.core.profile import UserStats
 from stream.core.ranker import Ranker
 from stream.core.signals import SignalParams, Signals, SignalView
@@ -50,6 +57,9 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "hybrid-trending": (("trending",), ("src_trending",)),
     "hybrid-popularity": ((), ("pop_short", "pop_long", "trend")),
     "hybrid-category": ((), ("category_match",)),
+    "hybrid-sequence": (("sequence",), ("seq_lift", "src_sequence")),
+    # the same ranker without the freshness rule (HybridParams.fresh_every = 0)
+    "hybrid-fresh": ((), ()),
 }
 # (covis window, recency half-life) tried for co-visitation, on validation
 COVIS_GRID: tuple[tuple[int, int], ...] = (
@@ -113,10 +123,12 @@ class GenSettings:
     signal: SignalParams
     hybrid: HybridParams
     vectors: str | None  # which encoder's profiles feed the content source (None: no content)
+    sequence: Any = None  # encoder.sequence.SequenceModel for the sequence source (None: off)
 
 
 def candidates(ev: EvalLog, st: StreamState, collab: Collab, step: Step, r: int,
-               protocol: str, hp: HybridParams, vec_name: str | None) -> Candidates:
+               protocol: str, hp: HybridParams, vec_name: str | None,
+               sequence: Any = None) -> Candidates:
     """``generate`` for query ``r`` of ``step`` (module docstring: the inputs)."""
     u = int(step.users[r])
     user = ev.users[u]
@@ -148,9 +160,18 @@ def candidates(ev: EvalLog, st: StreamState, collab: Collab, step: Step, r: int,
         def similarity(ids: list[str]) -> np.ndarray:
             return sims[[row_of[i] for i in ids]].astype(np.float64)
 
-    return generate(collab.signals.recent.get(user), content, collab.view, collab.newest, hp,
+    recent = collab.signals.recent.get(user)
+    seq_hits: list[tuple[str, float]] = []
+    lifts = None
+    if sequence is not None:  # as the worker: SequenceModel.lifts of the kept recent events
+        lifts = sequence.lifts(collab.signals.recent.get(user, sequence.max_len))
+        if "sequence" in hp.sources and hp.sequence_k:
+            seq_hits = lifts.top(hp.sequence_k, exclude | set(bought) if hp.exclude_purchased
+                                 else exclude)
+    return generate(recent, content, collab.view, collab.newest, hp,
                     exclude=exclude, user_categories=collab.stats.categories(user),
-                    item_category=ev.category_of, bought=bought, similarity=similarity)
+                    item_category=ev.category_of, bought=bought, similarity=similarity,
+                    sequence=seq_hits, sequence_lift=lifts)
 
 
 def _rows_of(ev: EvalLog, ids: Sequence[str] | frozenset[str]) -> list[int]:
@@ -293,7 +314,7 @@ def collect(ev: EvalLog, vis: Visibility, q: Queries, vectors: dict[str, np.ndar
                 targets = q.new[qi] if p == "new" else q.targets[qi]
                 if len(targets) == 0:
                     continue
-                c = candidates(ev, st, collab, step, r, p, gs.hybrid, gs.vectors)
+                c = candidates(ev, st, collab, step, r, p, gs.hybrid, gs.vectors, gs.sequence)
                 tset = {ev.item_ids[t] for t in targets.tolist()}
                 y_all = np.fromiter((it in tset for it in c.items), dtype=np.int8,
                                     count=len(c))
@@ -336,7 +357,8 @@ class HybridScorer:
         key = (int(step.idx[0]), p)
         if self._key != key:
             self._cands = [candidates(st.ev, st, self.collab, step, r, p, self.gs.hybrid,
-                                      self.gs.vectors) for r in range(len(step.idx))]
+                                      self.gs.vectors, self.gs.sequence)
+                           for r in range(len(step.idx))]
             self._key = key
         return self._cands
 
@@ -344,9 +366,15 @@ class HybridScorer:
         def score(st: StreamState, step: Step, p: str) -> np.ndarray:
             ranker = self.rankers[(p, name)]
             out = np.empty((len(step.idx), st.ev.n_items))
+            hp = self.gs.hybrid if name != "hybrid-fresh" else replace(self.gs.hybrid,
+                                                                          fresh_every=0)
             for r, c in enumerate(self.candidates(st, step, p)):
                 mask, cols = _variant(c, name)
                 vals = ranker.predict(c.features[mask][:, cols]) if mask.any() else np.zeros(0)
+                if mask.any():  # the freshness rule, as the worker serves
+                    sub = Candidates([it for it, m in zip(c.items, mask) if m], c.features[mask],
+                                     c.sources[mask])
+                    vals = serve_scores(sub, vals, hp)
                 out[r] = _scores(st.ev, c, vals, mask)
             return out
 
@@ -427,6 +455,9 @@ def _scorer(ctx: Any) -> HybridScorer:
         ctx.state_hooks.append(lambda state: state.listeners.append(collab))
         vec = "finetuned" if "finetuned" in ctx.vectors else (
             "untuned" if "untuned" in ctx.vectors else None)
+        fresh = getattr(ctx.config, "fresh_every", None)
+        if fresh is not None:
+            hp = replace(hp, fresh_every=int(fresh))
         ctx.shared["scorer"] = HybridScorer(collab, GenSettings(sp, hp, vec))
     scorer: HybridScorer = ctx.shared["scorer"]
     return scorer
@@ -445,9 +476,16 @@ def build_covis(ctx: Any) -> tuple[Method | None, dict]:
 def build_hybrid(ctx: Any) -> tuple[Method | None, dict]:
     scorer = _scorer(ctx)
     gs = scorer.gs
+    model = _sasrec_model(ctx)[0] if getattr(ctx.config, "hybrid_sequence", True) else None
+    if model is not None:  # the sequence source: the run's SASRec (the baseline's own model)
+        from encoder.sequence import SequenceModel
+
+        gs.sequence = SequenceModel(model, ctx.ev.item_ids[: ctx.ev.n_items])
     wanted = ctx.config.ablations if ctx.name == "main" else ctx.config.cold_ablations
     ablations = [a for a in ABLATIONS if a in wanted]
-    variants = {"new": ["hybrid", *ablations], "all": ["hybrid"]}
+    # hybrid-fresh is the hybrid's own ranker without the freshness rule: nothing to collect
+    variants = {"new": ["hybrid", *(a for a in ablations if a != "hybrid-fresh")],
+                "all": ["hybrid"]}
     val = sample_queries(ctx.val, ctx.config.hybrid_val_queries, ctx.config.seed,
                          keep=_hidden_target(ctx))
     cs = collect(ctx.ev, ctx.vis, val, ctx.vectors, ctx.params, gs, variants)
@@ -459,6 +497,8 @@ def build_hybrid(ctx: Any) -> tuple[Method | None, dict]:
     rankers, info = fit_hybrid(cs, ctx.config.seed, ctx.config.memo.get("ranker_choice"),
                                ctx.say)
     ctx.config.memo["ranker_choice"] = (info["chosen"]["kind"], info["chosen"]["setting"])
+    if "hybrid-fresh" in ablations:
+        rankers[("new", "hybrid-fresh")] = rankers[("new", "hybrid")]
     scorer.rankers.update(rankers)
     ctx.shared.setdefault("extra_methods", []).extend(
         scorer.method(v, ("new",)) for v in ablations if ("new", v) in rankers)
@@ -481,11 +521,47 @@ def _plain(obj: Any) -> dict:
 # ------------------------------------------------------------------------------ SASRec
 
 def build_sasrec(ctx: Any) -> tuple[Method | None, dict]:
+    model, info = _sasrec_model(ctx)
+    if model is None:
+        return None, info
+
+    def score(st: StreamState, step: Step, p: str) -> np.ndarray:
+        hs = [h[st.ev.is_item[h]] for h in step.history]
+        out: np.ndarray = model.score([st.ev.row[h] for h in hs],
+                                      [st.ev.ts[h] for h in hs]).astype(np.float64)
+        return out
+
+    return Method("sasrec", score), info
+
+
+def _sasrec_model(ctx: Any) -> tuple[Any, dict]:
+    """The run's SASRec (trained once per run, shared by the baseline and the hybrid's
+    sequence source): (model or None, tuning info)."""
+    if "sasrec" not in ctx.shared:
+        ctx.shared["sasrec"] = _fit_sasrec(ctx)
+    out: tuple[Any, dict] = ctx.shared["sasrec"]
+    return out
+
+
+def _fit_sasrec(ctx: Any) -> tuple[Any, dict]:
+    cfg = getattr(ctx.config, "sasrec", None)
+    budget = getattr(ctx.config, "sasrec_seconds", None)
+    if budget is not None:  # the cold run gets half: it only has to be as good on fewer cases
+        budget = float(budget) * (1.0 if ctx.name == "main" else 0.5)
+    return fit_sequence(ctx.ev, ctx.vis, ctx.val, ctx.config.seed, budget, cfg,
+                        int(getattr(ctx.config, "sasrec_val_cases", 3000)), ctx.say)
+
+
+def fit_sequence(ev: EvalLog, vis: Visibility, val: Queries, seed: int,
+                 max_seconds: float | None, cfg: Any = None, val_cases: int = 3000,
+                 say: Callable[[str], None] = lambda s: None) -> tuple[Any, dict]:
+    """SASRec on the training part (each user's trainable item events, ties as tie groups),
+    early-stopped on at most ``val_cases`` sampled validation cases (new items, history
+    excluded): (model, its training record), or (None, why) without torch."""
     try:
-        from stream.eval import sasrec
+        from encoder import sasrec
     except ImportError as exc:  # torch missing
-        return None, {"left_out": f"cannot import stream.eval.sasrec: {exc}"}
-    ev, vis = ctx.ev, ctx.vis
+        return None, {"left_out": f"cannot import encoder.sasrec: {exc}"}
     seqs, ties = [], []
     for u in range(len(ev.users)):
         pos = ev.by_user[u]
@@ -494,39 +570,26 @@ def build_sasrec(ctx: Any) -> tuple[Method | None, dict]:
         ties.append(ev.ts[pos])
     from stream.eval.baselines import histories
 
-    hist = histories(ev, vis, ctx.val)
+    hist = histories(ev, vis, val)
     cases = []
     for i, h in enumerate(hist):
         h = h[ev.is_item[h]]
-        for t in ctx.val.new[i].tolist():
+        for t in val.new[i].tolist():
             cases.append((ev.row[h], t, ev.ts[h]))
     # lr 2e-3: validates as well as 1e-3 (mean of two seeds 0.2629 vs 0.2630 on MovieLens) and
     # peaks at epoch ~28 instead of ~39, so early stopping ends inside the time budget: a
-    # baseline cut short by the budget would be a weak one (stream/eval/sasrec.py, README)
-    cfg = getattr(ctx.config, "sasrec", None) or sasrec.SasrecConfig(seed=ctx.config.seed,
-                                                                     lr=2e-3)
-    budget = getattr(ctx.config, "sasrec_seconds", None)
-    if budget is not None:  # the cold run gets half: it only has to be as good on fewer cases
-        cfg = replace(cfg, max_seconds=float(budget) * (1.0 if ctx.name == "main" else 0.5))
-    rng = np.random.default_rng(ctx.config.seed)
-    if len(cases) > cfg_val_cases(ctx):
-        pick = np.sort(rng.choice(len(cases), cfg_val_cases(ctx), replace=False))
+    # baseline cut short by the budget would be a weak one (encoder/sasrec.py, README)
+    cfg = cfg or sasrec.SasrecConfig(seed=seed, lr=2e-3)
+    if max_seconds is not None:
+        cfg = replace(cfg, max_seconds=float(max_seconds))
+    rng = np.random.default_rng(seed)
+    if len(cases) > val_cases:
+        pick = np.sort(rng.choice(len(cases), val_cases, replace=False))
         cases = [cases[i] for i in pick.tolist()]
     model = sasrec.fit_sasrec(seqs, cases, ev.n_items, cfg, tie_groups=ties)
-    ctx.say(f"sasrec: best epoch {model.best_epoch}, val Recall@20 {model.best_val_recall}, "
-            f"{model.train_seconds:.0f}s ({model.stopped})")
-
-    def score(st: StreamState, step: Step, p: str) -> np.ndarray:
-        hs = [h[st.ev.is_item[h]] for h in step.history]
-        out: np.ndarray = model.score([st.ev.row[h] for h in hs],
-                                      [st.ev.ts[h] for h in hs]).astype(np.float64)
-        return out
-
-    return Method("sasrec", score), {**model.describe(), "val_cases": len(cases)}
-
-
-def cfg_val_cases(ctx: Any) -> int:
-    return int(getattr(ctx.config, "sasrec_val_cases", 3000))
+    say(f"sasrec: best epoch {model.best_epoch}, val Recall@20 {model.best_val_recall}, "
+        f"{model.train_seconds:.0f}s ({model.stopped})")
+    return model, {**model.describe(), "val_cases": len(cases)}
 
 
 # ------------------------------------------------------------------- serving == evaluation
@@ -558,6 +621,7 @@ def ranked_lists(ev: EvalLog, vectors: dict[str, np.ndarray], params: Any, gs: G
     for r, user in enumerate(users):
         if uidx[r] < 0:
             continue
-        c = candidates(ev, st, collab, step, r, "new", gs.hybrid, gs.vectors)
-        out[user] = rank(c, ranker.score(c.features, FEATURES), k) if len(c) else []
+        c = candidates(ev, st, collab, step, r, "new", gs.hybrid, gs.vectors, gs.sequence)
+        out[user] = rank(c, serve_scores(c, ranker.score(c.features, FEATURES), gs.hybrid),
+                         k) if len(c) else []
     return out

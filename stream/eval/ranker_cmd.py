@@ -28,7 +28,7 @@ from stream.core.profile import ProfileParams
 from stream.core.ranker import Ranker, default_ranker
 from stream.core.signals import SignalParams
 from stream.eval.data import TEST, VAL, EvalLog, SplitParams, Visibility, build_log, make_queries
-from stream.eval.hybrid_eval import GenSettings, collect, sample_queries, tune_covis
+from stream.eval.hybrid_eval import GenSettings, collect, fit_sequence, sample_queries, tune_covis
 from stream.eval.rankers import CandidateSet, choose_ranker, logloss_auc, query_recall
 
 
@@ -69,7 +69,21 @@ def run_train(args: Any, params: ProfileParams) -> int:
         vis = Visibility.full(ev)
         val = make_queries(ev, vis, {"val": ev.part == VAL})
         sp, hp, curve = tune_covis(ev, vis, val, params, seed=args.seed, say=say)
-        gs = GenSettings(sp, hp, next(iter(vectors)))
+        sequence: Any = None
+        seq_info: dict[str, Any] = {}
+        if args.sequence_seconds > 0:  # the sequence source: SASRec on the training part
+            from encoder.sequence import SequenceModel
+
+            model, seq_info = fit_sequence(ev, vis, val, args.seed, args.sequence_seconds,
+                                           say=say)
+            if model is not None:
+                sequence = SequenceModel(model, ev.item_ids[: ev.n_items], meta={
+                    "best_epoch": model.best_epoch,
+                    "best_val_recall@20": model.best_val_recall,
+                    "trained_on": {"events": str(args.events), "fingerprint": ev.fingerprint,
+                                   "part": "training part of the per-user time split"},
+                    "training": seq_info})
+        gs = GenSettings(sp, hp, next(iter(vectors)), sequence)
         q = sample_queries(val, args.max_queries, args.seed)
         cs = collect(ev, vis, q, vectors, params, gs, {"new": ["hybrid"]})[("new", "hybrid")]
         say(f"validation candidates: {len(cs.y)} rows, {int(cs.y.sum())} positives, "
@@ -90,6 +104,9 @@ def run_train(args: Any, params: ProfileParams) -> int:
                  "chosen": {"kind": choice.kind, "setting": choice.setting}},
         signals=_plain(sp), hybrid=_plain(hp), covis_validation=curve,
         profile={"half_life_ms": params.half_life_ms, "event_weights": dict(params.weights)},
+        sequence=None if sequence is None else {"best_epoch": seq_info.get("best_epoch"),
+                                                 "files": ["sequence.json", "sequence.npz"]},
+        attach=None if sequence is None else sequence.save_into,
         seconds=round(time.monotonic() - t0, 1))
     print(f"ranker: {args.out} ({meta['kind']}, {len(meta['features'])} features); chosen "
           f"{choice.kind} {choice.setting} by validation Recall@20 "
@@ -124,6 +141,11 @@ def run_eval(args: Any, params: ProfileParams) -> int:
     say = _say(args.json)
     ranker = Ranker.load(args.ranker)
     sp, hp = _settings_from(ranker.meta)
+    sequence = None
+    if ranker.meta.get("sequence"):
+        from encoder.sequence import SequenceModel
+
+        sequence = SequenceModel.load(args.ranker)
     with single_threaded():
         ev, vectors, _ = _load(args)
         trained = (ranker.meta.get("trained_on") or {}).get("fingerprint")
@@ -132,7 +154,7 @@ def run_eval(args: Any, params: ProfileParams) -> int:
                   "may overlap these test queries", file=sys.stderr)
         vis = Visibility.full(ev)
         test = make_queries(ev, vis, {"test": ev.part == TEST})
-        gs = GenSettings(sp, hp, next(iter(vectors)))
+        gs = GenSettings(sp, hp, next(iter(vectors)), sequence)
         cs = collect(ev, vis, test, vectors, params, gs, {"new": ["hybrid"]})[("new", "hybrid")]
         say(f"test candidates: {len(cs.y)} rows, {int(cs.y.sum())} positives")
     out: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """Optional: RecBole 1.2.1's SASRec trained on exactly our training events, early-stopped by our
-validation metric, scored through the interface of ``stream.eval.sasrec.SasrecModel``.
+validation metric, scored through the interface of ``encoder.sasrec.SasrecModel``.
 
 RecBole is not a dependency of the project (it pins ``ray``, ``thop`` and old ``colorlog`` /
 ``colorama``, and 1.2.1 predates numpy 2 and torch 2.6): install it by hand, without its
@@ -22,7 +22,7 @@ Data: RecBole's "benchmark" files, built by us: one training row per training it
 has a history, ``(user, history, target)`` with the history = the user's training events in
 earlier tie groups (``ts`` before the target's: equal timestamps are one unordered step), its
 last ``max_len``; the validation rows are our validation cases.  Early stopping uses our metric
-(mean expected Recall@20, history excluded: ``stream.eval.sasrec.expected_recall``) through an
+(mean expected Recall@20, history excluded: ``encoder.sasrec.expected_recall``) through an
 override of RecBole's ``Trainer._valid_epoch``, not RecBole's own (which excludes nothing).
 An empty history scores every item 0 (RecBole's SASRec has no empty-sequence representation);
 an item absent from every file scores the lowest float32 (it cannot be learnt).
@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from encoder.sasrec import SasrecConfig, _group_ranks, _rows, expected_recall
 from stream.core.errors import ConfigError, DataError
-from stream.eval.sasrec import SasrecConfig, _group_ranks, _rows, expected_recall
 
 
 class _NullWriter:

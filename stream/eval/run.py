@@ -53,9 +53,13 @@ class EvalConfig:
     # extra per-run method builders: name -> builder(ctx) -> (Method | None, tuning info)
     extra: dict[str, Callable[[RunContext], tuple[Method | None, dict]]] = field(
         default_factory=dict)
-    sasrec: Any = None  # stream.eval.sasrec.SasrecConfig (None: its defaults)
+    sasrec: Any = None  # encoder.sasrec.SasrecConfig (None: its defaults)
     sasrec_val_cases: int = 3000  # validation cases for SASRec's early stopping (sampled)
     sasrec_seconds: float | None = 360.0  # SASRec training budget (main run; cold run: half)
+    fresh_every: int | None = None  # the hybrid's freshness rule (None: HybridParams default)
+    # the hybrid's sequence source (the run's SASRec): off for tests of invariances a learnt
+    # model cannot have (its initialisation follows catalogue rows)
+    hybrid_sequence: bool = True
     tune_queries: int = 1500  # validation queries (sampled) for the co-visitation settings
     hybrid_val_queries: int | None = 6000  # validation queries (sampled) the ranker learns from
     # hybrid ablations (stream.eval.hybrid_eval.ABLATIONS) of the main and of the cold run
@@ -373,7 +377,9 @@ def run_cli(args: Any, params: ProfileParams) -> int:
     methods = ORDER if not args.methods else tuple(m.strip() for m in args.methods.split(","))
     config = EvalConfig(n_boot=args.bootstrap, seed=args.seed, methods=methods,
                         cold=None if args.no_cold else ColdParams(seed=args.seed),
-                        sasrec_seconds=getattr(args, "sasrec_seconds", 360.0))
+                        sasrec_seconds=getattr(args, "sasrec_seconds", 360.0),
+                        fresh_every=getattr(args, "fresh_every", None),
+                        hybrid_sequence=not getattr(args, "no_sequence", False))
     if getattr(args, "ablation", False):
         from stream.eval.hybrid_eval import ABLATIONS
 

@@ -2,12 +2,12 @@
 
 Popularity and co-visitation are item-level facts, but the stream is partitioned by user: each
 worker holds the :class:`~stream.core.signals.Signals` of the partitions it owns.  Every worker
-serves from one merged :class:`~stream.core.signals.SignalView`, filled two ways:
+serves from one merged :class:`~stream.core.signal_view.SignalView`, filled two ways:
 
 - **its own partitions, at once**: after each batch the items it changed are put into the local
-  view (``SignalView.put_local``: popularity at once, co-visitation read from the live
-  partition state when next read), so a single worker serves its own fresh state without a
-  round trip; and they are queued for publishing;
+  view (``SignalView.put_local``: popularity partials written at once, co-visitation read from
+  the live partition state when an item is next read after its put), so a single worker serves
+  its own fresh state without a round trip; and they are queued for publishing;
 - **everybody's partitions, through Kafka**: the queued partials are published on a timer
   (``PROFILES_SIGNALS_PUBLISH_MS``) and on revocation to a compacted topic, keyed
   ``<partition>:<item>``, which every worker follows (``stream.kafka.signals_feed``) into
@@ -27,7 +27,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import orjson
 
-from stream.core.signals import CovisPartial, PopPartial, SignalParams, Signals, SignalView
+from stream.core.signal_params import CovisPartial, PopPartial, SignalParams
+from stream.core.signal_view import SignalView
+from stream.core.signals import Signals
 from stream.worker.metrics import Metrics
 from stream.worker.records import Record
 
@@ -107,6 +109,11 @@ class SharedSignals:
         if publish and items:
             self.pending.setdefault(partition, set()).update(items)
         return len(items)
+
+    def merge(self) -> None:
+        """After the batch step's :meth:`local` calls: merge what they put (vectorised, once
+        per batch), so the next request does not pay it."""
+        self.view.merge()
 
     def loaded(self, partition: int, signals: Signals, publish: bool = True) -> None:
         """A partition was loaded: put and queue every partial it holds."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from encoder.fake import HashingEncoder
-from stream.core.signals import SignalView
+from stream.core.signal_view import SignalView
 from stream.data.generate import generate
 from stream.settings import Settings
 from stream.worker.sharing import decode_partial, encode_partial
@@ -66,27 +66,28 @@ def scripted_log() -> tuple[list[dict], list[dict], list[dict], dict]:
     return ds.items, log, parked, {"late_items": late_items, "forgotten": forgotten_users}
 
 
-def applied_events(log: list[dict], batch: int = BATCH) -> list[dict]:
+def applied_events(log: list[dict]) -> list[dict]:
     """What the worker applies, in the order it applies it, by the documented rules: the
-    first delivery of an event id; a batch's forgets first, and a forget wins over every event
-    of its user at or before its ts, whatever the arrival order (README, "Privacy")."""
+    first delivery of an event id; a forget erases what came before it in the log, and its
+    tombstone (the newer of its ts and the newest ts it erased) makes every later event of its
+    user at or before that time ``forgotten``, however the log is batched (README, "Privacy")."""
     seen: set[str] = set()
     tomb: dict[str, int] = {}
+    newest: dict[str, int] = {}  # per user, the newest ts applied since their last forget
     out = []
-    for b in range(0, len(log), batch):
-        chunk = log[b:b + batch]
-        for e in chunk:
-            if e["type"] == "forget" and e["event_id"] not in seen:
-                seen.add(e["event_id"])
-                tomb[e["user_id"]] = max(e["ts"], tomb.get(e["user_id"], e["ts"]))
-                out.append(e)
-        for e in chunk:
-            if e["event_id"] in seen:
-                continue
-            seen.add(e["event_id"])
-            if e["user_id"] in tomb and e["ts"] <= tomb[e["user_id"]]:
-                continue
-            out.append(e)
+    for e in log:
+        if e["event_id"] in seen:
+            continue
+        seen.add(e["event_id"])
+        u = e["user_id"]
+        if e["type"] == "forget":
+            t = max(e["ts"], newest.pop(u, e["ts"]))
+            tomb[u] = max(t, tomb.get(u, t))
+        elif u in tomb and e["ts"] <= tomb[u]:
+            continue
+        else:
+            newest[u] = max(e["ts"], newest.get(u, e["ts"]))
+        out.append(e)
     return out
 
 

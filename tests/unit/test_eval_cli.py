@@ -49,7 +49,8 @@ def test_eval_json_shape_and_plot(log, tmp_path: Path, capsys: pytest.CaptureFix
     assert d["mean"] == pytest.approx(new["hybrid"]["recall@20"] - new["popularity"]["recall@20"],
                                       abs=2e-6)
     assert set(out["ablation"]) == {"hybrid-content", "hybrid-covis", "hybrid-trending",
-                                    "hybrid-popularity", "hybrid-category"}
+                                    "hybrid-popularity", "hybrid-category", "hybrid-sequence",
+                                    "hybrid-fresh"}
     assert "hybrid - hybrid-covis" in out["differences"]
     assert out["cold"] == {}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -63,10 +63,16 @@ def test_ranker_train_and_eval_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     ep, ip = write(tmp_path / "log", items, events)
     out = tmp_path / "ranker"
     assert main(["ranker", "train", "--events", str(ep), "--items", str(ip), "--out", str(out),
-                 "--encoder", "hashing"]) == 0
+                 "--encoder", "hashing", "--sequence-seconds", "5"]) == 0
     assert "ranker:" in capsys.readouterr().out
     r = Ranker.load(out)
     assert r.features == FEATURES
+    # the sequence source's model travels in the same directory, loadable without pickle
+    from encoder.sequence import SequenceModel
+
+    seq = SequenceModel.load(out)
+    assert len(seq.item_ids) == 60 and r.meta["sequence"]["files"] == ["sequence.json",
+                                                                       "sequence.npz"]
     meta = json.loads((out / "ranker.json").read_text())
     assert meta["trained_on"]["part"].startswith("validation")
     assert {x["kind"] for x in meta["metrics"]["validation"]} == {"linear", "trees"}

@@ -49,7 +49,7 @@ def test_no_history_gets_trending_only() -> None:
     v = view_with(EVENTS)
     c = generate([], [], v, T0 + HOUR, HybridParams(trending_k=2))
     assert c.items == ["t1", "t2"]  # the two most popular of the last day
-    assert c.by_source() == {"content": 0, "covis": 0, "trending": 2, "buy_again": 0}
+    assert c.by_source() == {"content": 0, "covis": 0, "trending": 2, "buy_again": 0, "sequence": 0}
     assert c.features.shape == (2, len(FEATURES)) and c.features.dtype == np.float64
     assert col(c, "src_trending") == {"t1": 1.0, "t2": 1.0}
     # Excluded items are skipped and the pool is refilled from further down.
@@ -172,3 +172,39 @@ def test_user_context_features_since_last_and_history_len() -> None:
     assert set(col(c, "since_last").values()) == {0.0} == set(col(c, "history_len").values())
     c = generate(recent, [], v, T0, HybridParams(trending_k=2))
     assert set(col(c, "since_last").values()) == {0.0}
+
+
+def _fresh_cands(scores_fresh: list[tuple[str, float, bool]]) -> tuple[Candidates, np.ndarray]:
+    items = [it for it, _, _ in scores_fresh]
+    x = np.zeros((len(items), len(FEATURES)))
+    x[:, FEATURES.index("fresh")] = [1.0 if f else 0.0 for _, _, f in scores_fresh]
+    return Candidates(items, x, np.zeros(len(items), np.uint8)), \
+        np.array([s for _, s, _ in scores_fresh])
+
+
+def test_fresh_items_get_every_eth_slot_and_never_lose_their_own_rank() -> None:
+    from stream.core.hybrid import serve_scores
+
+    warm = [(f"w{k:02d}", 1.0 - k / 100, False) for k in range(30)]
+    fresh = [("f1", 0.001, True), ("f2", 0.002, True), ("f3", 0.5, True)]
+    c, s = _fresh_cands(warm + fresh)
+    off = serve_scores(c, s, HybridParams(fresh_every=0))
+    assert off.tolist() == s.tolist()  # fresh_every 0: the ranker's order
+    got = [it for it, _ in rank(c, serve_scores(c, s, HybridParams(fresh_every=10)), 33)]
+    # f3 naturally at position 51 -> lifted to 10; then f2 (0.002 > 0.001) at 20, f1 at 30
+    assert got.index("f3") == 9 and got.index("f2") == 19 and got.index("f1") == 29
+    assert [it for it in got if it.startswith("w")] == [it for it, _, _ in warm]  # kept order
+    # a fresh item already ranked high keeps its place (never demoted)
+    c2, s2 = _fresh_cands([("f0", 2.0, True), *warm])
+    assert rank(c2, serve_scores(c2, s2, HybridParams(fresh_every=10)), 1)[0][0] == "f0"
+    # ties: the fresh item goes before the whole tie group it must precede
+    tied = [(f"t{k}", 0.5, False) for k in range(12)]
+    c3, s3 = _fresh_cands([*tied, ("f", 0.1, True)])
+    assert rank(c3, serve_scores(c3, s3, HybridParams(fresh_every=10)), 13)[0][0] == "f"
+
+
+def test_fresh_feature_marks_items_nobody_touched() -> None:
+    v = view_with(EVENTS)
+    c = generate([(T0, "a", 1.0)], [("new1", 0.9), ("b", 0.8)], v, T0 + HOUR,
+                 HybridParams(trending_k=0))
+    assert col(c, "fresh") == {"new1": 1.0, "b": 0.0, "c": 0.0}  # c: a covis neighbour of a

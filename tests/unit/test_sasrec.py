@@ -1,4 +1,4 @@
-"""The SASRec baseline (stream.eval.sasrec): it learns a deterministic next-item pattern, is
+"""The SASRec baseline (encoder.sasrec): it learns a deterministic next-item pattern, is
 deterministic with a seed, keeps the best validation epoch, handles long and empty histories,
 and treats equal-timestamp groups as sets."""
 
@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.core.errors import ConfigError, DataError
-from stream.eval.sasrec import (
+from encoder.sasrec import (
     SasrecConfig,
     _group_ranks,
     _windows,
     expected_recall,
     fit_sasrec,
 )
+from stream.core.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.unit
 

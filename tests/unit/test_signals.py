@@ -7,6 +7,7 @@ import io
 import math
 import zlib
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -41,7 +42,8 @@ def oracle_pop(events: list[Event], p: SignalParams, now: int) -> dict[str, tupl
 
 def oracle_covis(events: list[Event], p: SignalParams, now: int) -> dict[str, dict[str, float]]:
     """Every unordered pair of one user's events within the window and with fewer than
-    recent_n of the user's events strictly between them; both directions."""
+    recent_n of the user's events strictly between them: earlier -> later at full weight,
+    later -> earlier at covis_backward times it (full weight for equal ts)."""
     by_user: dict[str, list[tuple[int, str, float]]] = defaultdict(list)
     for u, it, t, w in events:
         by_user[u].append((t, it, w))
@@ -58,7 +60,9 @@ def oracle_covis(events: list[Event], p: SignalParams, now: int) -> dict[str, di
                     continue
                 v = math.sqrt(w1 * w2) * 2.0 ** ((t2 - now) / p.covis_half_life_ms)
                 out[a][b] = out[a].get(b, 0.0) + v
-                out[b][a] = out[b].get(a, 0.0) + v
+                back = v if t1 == t2 else v * p.covis_backward
+                if back:
+                    out[b][a] = out[b].get(a, 0.0) + back
     return out
 
 
@@ -128,18 +132,22 @@ def logs(draw: st.DrawFn) -> tuple[list[Event], list[int]]:
     return events, cuts
 
 
+@pytest.mark.parametrize("backward", [1.0, 0.5, 0.0])
 @settings(derandomize=True, deadline=None, max_examples=150)
 @given(logs())
-def test_incremental_equals_oracle_for_any_batching(log: tuple[list[Event], list[int]]) -> None:
+def test_incremental_equals_oracle_for_any_batching(backward: float,
+                                                    log: tuple[list[Event], list[int]]) -> None:
     events, cuts = log
-    s = run(events, P_SMALL, cuts)
+    p = replace(P_SMALL, covis_backward=backward)  # 1: symmetric; < 1: directed
+    s = run(events, p, cuts)
     now = max(e[2] for e in events) + 2 * H
-    want = oracle_pop(events, P_SMALL, now)
+    want = oracle_pop(events, p, now)
     short, long = s.popularity.get(list(want), now)
     for k, it in enumerate(want):
         assert short[k] == pytest.approx(want[it][0], rel=1e-9)
         assert long[k] == pytest.approx(want[it][1], rel=1e-9)
-    assert_rows_close(covis_now(s.covis, P_SMALL, now), oracle_covis(events, P_SMALL, now))
+    got = covis_now(s.covis, p, now)
+    assert_rows_close({k: v for k, v in got.items() if v}, oracle_covis(events, p, now))
 
 
 def _canonical(s: Signals, now: int) -> tuple[object, ...]:
@@ -424,6 +432,16 @@ def test_params_validated() -> None:
     assert SignalParams(recent_n=5).recent_cap == 20
     with pytest.raises(ValueError):
         Signals().apply(["u"], ["a"], [T0], [float("nan")])
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="covis_backward"):
+            SignalParams(covis_backward=bad)
+    from stream.core.errors import ConfigError
+    from stream.settings import Settings
+
+    assert Settings.from_env({"PROFILES_SIGNALS_COVIS_BACKWARD": "0.5"}).signal_params() \
+        .covis_backward == 0.5
+    with pytest.raises(ConfigError, match="signals_covis_backward"):
+        Settings.from_env({"PROFILES_SIGNALS_COVIS_BACKWARD": "2"})
 
 
 def test_components_usable_alone() -> None:
@@ -471,7 +489,8 @@ def test_view_reads_local_partitions_live_and_detach_freezes_them() -> None:
         v.put_covis(1, it, other.covis.partial(it))
     assert v.partitions() == {0, 1}
     assert dict(v.neighbours("a", T0 + 1)) == pytest.approx({"b": 1.0, "c": math.sqrt(2.0)})
-    s.apply(["u"], ["c"], [T0 + 2], ["purchase"])  # not published yet: read live anyway
+    s.apply(["u"], ["c"], [T0 + 2], ["purchase"])
+    s.publish(v, 0)  # the batch step's put_local: the live row is read at the next read
     got = dict(v.neighbours("a", T0 + 2))
     assert got["c"] == pytest.approx(math.sqrt(2.0) + math.sqrt(8.0))
     v.detach(0)  # partition 0 moved away: what it said last stays until republished
@@ -488,5 +507,6 @@ def test_late_event_pairs_with_what_is_kept() -> None:
     pairs = r.apply(["u"], ["x"], [T0 + 15], [1.0])  # late: between b and c
     got = sorted(zip(pairs.left, pairs.right, pairs.ts, pairs.weight))
     # every kept event with < 2 events strictly between it and the late one, at max(ts)
-    assert got == [("a", "x", T0 + 15, 1.0), ("b", "x", T0 + 15, 1.0), ("c", "x", T0 + 20, 2.0)]
+    # the earlier event is on the left (x is before c)
+    assert got == [("a", "x", T0 + 15, 1.0), ("b", "x", T0 + 15, 1.0), ("x", "c", T0 + 20, 2.0)]
     assert [e[1] for e in r.get("u")] == ["x", "c"]
