@@ -23,7 +23,7 @@ from stream.core.events import Limits
 from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, DEFAULT_WEIGHTS, format_weights
 from stream.core.hybrid import HybridParams
 from stream.core.policies import parse_policy
-from stream.core.profile import ProfileParams
+from stream.core.profile import DEFAULT_TTL_RANK, ProfileParams
 from stream.core.signals import SignalParams
 
 ENV_PREFIX = "PROFILES_"
@@ -91,6 +91,9 @@ class Settings:
         default=0.0, metadata={"help": "half-life of bandit counts in event time (ms); 0 = no discounting"})
     bandit_context: str = field(default="", metadata={"help": "per-context arms: '' (none) or 'position'"})
     bandit_top_arms: int = field(default=20, metadata={"help": "arms exported as per-arm metrics (top by impressions)"})
+    bandit_max_arms: int = field(default=100_000, metadata={
+        "help": "most arms counted per partition (and per-position table); events of new arms "
+                "beyond it are not counted (profiles_bandit_arms_dropped_total)"})
     decisions_topic: str = field(default="", metadata={"help": "log served rankings to this topic ('' = off)"})
     seed: int = field(default=42, metadata={"help": "seed of every random generator"})
     batch_size: int = field(default=500, metadata={"help": "max events per micro-batch"})
@@ -100,26 +103,53 @@ class Settings:
     encoder_kind: str = field(default="transformer", metadata={"help": "transformer, or hashing (tests only)"})
     encoder_batch: int = field(default=128, metadata={"help": "max texts per encoder batch"})
     encoder_max_wait_s: float = field(default=0.01, metadata={"help": "max seconds a text waits for an encoder batch"})
+    encoder_cache_bytes: int = field(default=64 * 1024 * 1024, metadata={
+        "help": "bytes of query vectors (with their texts) kept in the LRU query cache (0: none)"})
     http_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
     http_port: int = field(default=8080, metadata={"help": "HTTP port (API + /metrics)"})
     min_ts: int = field(default=0, metadata={"help": "reject events with ts (epoch ms) below this"})
-    max_future_ms: int = field(default=86_400_000, metadata={"help": "reject ts beyond Kafka time + this"})
+    max_future_ms: int = field(default=86_400_000, metadata={
+        "help": "reject ts (ts_in_future) beyond the earlier of the Kafka timestamp and the "
+                "worker's clock + this (a record without a Kafka timestamp: the clock + this)"})
     max_text_len: int = field(default=1024, metadata={"help": "max characters of a query or title"})
     max_message_bytes: int = field(default=65536, metadata={"help": "max bytes of one event message"})
+    max_id_bytes: int = field(default=256, metadata={
+        "help": "max UTF-8 bytes of user_id, event_id, item_id and arm (longer: DLQ oversized)"})
     park_timeout_s: float = field(default=60.0, metadata={"help": "seconds an event waits for its item"})
     max_parked: int = field(default=100_000, metadata={"help": "max parked events per worker"})
-    dedupe_window: int = field(default=1_000_000, metadata={"help": "event ids remembered per partition"})
+    parked_max_bytes: int = field(default=134_217_728, metadata={
+        "help": "max bytes of parked events per worker, each 2 x its message + 320 (over: the "
+                "oldest go to the DLQ, park_overflow)"})
+    dedupe_window: int = field(default=1_000_000, metadata={
+        "help": "(user, event id) pairs remembered per partition (a 16-byte digest each)"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
     fetch_max_wait_ms: int = field(default=50, metadata={"help": "longest a Fetch waits for new data"})
     fetch_max_bytes: int = field(default=1_048_576, metadata={
         "help": "most bytes one Fetch returns: bounds the records a lagging worker holds in memory"})
+    max_request_bytes: int = field(default=1_048_576, metadata={
+        "help": "most bytes of one record the worker produces (producer max_request_size); a "
+                "bigger dead letter is stored truncated"})
+    batch_attempts: int = field(default=3, metadata={
+        "help": "tries of a failing batch before it is bisected, and of a record alone before "
+                "it goes to the DLQ (processing_error)"})
+    retry_backoff_s: float = field(default=0.1, metadata={
+        "help": "first wait before a failed batch is retried (doubles each try)"})
+    retry_max_backoff_s: float = field(default=10.0, metadata={
+        "help": "longest wait between retries (a DLQ or encoder outage retries at this pace)"})
     # -- privacy and protection (README, "Privacy and failure") ------------------
     id_secret: Secret = field(default=Secret(""), metadata={
         "help": "HMAC-SHA256 key: user ids are pseudonymised at ingest (empty: raw ids are stored)"})
+    id_cache_bytes: int = field(default=32 << 20, metadata={
+        "help": "bytes of the LRU cache of pseudonyms (id size + 180 per entry; 0: no cache)"})
     api_token: Secret = field(default=Secret(""), metadata={
-        "help": "bearer token required by the HTTP API except /metrics and /healthz (empty: open)"})
+        "help": "bearer token required by the HTTP API except /metrics, /healthz and /readyz (empty: open, which the worker allows on a loopback PROFILES_HTTP_HOST only)"})
+    allow_open_api: bool = field(default=False, metadata={
+        "help": "serve the API without a token on a non-loopback http_host (else the worker refuses)"})
     profile_ttl_ms: int = field(default=0, metadata={
-        "help": "drop profiles idle this long in event time vs the newest event (0: keep)"})
+        "help": "drop profiles idle this long in event time vs the partition's watermark (0: keep)"})
+    ttl_watermark_rank: int = field(default=DEFAULT_TTL_RANK, metadata={
+        "help": "the TTL's watermark is the partition's Nth largest event time applied: fewer "
+                "than N future-dated events cannot move it"})
     rate_limit_events: int = field(default=0, metadata={
         "help": "max events per user per rate window of event time (0: no cap)"})
     rate_limit_window_ms: int = field(default=60_000, metadata={"help": "the rate window (event time, ms)"})
@@ -150,6 +180,9 @@ class Settings:
         "help": "two items of a user are co-visited when at most this far apart (ms)"})
     signals_covis_half_life_ms: float = field(default=float(SignalParams.covis_half_life_ms), metadata={
         "help": "half-life of co-visitation weights, event time (ms)"})
+    signals_covis_backward: float = field(default=float(SignalParams.covis_backward), metadata={
+        "help": "weight of a co-visited pair in the backward direction (1 symmetric, < 1 favours "
+                "what comes next; equal-ts pairs stay symmetric)"})
     signals_covis_top_m: int = field(default=SignalParams.covis_top_m, metadata={
         "help": "co-visitation neighbours published and served per item"})
     signals_covis_capacity: int = field(default=SignalParams.covis_capacity, metadata={
@@ -169,7 +202,8 @@ class Settings:
     def limits(self) -> Limits:
         """Validation bounds of events and items."""
         return Limits(min_ts=self.min_ts, max_future_ms=self.max_future_ms,
-                      max_text_len=self.max_text_len, max_bytes=self.max_message_bytes)
+                      max_text_len=self.max_text_len, max_bytes=self.max_message_bytes,
+                      max_id_bytes=self.max_id_bytes)
 
     def profile_params(self) -> ProfileParams:
         """Half-life and event weights of the profile vectors."""
@@ -180,7 +214,7 @@ class Settings:
         return BanditParams(prior_alpha=self.prior_alpha, prior_beta=self.prior_beta,
                             reward_weights=self.reward_weight_map(),
                             half_life_ms=self.bandit_half_life_ms or None,
-                            context=self.bandit_context)
+                            context=self.bandit_context, max_arms=self.bandit_max_arms)
 
     def signal_params(self) -> SignalParams:
         """Half-lives, window and bounds of the collaborative signals; event weights are the
@@ -190,7 +224,7 @@ class Settings:
             pop_long_half_life_ms=self.signals_pop_long_half_life_ms,
             recent_n=self.signals_recent_n, covis_window_ms=self.signals_covis_window_ms,
             covis_half_life_ms=self.signals_covis_half_life_ms,
-            covis_top_m=self.signals_covis_top_m, covis_capacity=self.signals_covis_capacity,
+            covis_backward=self.signals_covis_backward, covis_top_m=self.signals_covis_top_m, covis_capacity=self.signals_covis_capacity,
             weights=self.event_weight_map())
 
     def hybrid_params(self, **tuned: Any) -> HybridParams:
@@ -220,14 +254,15 @@ class Settings:
                 object.__setattr__(self, f.name, Secret(getattr(self, f.name) or ""))
         problems = []
         for name in ("half_life_ms", "snapshot_interval_s", "snapshot_budget", "batch_max_wait_s",
-                     "park_timeout_s", "session_timeout_s"):
+                     "park_timeout_s", "session_timeout_s", "retry_backoff_s",
+                     "retry_max_backoff_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be > 0, got {value}")
         if self.snapshot_budget > 1:
             problems.append(f"snapshot_budget is a share of time, at most 1, got {self.snapshot_budget}")
         for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes",
-                     "fetch_max_bytes"):
+                     "fetch_max_bytes", "max_id_bytes", "parked_max_bytes", "batch_attempts"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.bandit_half_life_ms) and self.bandit_half_life_ms >= 0):
@@ -236,6 +271,16 @@ class Settings:
             problems.append(f"bandit_context must be '' or 'position', got {self.bandit_context!r}")
         if self.bandit_top_arms < 0:
             problems.append(f"bandit_top_arms must be >= 0, got {self.bandit_top_arms}")
+        if self.bandit_max_arms < 1:
+            problems.append(f"bandit_max_arms must be >= 1, got {self.bandit_max_arms}")
+        if self.encoder_cache_bytes < 0:
+            problems.append(f"encoder_cache_bytes must be >= 0 (0: no cache), got "
+                            f"{self.encoder_cache_bytes}")
+        if isinstance(self.allow_open_api, str):  # a CLI flag arrives as text
+            flag = _flag(self.allow_open_api)
+            if flag is None:
+                problems.append(f"allow_open_api must be true or false, got {self.allow_open_api!r}")
+            object.__setattr__(self, "allow_open_api", bool(flag))
         try:
             parse_policy(self.bandit_policy)
         except ValueError as exc:
@@ -252,9 +297,15 @@ class Settings:
         if self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             problems.append(f"sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, "
                             f"got {self.sasl_mechanism!r}")
+        if self.id_cache_bytes < 0:
+            problems.append(f"id_cache_bytes must be >= 0 (0 = no cache), got {self.id_cache_bytes}")
         for name in ("profile_ttl_ms", "rate_limit_events"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.ttl_watermark_rank < 1:
+            problems.append(f"ttl_watermark_rank must be >= 1, got {self.ttl_watermark_rank}")
+        if self.max_future_ms < 0:
+            problems.append(f"max_future_ms must be >= 0, got {self.max_future_ms}")
         if self.rate_limit_window_ms < 1:
             problems.append(f"rate_limit_window_ms must be >= 1, got {self.rate_limit_window_ms}")
         for name in ("signals_publish_ms", "signals_recent_n", "signals_covis_top_m",
@@ -266,6 +317,10 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be > 0, got {value}")
+        if not (math.isfinite(self.signals_covis_backward)
+                and 0 <= self.signals_covis_backward <= 1):
+            problems.append(f"signals_covis_backward must be in [0, 1], got "
+                            f"{self.signals_covis_backward}")
         if self.signals_covis_capacity < self.signals_covis_top_m:
             problems.append(f"signals_covis_capacity ({self.signals_covis_capacity}) must be >= "
                             f"signals_covis_top_m ({self.signals_covis_top_m})")
@@ -322,13 +377,23 @@ class Settings:
         return {**os.environ, **self.to_env(), **(extra or {})}
 
 
+def _flag(text: str) -> bool | None:
+    """A boolean setting's text: true/false (1/0, yes/no, on/off, empty); None otherwise."""
+    v = text.strip().lower()
+    return True if v in ("1", "true", "yes", "on") else (
+        False if v in ("", "0", "false", "no", "off") else None)
+
+
 def _convert(f: dataclasses.Field, raw: str) -> Any:
     kind = type(f.default)
     if kind is Secret:
         return Secret(raw)
     try:
         if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            flag = _flag(raw)
+            if flag is None:
+                raise ValueError(raw)
+            return flag
         if kind is int:
             return int(raw)
         if kind is float:

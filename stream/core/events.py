@@ -108,7 +108,7 @@ class Limits:
     min_ts: int = 0
     max_future_ms: int = 86_400_000
     max_text_len: int = 1024
-    max_id_len: int = 256
+    max_id_bytes: int = 256  # UTF-8 bytes of an id: ids become state and index keys
     max_bytes: int = 65536
 
 
@@ -127,9 +127,14 @@ def _id(v: Any, name: str, limits: Limits, allow_int: bool) -> str | Reject:
     if t is str:
         if not v:
             return Reject("bad_field", f"field '{name}' must be a non-empty string")
-        if len(v) > limits.max_id_len:
-            return Reject("oversized", f"field '{name}' longer than {limits.max_id_len} chars")
         s: str = v  # `t is str` above; a typed name, no extra call on this hot path
+        # bytes, not characters: 256 emoji are 1 KB.  A char is at most 4 UTF-8 bytes, so
+        # short ids (the hot path) skip the encoding.
+        if len(s) * 4 > limits.max_id_bytes:
+            n = len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+            if n > limits.max_id_bytes:
+                return Reject("oversized", f"field '{name}' is {n} bytes, more than "
+                                           f"{limits.max_id_bytes} (PROFILES_MAX_ID_BYTES)")
         return s
     # `type(...) is int` rather than isinstance: bool is an int subclass and must be refused.
     if allow_int and t is int:

@@ -15,7 +15,10 @@ so a new arm starts from the configured prior (cold start) — into
 
 Configs are frozen dataclasses validated on construction (:class:`PolicyConfigError`, a
 ``ConfigError`` and a ``ValueError``, with a message naming the field).  Every random draw comes
-from a generator the caller passes in (``seeded_rng``), so a (seed, user) pair always gets the same ranking.
+from a generator the caller passes in.  The logged propensities are those of a *fresh* draw:
+a server must pass a generator that moves on between requests (the worker keeps one, seeded
+from ``PROFILES_SEED``), never one re-seeded per user, which would serve the same "random"
+ranking every time while the log claims the policy's spread (biasing off-policy estimates).
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ from stream.core.eventtypes import CONVERSION_TYPES, DEFAULT_WEIGHTS
 
 __all__ = [
     "DEFAULT_HALF_LIFE_MS",
+    "DEFAULT_TTL_RANK",
     "DEFAULT_WEIGHTS",  # re-exported from stream.core.eventtypes
+    "EventTimeWatermark",
     "ProfileParams",
     "ProfileTable",
     "UserStats",
@@ -271,6 +273,51 @@ class ProfileTable:
         table._index = {u: i for i, u in enumerate(users)}
         table._next = n
         return table
+
+
+#: events that must share a time before the TTL watermark reaches it (PROFILES_TTL_WATERMARK_RANK)
+DEFAULT_TTL_RANK = 10
+
+
+class EventTimeWatermark:
+    """The event time a partition's TTL is measured against: the ``rank``-th largest event time
+    applied (None until ``rank`` events were), so no single event, nor fewer than ``rank`` of
+    them, can move it: one event dated a day (or, in a historic log, decades) ahead of the rest
+    expires nobody.  It depends only on the multiset of times applied, not on their order or
+    batching, so a replay reaches the same watermark as the live stream did.  Holds ``rank``
+    integers (a min-heap of the largest times seen) and no user ids.
+    """
+
+    __slots__ = ("_top", "rank")
+
+    def __init__(self, rank: int = DEFAULT_TTL_RANK, times: Sequence[int] = ()) -> None:
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.rank = int(rank)
+        self._top: list[int] = []
+        self.observe(times)
+
+    def observe(self, times: Sequence[int] | np.ndarray) -> None:
+        """Fold in the times of applied events."""
+        top, rank = self._top, self.rank
+        for t in (times.tolist() if isinstance(times, np.ndarray) else times):
+            t = int(t)
+            if len(top) < rank:
+                heapq.heappush(top, t)
+            elif t > top[0]:
+                heapq.heapreplace(top, t)
+
+    def value(self) -> int | None:
+        """The ``rank``-th largest time applied, or None while fewer were."""
+        return self._top[0] if len(self._top) >= self.rank else None
+
+    def state(self) -> list[int]:
+        return sorted(self._top)
+
+    @classmethod
+    def from_state(cls, times: Sequence[int] | None, rank: int) -> EventTimeWatermark:
+        """Rebuild from :meth:`state` (a different ``rank`` keeps the largest that fit)."""
+        return cls(rank, [int(t) for t in times or ()])
 
 
 class UserStats:

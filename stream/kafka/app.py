@@ -96,6 +96,8 @@ def faust_app(s: Settings, app_id: str, **extra: Any) -> faust.App:
         stream_buffer_maxsize=max(4096, 4 * s.batch_size),
         consumer_max_fetch_size=s.fetch_max_bytes,
         producer_linger=0.005,
+        # a dead letter over this is stored truncated (stream.worker.deadletter.truncate)
+        producer_max_request_size=s.max_request_bytes,
         producer_acks=-1,
         loghandlers=[],
         broker_credentials=faust_credentials(s),
@@ -166,7 +168,12 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
     def events_partitions(tps: Iterable[TP]) -> list[int]:
         return sorted(tp.partition for tp in tps if is_events(tp))
 
+    # the consumer generation whose assignment was revoked last: until a new one arrives,
+    # ``consumer.assignment()`` still names the revoked partitions
+    revoked_generation: list[int | None] = [None]
+
     async def on_revoked(_app: Any, revoked: Iterable[TP], **kw: Any) -> None:
+        revoked_generation[0] = app.consumer_generation_id
         parts = events_partitions(revoked)
         if parts:
             await pipeline.revoke(parts)
@@ -179,12 +186,23 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         await pipeline.assign(sorted(mine))
 
     def install_seek() -> None:
-        """After faust seeks to committed offsets, move to where each snapshot ends."""
+        """After faust seeks to committed offsets, move to where each snapshot ends.
+
+        faust's recovery seeks concurrently with the ``on_partitions_assigned`` signal, whose
+        ``pipeline.assign`` may wait for the lock (the snapshot timer holds it while it writes
+        the catalogue): a seek that covered only the partitions already loaded left the others
+        at the committed offset, ahead of their snapshots.  So the seek loads the assignment's
+        partitions itself first (under the same lock; ``assign`` skips what is loaded), unless
+        the assignment was revoked and no new one has arrived yet."""
         consumer = app.consumer
         original = consumer.perform_seek
 
         async def perform_seek() -> None:
             await original()
+            if app.consumer_generation_id != revoked_generation[0]:
+                mine = events_partitions(consumer.assignment())
+                if mine:
+                    await pipeline.assign(mine)
             for tp in consumer.assignment():
                 st = pipeline.profiles.get(tp.partition) if is_events(tp) else None
                 if st is not None:
@@ -195,9 +213,22 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
     @app.agent(io.events_topic, name="apply-events", concurrency=1)
     async def apply_events(stream: Any) -> None:
         await pipeline.catalog.caught_up.wait()
-        async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
-            # faust's message timestamps are in seconds
-            await pipeline.process([from_message(e.message, 1000.0) for e in batch])
+        try:
+            async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
+                # faust's message timestamps are in seconds
+                await pipeline.process([from_message(e.message, 1000.0) for e in batch])
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # process() retries, bisects and waits out outages itself; what still escapes
+            # (a broken state) must not be "handled" by faust restarting the agent: it would
+            # go on after the batch in flight and skip it.  Stop the worker instead: it
+            # restarts from its snapshots (ProfilesAgentCrashed alerts).
+            pipeline.metrics.agent_crashes.inc()
+            log.critical("events agent crashed (%s: %s): stopping the worker, which resumes "
+                         "from its snapshots", type(exc).__name__, exc)
+            await app.crash(exc)
+            raise
 
     # Before the worker starts: the first assignment's seek (a restart with snapshots) must
     # already go to the snapshots' offsets.  Installed from an app task instead, it came after
@@ -211,7 +242,8 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         pipeline.load_catalog()
         await on_start()
         loop = asyncio.get_running_loop()
-        loop.create_task(follow_catalog(s, pipeline.catalog, pipeline.encoder_service))
+        loop.create_task(follow_catalog(s, pipeline.catalog, pipeline.encoder_service,
+                                       pipeline.metrics))
         loop.create_task(follow_signals(s, pipeline.sharing))
 
     @app.timer(s.signals_publish_ms / 1000.0)

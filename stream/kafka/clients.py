@@ -30,8 +30,8 @@ from typing import Any
 from stream.core.errors import BrokerError
 from stream.settings import Settings
 
-__all__ = ["CLIENT_KINDS", "Acks", "AsyncTopicProducer", "Publisher", "build", "client_config",
-           "create_topics", "faust_credentials", "security_config"]
+__all__ = ["CLIENT_KINDS", "DLQ_TOPIC_CONFIG", "Acks", "AsyncTopicProducer", "Publisher", "build",
+           "client_config", "create_topics", "faust_credentials", "security_config"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,11 @@ def faust_credentials(s: Settings) -> Any:
 
 
 # ---------------------------------------------------------------------------- topics
+#: the dead-letter topic is compacted, so a forget's tombstones erase its records (and deleted
+#: by retention like any topic); create_topics asks for it whenever it creates ``dlq_topic``
+DLQ_TOPIC_CONFIG: Mapping[str, str] = {"cleanup.policy": "compact,delete"}
+
+
 class _TopicError(BrokerError):
     """The broker answered but refused to create a topic: retrying will not help."""
 
@@ -124,7 +129,9 @@ def create_topics(s: Settings, topics: Mapping[str, int], replication: int = 1,
                   configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
     """Create missing topics with the given partition counts (and topic ``configs``, e.g.
     ``{"cleanup.policy": "compact"}``); wait for the broker up to ``timeout_s``.  Existing
-    topics are left alone (their partition count and configs are not changed)."""
+    topics are left alone (their partition count and configs are not changed).  The settings'
+    ``dlq_topic`` always gets :data:`DLQ_TOPIC_CONFIG` (over any config given for it), so no
+    caller can create a dead-letter topic that erasure cannot compact."""
     for name, parts in topics.items():
         if not name or isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
             raise ValueError(f"topic {name!r}: partitions must be an integer >= 1, got {parts!r}")
@@ -132,6 +139,9 @@ def create_topics(s: Settings, topics: Mapping[str, int], replication: int = 1,
         raise ValueError(f"replication must be >= 1, got {replication!r}")
     if not topics:
         return
+    if s.dlq_topic in topics:
+        configs = {**(configs or {}),
+                   s.dlq_topic: {**(configs or {}).get(s.dlq_topic, {}), **DLQ_TOPIC_CONFIG}}
 
     from kafka.errors import TopicAlreadyExistsError
 

@@ -11,13 +11,24 @@ layer's producer, started on first use).  Record::
      "shown": [{"arm": "i7", "position": 0, "propensity": 0.412, "score": 0.83}, ...]}
 
 ``propensity`` is P(the policy puts this arm at this position | the same pool, similarities
-and posteriors).  UCB1 is deterministic (1.0); epsilon-greedy has a closed form; Thompson
+and posteriors).  It describes what was served only because the served ranking is itself a
+fresh draw (``Queries.rng``: one generator per worker, seeded from ``PROFILES_SEED``, moving on
+with every request); a generator seeded by (seed, user) would serve one fixed ranking per user
+while these propensities claim the policy's spread.  UCB1 is deterministic (1.0); epsilon-greedy has a closed form; Thompson
 sampling has none, so it is estimated from ``samples`` (>= 1,000) re-samples drawn from a
 generator seeded by (seed, user, decision_id), plus the served draw itself:
 ``p = (1 + hits) / (1 + samples)``.  Standard error ``sqrt(p (1 - p) / samples)`` — at most
 0.016 at 1,000 re-samples, 0.0095 for p = 0.1 — and an upward bias of at most
 ``1 / (1 + samples)`` from counting the served draw (which also keeps p > 0).  The unit tests
 check the estimate against a numerical integral for the top position.
+
+Erasure: a record carries the id the state uses (the pseudonym with ``PROFILES_ID_SECRET``,
+the raw id without) as its key and ``user_id``.  A ``forget`` does not reach this topic, by
+design: it is an append-only log kept for off-policy evaluation, so it must not be compacted
+(compaction keeps one record per key: one decision per user), and a tombstone on a
+delete-policy topic erases nothing.  Decision records are erased by the topic's retention
+(``retention.ms``; Kafka's default is 7 days): set it no longer than the erasure deadline you
+promise.  The worker keeps no list of a user's decisions (one per request: unbounded).
 """
 
 from __future__ import annotations

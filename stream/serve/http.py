@@ -4,29 +4,93 @@ User ids in URLs are raw ids; with ``PROFILES_ID_SECRET`` set the queries pseudo
 exactly as at ingest.  With ``PROFILES_API_TOKEN`` set every route except ``/metrics``,
 ``/healthz`` and ``/readyz`` needs ``Authorization: Bearer <token>``.  A request for a user
 owned by another worker is forwarded to it once (``stream.serve.routing``).
+
+Exposure: :func:`check_exposure` refuses a non-loopback ``PROFILES_HTTP_HOST`` without a token
+unless ``PROFILES_ALLOW_OPEN_API`` says so.  Logs name a request by its route pattern
+(``/users/{id}/profile``), never by its path, which holds the raw user id.  The peers' routes
+``/internal/*`` check their JSON bodies (types, the vector's dimension, ``k`` in 1..MAX_K,
+list lengths): 400 with one line otherwise.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
+import traceback
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream.core.errors import QueryError
-from stream.serve.queries import Queries, parse_k
-from stream.serve.routing import FORWARDED, Router
+from stream.core.errors import BadRequest, ConfigError, QueryError
+from stream.serve.queries import MAX_K, Queries, parse_k
+from stream.serve.routing import FORWARDED, Router, route_name
+from stream.settings import Settings
 
-__all__ = ["OPEN_PATHS", "Api"]
+__all__ = ["MAX_INTERNAL_ARMS", "OPEN_PATHS", "Api", "check_exposure", "is_loopback"]
+
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset(("/metrics", "/healthz", "/readyz"))
+#: most arms one /internal/arms request may ask for (a candidate pool is far smaller)
+MAX_INTERNAL_ARMS = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def is_loopback(host: str) -> bool:
+    """True when binding ``host`` serves this machine only: ``localhost`` or a loopback IP
+    (``127.0.0.0/8``, ``::1``).  Any other name may resolve to a public address."""
+    h = host.strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(s: Settings) -> None:
+    """Refuse to serve the API beyond loopback with no token (ConfigError, one line), unless
+    ``allow_open_api`` opts in."""
+    if is_loopback(s.http_host) or s.api_token.reveal() or s.allow_open_api:
+        return
+    raise ConfigError(
+        f"refusing to serve the HTTP API on {s.http_host or '(all interfaces)'!r} without a "
+        f"token: set PROFILES_API_TOKEN, bind a loopback PROFILES_HTTP_HOST, or set "
+        f"PROFILES_ALLOW_OPEN_API=true to serve it open")
+
+
+def _int_in(body: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    v = body.get(name)
+    if type(v) is not int or not lo <= v <= hi:
+        raise BadRequest(f"{name} must be an integer in {lo}..{hi}")
+    return v
+
+
+def _strings(body: dict[str, Any], name: str, most: int, default: list[str] | None = None
+             ) -> list[str]:
+    v = body.get(name, default)
+    if not isinstance(v, list) or len(v) > most or not all(isinstance(x, str) for x in v):
+        raise BadRequest(f"{name} must be a list of at most {most} strings")
+    return v
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
+        raise BadRequest("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
 
 
 class Api:
@@ -37,6 +101,11 @@ class Api:
         self.q = queries
         self.token = token
         self.router = router
+
+    def runner(self) -> web.AppRunner:
+        """The runner the worker serves :meth:`app` with: no access log (it prints paths, which
+        hold raw user ids)."""
+        return web.AppRunner(self.app(), access_log=None)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth, self._route])
@@ -62,12 +131,22 @@ class Api:
             return await handler(request)
         except QueryError as exc:
             return _error(exc.status, str(exc))
+        except web.HTTPException:
+            raise  # aiohttp's own 404 / 405: their bodies echo nothing
+        except Exception as exc:
+            # Named by route pattern and exception type only: the path and the message can
+            # hold the raw user id.
+            log.error("%s %s failed: %s\n%s", request.method, route_name(request),
+                      type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)))
+            return _error(500, "internal error")
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token and request.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            # Header bytes that are not UTF-8 arrive as surrogates: surrogateescape gives the
+            # bytes back, so any value compares (and fails) instead of raising.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
                 return _error(401, "missing or wrong bearer token")
         return await handler(request)
 
@@ -127,11 +206,27 @@ class Api:
         return web.json_response(self.q.top_arms(parse_k(request.query.get("k"), 20)))
 
     async def internal_search(self, request: web.Request) -> web.Response:
-        """This worker's share of a scatter-gather look-alike search."""
-        body = await request.json()
-        return web.json_response(self.q.local_search(body["vector"], int(body["k"]),
-                                                     body.get("exclude", [])))
+        """This worker's share of a scatter-gather look-alike search:
+        ``{"vector": [dim floats], "k": 1..MAX_K, "exclude": [at most MAX_K ids]}``."""
+        body = await _json_object(request)
+        vector = body.get("vector")
+        dim = self.q.p.dim
+        vec = None
+        if (isinstance(vector, list) and len(vector) == dim
+                and all(type(x) in (int, float) for x in vector)):
+            try:
+                with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+                    vec = np.asarray(vector, dtype=np.float64).astype(np.float32)
+            except OverflowError:  # an integer beyond float64
+                vec = None
+        if vec is None or not np.isfinite(vec).all():
+            raise BadRequest(f"vector must be a list of {dim} finite (float32) numbers")
+        k = _int_in(body, "k", 1, MAX_K)
+        exclude = _strings(body, "exclude", MAX_K, default=[])
+        return web.json_response(self.q.local_search(vec.tolist(), k, exclude))
 
     async def internal_arms(self, request: web.Request) -> web.Response:
-        """This worker's partial counts for some arms (the posterior is the sum of partials)."""
-        return web.json_response(self.q.local_arm_state((await request.json())["arms"]))
+        """This worker's partial counts for some arms (the posterior is the sum of partials):
+        ``{"arms": [at most MAX_INTERNAL_ARMS names]}``."""
+        arms = _strings(await _json_object(request), "arms", MAX_INTERNAL_ARMS)
+        return web.json_response(self.q.local_arm_state(arms))

@@ -23,7 +23,15 @@ import orjson
 
 from stream.core.bandit import ArmStats, context_arm, seeded_rng
 from stream.core.errors import BadRequest, NotFound, StateError, Unavailable
-from stream.core.hybrid import FEATURES, SOURCES, Candidates, HybridParams, generate, rank
+from stream.core.hybrid import (
+    FEATURES,
+    SOURCES,
+    Candidates,
+    HybridParams,
+    generate,
+    rank,
+    serve_scores,
+)
 from stream.core.policies import Policy, parse_policy
 from stream.core.ranker import Ranker, default_ranker
 from stream.serve.decisions import DecisionLogger, decision_record
@@ -74,14 +82,23 @@ class Queries:
 
     def __init__(self, pipeline: Pipeline, *, peers: Peers | None = None,
                  decisions: DecisionLogger | None = None, publish: EventPublisher | None = None,
-                 ready: Callable[[], bool] | None = None, ranker: Ranker | None = None) -> None:
+                 ready: Callable[[], bool] | None = None, ranker: Ranker | None = None,
+                 sequence: Any = None, rng: np.random.Generator | None = None) -> None:
         self.p = pipeline
         self.s = pipeline.s
+        # The bandit re-rank draws fresh randomness for every request from this generator
+        # (seeded from PROFILES_SEED and this worker's URL; tests inject their own), so a
+        # served ranking is a genuine draw of the distribution whose propensities are logged.
+        self.rng = rng if rng is not None else seeded_rng(self.s.seed, "serve",
+                                                          self.s.public_url())
         self.peers = peers
         self.decisions = decisions
         self.publish = publish
         self.ready: Callable[[], bool] = ready if ready is not None else pipeline.ready
         self.ranker = ranker if ranker is not None else load_ranker(self.s.ranker_dir)
+        # the sequence source's model (encoder.sequence.SequenceModel, from the ranker's
+        # directory; None: no sequence source): built by the composition root
+        self.sequence = sequence
         # pool sizes and sources chosen with the ranker (its directory's "hybrid" entry)
         try:
             self.hybrid: HybridParams = self.s.hybrid_params(
@@ -100,7 +117,7 @@ class Queries:
         st = self.p.profiles.owner(user)
         stats = st.users.get(user) if st is not None else None
         if st is None or stats is None:
-            raise NotFound(f"unknown user {user!r}")
+            raise NotFound("unknown user")  # no id: echoing the pseudonym is a hashing oracle
         body = dict(stats)
         body["user_id"] = user
         body["partition"] = st.partition
@@ -135,12 +152,20 @@ class Queries:
             sims[missing] = 0.0
             return sims
 
+        seq_hits: list[tuple[str, float]] = []
+        lifts = None
+        if self.sequence is not None:  # as profiles eval: the kept recent events, canonical order
+            lifts = self.sequence.lifts(
+                st.signals.recent.get(user, self.sequence.max_len) if st is not None else [])
+            if "sequence" in hp.sources and hp.sequence_k:
+                seq_hits = lifts.top(hp.sequence_k, set(bought) if hp.exclude_purchased else ())
         return generate(
             st.signals.recent.get(user) if st is not None else [], content,
             self.p.sharing.view, self.p.sharing.newest_ts, hp, bought=bought,
             user_categories=st.users.categories(user) if st is not None else None,
             item_category=self.p.catalog.category,
-            similarity=similarity if vec is not None else None)
+            similarity=similarity if vec is not None else None,
+            sequence=seq_hits, sequence_lift=lifts)
 
     async def candidates(self, raw_id: str, k: int, auth: str | None = None) -> dict[str, Any]:
         """Items for the user: hybrid candidates scored by the CTR ranker, the best
@@ -153,15 +178,15 @@ class Queries:
         stats = await self.global_arms(cands.items, auth)
         alpha, beta = stats.posteriors(cands.items)
         cands.features[:, _BANDIT_MEAN] = alpha / (alpha + beta)
-        scores = self.ranker.score(cands.features)
+        scores = serve_scores(cands, self.ranker.score(cands.features), self.hybrid)
         pool = rank(cands, scores, max(4 * k, 50))  # the ranker's order: score, then item id
         at = {it: i for i, it in enumerate(cands.items)}
         rows = [at[it] for it, _ in pool]
         arms = [it for it, _ in pool]
         sims = np.array([s for _, s in pool], dtype=np.float64)
         w = self.s.explore_weight
-        order = policy.rank(alpha[rows], beta[rows], seeded_rng(self.s.seed, user),
-                            similarity=sims, explore_weight=w)
+        order = policy.rank(alpha[rows], beta[rows], self.rng, similarity=sims,
+                            explore_weight=w)
         decision = None
         if self.decisions is not None:  # decision logging with per-shown-arm propensities
             decision = decision_record(policy, user, arms, alpha[rows], beta[rows], sims, w,
@@ -198,7 +223,7 @@ class Queries:
         user = self.user_id(raw_id)
         vec = self.p.profiles.vector(user)
         if vec is None:
-            raise NotFound(f"unknown user {user!r}")
+            raise NotFound("unknown user")  # no id: echoing the pseudonym is a hashing oracle
         # include_self lets tests check that a profile is its own nearest neighbour
         exclude = None if include_self else {user}
         hits = self.p.profiles.search(vec, k, exclude)
@@ -244,11 +269,16 @@ class Queries:
         if context is None:
             stats = await self.global_arms([arm], auth)
             key = arm
-        else:
+        else:  # this worker's per-position tables plus every peer's (local_arm_state)
             key = context_arm(arm, context)
-            stats = ArmStats.merged([st.arms.contextual for st in self.p.profiles.partitions()
-                                     if st.arms.contextual is not None],
-                                    replace(bp, context=""), arms=[key])
+            cbp = replace(bp, context="")
+            parts = [st.arms.contextual for st in self.p.profiles.partitions()
+                     if st.arms.contextual is not None]
+            if self.peers is not None:
+                parts += [ArmStats.from_state(peer["contextual"], cbp)
+                          for peer in await self.peers.gather_arms([key], auth)
+                          if peer.get("contextual") is not None]
+            stats = ArmStats.merged(parts, cbp, arms=[key])
         imp, rew = stats.counts(key)
         if key not in stats or (imp == 0 and rew == 0 and not stats.discounted):
             raise NotFound(f"unknown arm {arm!r}" + (f" in context {context!r}" if context else ""))
@@ -284,10 +314,23 @@ class Queries:
         return {"hits": [{"user_id": u, "score": sc} for u, sc in hits]}
 
     def local_arm_state(self, arms: Sequence[str]) -> dict[str, Any]:
-        """This worker's partial counts for some arms, as JSON (a peer sums them)."""
-        state = self.local_arms([str(a) for a in arms]).state()
+        """This worker's partial counts for some arms, as JSON (a peer sums them); with
+        per-context arms, ``contextual`` holds the names found in the per-position tables
+        (``/arms/{arm}?context=N`` asks for ``context_arm(arm, N)``)."""
+        names = [str(a) for a in arms]
+        state = self.local_arms(names).state()
         state.pop("contextual", None)
-        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state.items()}
+        tables = [st.arms.contextual for st in self.p.profiles.partitions()
+                  if st.arms.contextual is not None]
+        ctx = ArmStats.merged(tables, replace(self.p.bp, context=""), arms=names)
+        if len(ctx):
+            state["contextual"] = ctx.state()
+
+        def plain(d: dict[str, Any]) -> dict[str, Any]:
+            return {k: plain(v) if isinstance(v, dict) else
+                    v.tolist() if isinstance(v, np.ndarray) else v for k, v in d.items()}
+
+        return plain(state)
 
     # ------------------------------------------------------------------ the worker
     def stats(self) -> dict[str, Any]:
@@ -295,6 +338,7 @@ class Queries:
         s.update(users_index=self.p.profiles.indexed(), items_index=len(self.p.catalog.index),
                  partitions={p: st.next_offset for p, st in self.p.profiles.states.items()},
                  ready=self.ready(), ranker=self.ranker.describe(),
+                 sequence=None if self.sequence is None else self.sequence.describe(),
                  signals={"published": self.p.sharing.published,
                           "received": self.p.sharing.received,
                           "pending": self.p.sharing.pending_count(),

@@ -17,11 +17,19 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
-__all__ = ["FORWARDED", "Membership", "Router"]
+__all__ = ["FORWARDED", "Membership", "Router", "route_name"]
 
 log = logging.getLogger(__name__)
 
 FORWARDED = "X-Profiles-Forwarded"
+
+
+def route_name(request: web.Request) -> str:
+    """The request's route pattern (``/users/{id}/profile``) for logs: its path holds the raw
+    user id, which must never be logged."""
+    info = request.match_info
+    resource = info.route.resource if info.route is not None else None
+    return resource.canonical if resource is not None else "(no route)"
 
 
 class Membership(Protocol):
@@ -64,7 +72,9 @@ class Router:
                 return web.Response(body=body, status=r.status,
                                     content_type=r.content_type or "application/json")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("forwarding %s to %s failed: %s", request.path, url, exc)
+            # the exception's type only: a client error's message can quote the URL (raw id)
+            log.warning("forwarding %s to %s failed: %s", route_name(request), url,
+                        type(exc).__name__)
             return web.json_response({"error": f"owner {url} unreachable"}, status=503)
 
     async def _gather(self, path: str, payload: dict[str, Any], auth: str | None,

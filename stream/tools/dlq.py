@@ -12,11 +12,19 @@ passes so that a replay cannot chase its own tail: pass one only scans and notes
 partition's end; pass two re-publishes records below those ends.  Records that are rejected
 again while the replay runs land in the DLQ beyond the noted ends and are left for a later run.
 Both the consumer and the producer are built by the Kafka layer, with the settings' security.
+
+With ``PROFILES_ID_SECRET`` a dead letter's value holds the pseudonymised id and its
+``profiles-id-hashed`` header a tag over those bytes and the source partition
+(``stream.worker.privacy``): the record goes back to that partition with the tag as it is, and
+the worker, which alone can check it, then does not hash the id again.  A record rejected
+again is dead-lettered with the same pseudonym and a fresh tag, so any number of
+DLQ -> replay rounds keeps exactly one level of hashing.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from stream.core.errors import BrokerError, ConfigError
 from stream.kafka.clients import Publisher
@@ -25,13 +33,33 @@ from stream.settings import Settings
 from stream.worker.privacy import HASHED_HEADER
 from stream.worker.records import Record
 
-__all__ = ["replay_dlq"]
+__all__ = ["Republication", "replay_dlq", "republication"]
 
 log = logging.getLogger(__name__)
 
 
 def _reason(rec: Record) -> str:
     return (rec.header("reason") or b"").decode("utf-8", "replace")
+
+
+class Republication(NamedTuple):
+    """What a dead letter is re-published as."""
+
+    value: bytes | None
+    key: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    partition: int | None
+
+
+def republication(rec: Record) -> Republication:
+    """The events-topic record for dead letter ``rec``: its value, to its source partition (with
+    pseudonymous ids the raw key is gone, and the hashed one would not hash there), keyed by
+    its source key when it has one, and with its ``profiles-id-hashed`` tag passed on as it is."""
+    partition = rec.header("source_partition")
+    tag = rec.header(HASHED_HEADER)
+    return Republication(rec.value, rec.header("source_key") or None,
+                         [(HASHED_HEADER, tag)] if tag is not None else None,
+                         int(partition) if partition else None)
 
 
 def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bool = False,
@@ -85,15 +113,9 @@ def replay_dlq(settings: Settings, reasons: list[str] | None = None, dry_run: bo
                 if not keep(rec):
                     skipped += 1
                     return
-                # The record goes back to its user's partition: with pseudonymous ids the raw
-                # key is gone, and the key would not hash there (the id is already hashed: say
-                # so).
-                partition = rec.header("source_partition")
-                hashed = rec.header(HASHED_HEADER) is not None
-                publisher.send(settings.events_topic, rec.value,
-                               key=rec.header("source_key") or None,
-                               headers=[(HASHED_HEADER, b"1")] if hashed else None,
-                               partition=int(partition) if partition else None)
+                out = republication(rec)
+                publisher.send(settings.events_topic, out.value, key=out.key,
+                               headers=out.headers, partition=out.partition)
 
             scan.read(publish, timeout_s, ends=ends)
             publisher.flush()

@@ -6,6 +6,12 @@ to :meth:`ItemCatalog.add_raw`, then sets ``caught_up`` at the Fetch high waterm
 is encoded once on arrival; the vectors are snapshotted with the offsets they cover (and the
 model's fingerprint), so a restarted worker resumes reading where its snapshot ends instead of
 re-encoding the catalogue.
+
+A bad item never stops the catalogue: one whose vector is not finite (``non_finite_vector``)
+or that the encoder fails on alone while it encodes a probe text (``encoder_error``) is left
+out with its reason counted (``rejected``), and the rest of its chunk is added.  When the
+encoder fails on everything (it is down), :meth:`ItemCatalog.add_raw` raises
+``EncoderError`` and nothing of the chunk is added: the feed retries it with a backoff.
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from index import VectorIndex, index_from_state, make_index
+from stream.core.errors import EncoderError
 from stream.core.events import Item, Limits, Reject, decode_item
 from stream.worker.records import Record
 
-__all__ = ["ItemCatalog", "ItemEncoder"]
+__all__ = ["PROBE_TEXT", "ItemCatalog", "ItemEncoder"]
 
 log = logging.getLogger(__name__)
+
+#: encoded when an item fails alone: if this fails too, the encoder is down, not the item
+PROBE_TEXT = "probe"
 
 
 class ItemEncoder(Protocol):
@@ -67,11 +77,50 @@ class ItemCatalog:
         if not items:
             return 0
         ids = list(items)
-        vecs = await encoder_service.run_sync([items[i].text() for i in ids], kind="item")
-        self.index.upsert(ids, vecs)
-        self.items.update(items)
+        good: list[str] = []
+        rows: list[np.ndarray] = []
+        await self._encode(ids, [items[i].text() for i in ids], encoder_service, good, rows)
+        if not good:
+            return 0
+        self.index.upsert(good, np.stack(rows))
+        self.items.update((i, items[i]) for i in good)
         self.version += 1
-        return len(ids)
+        return len(good)
+
+    async def _encode(self, ids: list[str], texts: list[str], encoder: ItemEncoder,
+                      good: list[str], rows: list[np.ndarray]) -> None:
+        """Encode ``texts``, appending the ids and finite vectors that came out to ``good`` and
+        ``rows``; a failing chunk is bisected down to the items the encoder fails on alone.
+        Raises ``EncoderError`` when the encoder fails on the probe text too (it is down)."""
+        try:
+            vecs = np.asarray(await encoder.run_sync(texts, kind="item"), dtype=np.float32)
+            if vecs.shape != (len(texts), self.index.dim):
+                raise EncoderError(f"the encoder returned vectors of shape {list(vecs.shape)} "
+                                   f"for {len(texts)} texts of dimension {self.index.dim}")
+        except Exception as exc:
+            if len(texts) > 1:
+                mid = len(texts) // 2
+                await self._encode(ids[:mid], texts[:mid], encoder, good, rows)
+                await self._encode(ids[mid:], texts[mid:], encoder, good, rows)
+                return
+            try:
+                await encoder.run_sync([PROBE_TEXT], kind="item")
+            except Exception as down:
+                raise EncoderError(f"the item encoder is failing ({type(down).__name__}: "
+                                   f"{down})") from down
+            self._reject(ids[0], "encoder_error", f"{type(exc).__name__}: {exc}")
+            return
+        finite: list[bool] = np.asarray(np.isfinite(vecs).all(axis=1), dtype=bool).tolist()
+        for i, v, ok in zip(ids, vecs, finite):
+            if ok:
+                good.append(i)
+                rows.append(v)
+            else:
+                self._reject(i, "non_finite_vector", "its vector has NaN or inf")
+
+    def _reject(self, item_id: str, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("item %r rejected (%s): %s", item_id[:64], reason, detail)
 
     async def add_records(self, records: Sequence[Record], encoder_service: ItemEncoder) -> int:
         """:meth:`add_raw` for records of the items topic, then move ``offsets`` past them."""

@@ -1,9 +1,10 @@
 """The classify phase of a batch: what each record is, before anything changes.
 
 Read-only over the partition states: skip offsets a state already covers (redelivered), note
-offsets skipped (gaps), decode and validate once, pseudonymise the user id, spot duplicate
-event ids (in the dedupe window or earlier in the batch), split off forgets and the events
-they erase, and apply the per-user rate cap.  The pipeline then dead-letters the rejects and
+offsets skipped (gaps), decode and validate once, pseudonymise the user id, spot duplicates
+(the same user and event id in the dedupe window or earlier in the batch: keyed by the
+pseudonymised id when pseudonymisation is on), split off forgets and the events they erase,
+and apply the per-user rate cap.  The pipeline then dead-letters the rejects and
 applies the rest in one synchronous step.
 """
 
@@ -13,14 +14,17 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import orjson
+
 from stream.core.events import Event, Limits, Reject, decode_event
 from stream.core.eventtypes import ERASING_TYPES
-from stream.worker.deadletter import DeadLetter
+from stream.worker.deadletter import DeadLetter, untrusted
 from stream.worker.privacy import Pseudonymizer, tombstone_key
 from stream.worker.records import Record
 from stream.worker.state import PartitionState
 
-__all__ = ["Accepted", "Classified", "RateUpdates", "classify", "rate_cap", "split_forgets"]
+__all__ = ["Accepted", "Classified", "RateUpdates", "classify", "forget_cuts", "rate_cap",
+           "split_forgets"]
 
 # A rate cap's pending windows per partition: user -> (window, events counted)
 RateUpdates = dict[int, dict[str, tuple[int, int]]]
@@ -35,6 +39,7 @@ class Accepted:
     offset: int
     msg_ts: int
     raw: bytes
+    rate_window: int | None = None  # the rate-cap window it is charged to (None: not charged)
 
 
 @dataclass
@@ -48,11 +53,17 @@ class Classified:
 
 
 def classify(records: Sequence[Record], states: Mapping[int, PartitionState], limits: Limits,
-             pseudo: Pseudonymizer) -> Classified:
-    """Sort one batch's records into accepted, duplicate and rejected (read-only)."""
+             pseudo: Pseudonymizer, now_ms: int | None = None) -> Classified:
+    """Sort one batch's records into accepted, duplicate and rejected (read-only).
+
+    Event time is bounded (``ts_in_future``) by the earlier of the record's Kafka timestamp
+    and ``now_ms``, the worker's clock, plus ``limits.max_future_ms``: a producer sets the
+    Kafka CreateTime, so it is not trusted alone.  A record without a Kafka timestamp (0 or
+    negative: the broker gave none) is bounded by the clock alone; ``now_ms`` None (tools
+    without a clock) by the Kafka timestamp alone."""
     out = Classified()
     high = out.high
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, str, str]] = set()  # (partition, user, event id) earlier in the batch
     for rec in records:
         p, off = rec.partition, rec.offset
         st = states.get(p)
@@ -65,20 +76,48 @@ def classify(records: Sequence[Record], states: Mapping[int, PartitionState], li
             out.gaps.append((p, high.get(p, st.next_offset - 1), off))
         high[p] = off
         raw = rec.value or b""
-        ev = decode_event(raw, rec.timestamp_ms, limits)
+        # a claim that the id is already pseudonymised counts only with a valid tag
+        hashed = False
+        if pseudo.enabled and (tag := rec.id_tag) is not None:
+            if not pseudo.verify(p, raw, tag):
+                out.rejects.append(untrusted(st, raw, off, pseudo))
+                continue
+            hashed = True
+        kafka_ts = rec.timestamp_ms if rec.timestamp_ms > 0 else None
+        bound = _time_bound(kafka_ts, now_ms)
+        ev = decode_event(raw, bound, limits)
         if isinstance(ev, Reject):
+            if ev.reason == "ts_in_future":
+                ev = Reject(ev.reason, _future_detail(raw, kafka_ts, now_ms, limits))
             out.rejects.append(DeadLetter(st, rec.key, raw, ev.reason, ev.detail, off,
-                                          "unknown", None))
+                                          "unknown", None, scrubbed=hashed))
             continue
-        if pseudo.enabled and not rec.id_hashed:
+        if pseudo.enabled and not hashed:
             ev = Event(ev.event_id, pseudo(ev.user_id), ev.type, ev.ts, ev.item_id, ev.query,
                        ev.arm, ev.position, ev.propensity)
-        if ev.event_id in st.dedupe or (p, ev.event_id) in seen:
+        pair = (p, ev.user_id, ev.event_id)
+        if pair in seen or st.dedupe.seen(ev.user_id, ev.event_id):
             out.duplicates.append((st, ev))
             continue
-        seen.add((p, ev.event_id))
-        out.accepted.append(Accepted(st, ev, off, rec.timestamp_ms, raw))
+        seen.add(pair)
+        msg_ts = kafka_ts if kafka_ts is not None else (now_ms or 0)
+        out.accepted.append(Accepted(st, ev, off, msg_ts, raw))
     return out
+
+
+def _time_bound(kafka_ts: int | None, now_ms: int | None) -> int | None:
+    """The time an event may be at most ``max_future_ms`` after (None: no bound)."""
+    if kafka_ts is None:
+        return now_ms
+    return kafka_ts if now_ms is None else min(kafka_ts, now_ms)
+
+
+def _future_detail(raw: bytes, kafka_ts: int | None, now_ms: int | None, limits: Limits) -> str:
+    """One line for a ``ts_in_future`` dead letter, naming both clocks."""
+    ts = orjson.loads(raw).get("ts")  # decode_event accepted it as JSON with an integral ts
+    return (f"ts {ts} is more than {limits.max_future_ms} ms (PROFILES_MAX_FUTURE_MS) after "
+            f"min(Kafka time {kafka_ts if kafka_ts is not None else 'none'}, worker clock "
+            f"{now_ms if now_ms is not None else 'none'})")
 
 
 def split_forgets(accepted: list[Accepted]
@@ -105,10 +144,41 @@ def split_forgets(accepted: list[Accepted]
     return forgets, forgotten, live
 
 
+def forget_cuts(records: Sequence[Record], accepted: list[Accepted]) -> list[int]:
+    """Where to cut a batch so that no forget shares its part with another accepted event of
+    its user (positions in ``records``, ascending; empty for almost every batch).
+
+    A forget erases what came before it in the partition's log and nothing after it, so a
+    batch is applied as if it were cut at its forgets: the result never depends on how the
+    records were batched."""
+    if not any(a.ev.type in ERASING_TYPES for a in accepted):
+        return []
+    pos: dict[tuple[int, int], int] = {}
+    for i, rec in enumerate(records):
+        pos.setdefault((rec.partition, rec.offset), i)
+    cuts: list[int] = []
+    seen: set[tuple[int, str]] = set()  # users with an accepted event in the current part
+    erased: set[tuple[int, str]] = set()  # users with a forget in the current part
+    for a in accepted:
+        k = (a.st.partition, a.ev.user_id)
+        forget = a.ev.type in ERASING_TYPES
+        if k in erased or (forget and k in seen):
+            i = pos[(a.st.partition, a.offset)]
+            if not cuts or i > cuts[-1]:
+                cuts.append(i)
+            seen.clear()
+            erased.clear()
+        seen.add(k)
+        if forget:
+            erased.add(k)
+    return cuts
+
+
 def rate_cap(live: list[Accepted], states: Mapping[int, PartitionState], limit: int,
              window_ms: int, rejects: list[DeadLetter]) -> tuple[list[Accepted], RateUpdates]:
     """Split off events over a user's rate cap (appended to ``rejects`` as ``rate_limited``);
-    returns the kept events and the windows to commit when the batch is applied."""
+    returns the kept events (each with the window it is charged to) and the windows to commit
+    when the batch is applied."""
     if not limit or not live:
         return live, {}
     by_p: dict[int, list[Accepted]] = defaultdict(list)
@@ -117,10 +187,11 @@ def rate_cap(live: list[Accepted], states: Mapping[int, PartitionState], limit: 
     kept: list[Accepted] = []
     updates: RateUpdates = {}
     for p, group in by_p.items():
-        allowed, updates[p] = states[p].rate.check([a.ev.user_id for a in group],
-                                                   [a.ev.ts for a in group])
-        for a, ok in zip(group, allowed):
+        allowed, charged, updates[p] = states[p].rate.decide([a.ev.user_id for a in group],
+                                                             [a.ev.ts for a in group])
+        for a, ok, window in zip(group, allowed, charged):
             if ok:
+                a.rate_window = window
                 kept.append(a)
             else:
                 rejects.append(DeadLetter(a.st, a.ev.user_id.encode(), a.raw, "rate_limited",

@@ -4,12 +4,19 @@ Callers ``await service.encode(texts)``; texts from concurrent callers are group
 pure ``MicroBatcher`` (size cap + max wait) and encoded on one dedicated thread, so torch
 never blocks the event loop (Kafka heartbeats keep flowing) and the model sees full batches.
 Awaiting callers give natural backpressure: the stream does not read ahead of the encoder.
+
+Query vectors are cached by text in an LRU bounded in bytes (``PROFILES_ENCODER_CACHE_BYTES``,
+default 64 MiB; 0 turns it off): an entry costs :func:`cache_entry_bytes` (the text, its
+vector and the bookkeeping), a hit makes it the most recent, and the least recently used are
+evicted beyond the bound (``profiles_encoder_cache_evictions_total``).  Texts are client data
+(search queries), so the cache must not grow with them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -20,14 +27,26 @@ from encoder.base import Encoder
 from stream.core.batcher import MicroBatcher
 from stream.worker.metrics import Metrics
 
-__all__ = ["EncoderService"]
+__all__ = ["DEFAULT_CACHE_BYTES", "EncoderService", "cache_entry_bytes"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: per entry beyond the text and the vector's data: the ndarray header (~112 B) and the
+#: OrderedDict's share (~70 B), measured with tracemalloc on CPython 3.11, rounded up
+_ENTRY_OVERHEAD = 200
+
+
+def cache_entry_bytes(text: str, dim: int) -> int:
+    """What one cached query costs: its text (the str object), its float32 vector and the
+    objects around them."""
+    return sys.getsizeof(text) + 4 * dim + _ENTRY_OVERHEAD
 
 
 class EncoderService:
     def __init__(self, encoder: Encoder, max_batch: int, max_wait_s: float,
-                 metrics: Metrics | None = None, cache_size: int = 50_000) -> None:
+                 metrics: Metrics | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.encoder = encoder
         self.dim: int = encoder.dim
         self.metrics = metrics
@@ -37,7 +56,11 @@ class EncoderService:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
+        #: the bound (bytes), and what the cached entries cost now
+        self.cache_limit = max(0, int(cache_bytes))
+        self.cache_bytes = 0
+        #: entries evicted so far (also profiles_encoder_cache_evictions_total)
+        self.evicted = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -78,9 +101,11 @@ class EncoderService:
         pending: dict[str, asyncio.Future[np.ndarray]] = {}
         now = time.monotonic()
         todo: list[int] = []
+        cache = self._cache
         for i, t in enumerate(texts):
-            hit = self._cache.get(t)
+            hit = cache.get(t)
             if hit is not None:
+                cache.move_to_end(t)  # least recently *used* goes first
                 out[i] = hit
                 continue
             todo.append(i)
@@ -112,11 +137,31 @@ class EncoderService:
                     fut.set_exception(exc)
             return
         for (t, fut), v in zip(batch, vecs):
-            self._cache[t] = v
+            self._remember(t, v)
             if not fut.done():
                 fut.set_result(v)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        """Cache one query vector (a copy: a row view would keep its whole batch alive) and
+        evict the least recently used entries beyond the byte bound."""
+        cost = cache_entry_bytes(text, self.dim)
+        if cost > self.cache_limit:
+            return
+        cache = self._cache
+        old = cache.pop(text, None)
+        if old is not None:
+            self.cache_bytes -= cache_entry_bytes(text, self.dim)
+        cache[text] = np.array(vector, dtype=np.float32, copy=True)
+        self.cache_bytes += cost
+        evicted = 0
+        while self.cache_bytes > self.cache_limit:
+            t, _ = cache.popitem(last=False)
+            self.cache_bytes -= cache_entry_bytes(t, self.dim)
+            evicted += 1
+        if evicted:
+            self.evicted += evicted
+            if self.metrics:
+                self.metrics.encoder_cache_evictions.inc(evicted)
 
     async def _run(self) -> None:
         while True:

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
-from stream.core.bandit import ArmStats
+from stream.core.bandit import MergedArms
 from stream.worker.state import PartitionState
 
 __all__ = ["LATENCY_BUCKETS", "BanditArmsCollector", "BatchHistogram", "Metrics",
@@ -86,10 +86,18 @@ class StateCollector(Collector):
                                    labels=["partition"])
         parked = GaugeMetricFamily("profiles_parked_events", "Events waiting for their item's vector",
                                    labels=["partition"])
+        parked_bytes = GaugeMetricFamily(
+            "profiles_parked_bytes",
+            "Bytes parked events are counted for (2 x message + 320 each; PROFILES_PARKED_MAX_BYTES)",
+            labels=["partition"])
         forget = CounterMetricFamily("profiles_forget", "Users erased by a forget event",
                                      labels=["partition"])
         expired = CounterMetricFamily("profiles_expired", "Profiles removed by the TTL",
                                       labels=["partition"])
+        arms_dropped = CounterMetricFamily(
+            "profiles_bandit_arms_dropped",
+            "Events whose arm was not counted: new while the arm table was full "
+            "(PROFILES_BANDIT_MAX_ARMS; the per-position table counts too)", labels=["partition"])
         for st in sorted(self._states(), key=lambda st: st.partition):
             p = str(st.partition)
             for (etype, outcome), n in sorted(st.outcomes.items()):
@@ -100,9 +108,12 @@ class StateCollector(Collector):
             imps.add_metric([p], i)
             rews.add_metric([p], r)
             parked.add_metric([p], len(st.parked))
+            parked_bytes.add_metric([p], sum(pk.size() for pk in st.parked))
             forget.add_metric([p], st.outcomes.get(("forget", "applied"), 0))
             expired.add_metric([p], st.expired)
-        yield from (events, dlq, imps, rews, parked, forget, expired)
+            arms_dropped.add_metric([p], st.arms.dropped_total())
+        yield from (events, dlq, imps, rews, parked, forget, expired, arms_dropped)
+        yield parked_bytes
 
 
 class BanditArmsCollector(Collector):
@@ -114,11 +125,16 @@ class BanditArmsCollector(Collector):
       (discounted counts when ``PROFILES_BANDIT_HALF_LIFE_MS`` is set);
     * ``profiles_bandit_arm_posterior_mean{arm}``: alpha / (alpha + beta);
     * ``profiles_bandit_arms``: number of distinct arms (no label).
+
+    The partitions' tables are summed by a :class:`MergedArms` kept between scrapes, so a
+    scrape costs numpy work plus the arms new since the last one, not a Python walk over
+    every arm on the event loop; ties at the cut go to the arm seen first.
     """
 
     def __init__(self, states: States, top_n: int) -> None:
         self._states = states
         self.top_n = max(0, int(top_n))
+        self._merged = MergedArms()
 
     def collect(self) -> Iterator[Metric]:
         imp_g = GaugeMetricFamily("profiles_bandit_arm_impressions",
@@ -130,17 +146,22 @@ class BanditArmsCollector(Collector):
         n_g = GaugeMetricFamily("profiles_bandit_arms", "Distinct bandit arms counted")
         parts = [st.arms for st in self._states()]
         if parts:
-            merged = ArmStats.merged(parts, parts[0].params)
-            names = merged.arms()
-            st = merged.state()
-            imps, rews = st["impressions"], st["rewards"]
-            top = np.argsort(-imps, kind="stable")[: self.top_n]
-            alpha, beta = merged.posteriors([names[i] for i in top])
-            for j, i in enumerate(top):
-                imp_g.add_metric([names[i]], float(imps[i]))
-                rew_g.add_metric([names[i]], float(rews[i]))
-                mean_g.add_metric([names[i]], float(alpha[j] / (alpha[j] + beta[j])))
-            n_g.add_metric([], len(names))
+            names, alive, imps, rews = self._merged.update(parts)
+            live = np.flatnonzero(alive)
+            k = min(self.top_n, live.size)
+            top = live[:0]
+            if k:  # the k largest; ties at the cut go to the arm this view saw first
+                cut = np.partition(imps[live], live.size - k)[live.size - k]
+                cand = live[imps[live] >= cut]
+                top = cand[np.lexsort((cand, -imps[cand]))[:k]]
+            bp = parts[0].params
+            for i in top.tolist():
+                imp, rew = float(imps[i]), float(rews[i])
+                alpha, beta = bp.prior_alpha + rew, bp.prior_beta + max(imp - rew, 0.0)
+                imp_g.add_metric([names[i]], imp)
+                rew_g.add_metric([names[i]], rew)
+                mean_g.add_metric([names[i]], alpha / (alpha + beta))
+            n_g.add_metric([], live.size)
         else:
             n_g.add_metric([], 0)
         yield from (imp_g, rew_g, mean_g, n_g)
@@ -170,6 +191,22 @@ class Metrics:
         )
         self.encoder_texts = Counter("profiles_encoder_texts", "Texts encoded", ["kind"], registry=r)
         self.encoder_errors = Counter("profiles_encoder_errors", "Failed encoder calls", registry=r)
+        self.encoder_cache_evictions = Counter(
+            "profiles_encoder_cache_evictions",
+            "Query vectors evicted from the LRU query cache (PROFILES_ENCODER_CACHE_BYTES)",
+            registry=r)
+        self.catalog_retries = Counter(
+            "profiles_catalog_retries",
+            "Failures of the item catalogue reader (encoder down, broker), each retried after a "
+            "backoff", registry=r)
+        self.catalog_reader_down = Gauge(
+            "profiles_catalog_reader_down",
+            "1 while the item catalogue reader is failing and retrying (the worker is not ready)",
+            registry=r)
+        self.catalog_rejected = Counter(
+            "profiles_catalog_rejected",
+            "Items of the items topic left out of the catalogue, by reason (bad_json, "
+            "non_finite_vector, encoder_error, ...)", ["reason"], registry=r)
         self.index_vectors = Gauge("profiles_index_vectors", "Vectors in each FAISS index", ["index"], registry=r)
         self.lag = Gauge(
             "profiles_consumer_lag", "Fetch high watermark minus next offset to apply",
@@ -188,6 +225,21 @@ class Metrics:
             "Records that arrived past the next offset to apply (offsets skipped: events not applied)",
             ["topic", "partition"], registry=r,
         )
+        self.batch_retries = Counter(
+            "profiles_batch_retries",
+            "Failed tries of a batch, retried: kind transient (encoder, broker), error (bisected "
+            "after PROFILES_BATCH_ATTEMPTS), dlq (the DLQ refused a write: stalled), apply "
+            "(state changed part-way: the worker stops)", ["kind"], registry=r,
+        )
+        self.stalled = Gauge(
+            "profiles_stalled",
+            "1 while a batch waits on an outage (DLQ not writable, encoder down): nothing is "
+            "skipped, the partitions wait", registry=r,
+        )
+        self.agent_crashes = Counter(
+            "profiles_agent_crashes", "Events agent crashes (an exception out of a batch)",
+            registry=r,
+        )
         self.snapshots = Counter("profiles_snapshots", "State snapshots written", registry=r)
         self.snapshot_seconds = Histogram(
             "profiles_snapshot_seconds", "Wall time to write a state snapshot",
@@ -198,6 +250,11 @@ class Metrics:
             "profiles_candidates",
             "Candidates served by /candidates, by the source that found them (a candidate found "
             "by several sources counts once for each)", ["source"], registry=r,
+        )
+        self.id_cache_evictions = Counter(
+            "profiles_id_cache_evictions",
+            "Pseudonyms dropped from the LRU cache to stay within PROFILES_ID_CACHE_BYTES",
+            registry=r,
         )
         self.signals_published = Counter(
             "profiles_signals_published", "Signal partials published to the signals topic",

@@ -26,25 +26,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+import orjson
 
 from encoder.base import Encoder
+from stream.core.bandit import context_arm
 from stream.core.errors import StateError
 from stream.core.events import Event
-from stream.core.eventtypes import QUERY_TYPES
+from stream.core.eventtypes import EVENT_TYPES, QUERY_TYPES
 from stream.core.signals import Signals
 from stream.settings import Settings
 from stream.worker.catalog import ItemCatalog
-from stream.worker.classify import Accepted, classify, rate_cap, split_forgets
+from stream.worker.classify import Accepted, classify, forget_cuts, rate_cap, split_forgets
 from stream.worker.deadletter import DeadLetter, dead_letter
 from stream.worker.encoding import EncoderService
 from stream.worker.metrics import Metrics
-from stream.worker.ports import Clock, DeadLetterSink, SignalSink, SystemClock
+from stream.worker.ports import (
+    Clock,
+    DeadLetterError,
+    DeadLetterSink,
+    Header,
+    SignalSink,
+    SystemClock,
+    TransientError,
+)
 from stream.worker.privacy import Pseudonymizer, tombstone_key
 from stream.worker.profiles import ProfileStore
 from stream.worker.records import Record
@@ -58,6 +68,27 @@ __all__ = ["PUBLISH_CHUNK", "Pipeline"]
 PUBLISH_CHUNK = 500
 
 log = logging.getLogger(__name__)
+
+def _guarded(sink: DeadLetterSink) -> DeadLetterSink:
+    """``sink`` whose failures are :class:`DeadLetterError` (an outage the batch waits out)."""
+    async def send(key: bytes | None, value: bytes | None, headers: list[Header]) -> None:
+        try:
+            await sink(key, value, headers)
+        except Exception as exc:
+            raise DeadLetterError(f"DLQ write failed: {type(exc).__name__}: {exc}") from exc
+    return send
+
+
+def _event_type(raw: bytes) -> str:
+    """The event type a record names, when it is a known one (a label: bounded), else
+    ``unknown``."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "unknown"
+    t = obj.get("type") if isinstance(obj, dict) else None
+    return t if isinstance(t, str) and t in EVENT_TYPES else "unknown"
+
 
 class Pipeline:
     """One worker's state and the batch step that changes it."""
@@ -73,7 +104,7 @@ class Pipeline:
         self.dim: int = encoder.dim
         self.model: str = encoder.fingerprint
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.send_dlq = dead_letters
+        self.send_dlq = _guarded(dead_letters)
         self.profiles = ProfileStore(self.dim)
         self.metrics = Metrics(self.profiles.partitions, top_arms=settings.bandit_top_arms)
         # signals=None (rebuild, tools): the view is kept, nothing is published
@@ -81,17 +112,30 @@ class Pipeline:
         self.sharing = SharedSignals(self.sp, self.profiles.states.keys, self.metrics)
         self._publish_lock = asyncio.Lock()  # one publisher at a time: partials stay in order
         self.encoder_service = EncoderService(encoder, settings.encoder_batch,
-                                              settings.encoder_max_wait_s, self.metrics)
+                                              settings.encoder_max_wait_s, self.metrics,
+                                              cache_bytes=settings.encoder_cache_bytes)
         self.catalog = ItemCatalog(self.dim, self.limits, self.model)
-        self.store = SnapshotStore(settings.state_dir, settings.events_topic)
-        self.items_store = SnapshotStore(settings.state_dir, settings.items_topic)
+        # The state path is resolved once, here: `profiles rebuild --swap` re-points a symlink at
+        # another model's directory, and a worker still on the old model must keep writing into
+        # the directory it started with (issue 10, point 9)
+        state_dir = Path(settings.state_dir).resolve()
+        self.store = SnapshotStore(state_dir, settings.events_topic)
+        self.items_store = SnapshotStore(state_dir, settings.items_topic)
         self.schedule = Scheduler(settings.snapshot_interval_s, settings.snapshot_budget,
                                   self.clock.monotonic)
-        self.pseudonymize = Pseudonymizer(settings.id_secret.reveal())
+        self.pseudonymize = Pseudonymizer(settings.id_secret.reveal(), settings.id_cache_bytes,
+                                          on_evict=self.metrics.id_cache_evictions.inc)
         self.lock = asyncio.Lock()
+        # an exception while applying leaves the state changed part-way: no more batches
+        self.broken: str | None = None
+        self._applying = False
         self.assigned_once = asyncio.Event()
         self._catalog_saved = 0
         self._catalog_version_seen = 0
+        # parked events: the last tick of each partition's park clock (the state it was for,
+        # monotonic time), and their bytes as of the last resolve plus those parked since
+        self._park_ticks: dict[int, tuple[PartitionState, float]] = {}
+        self._parked_bytes = 0
 
     @property
     def states(self) -> dict[int, PartitionState]:
@@ -112,7 +156,7 @@ class Pipeline:
         if d is None:
             st = PartitionState.empty(partition, self.dim, self.pp, self.bp, s.dedupe_window,
                                       self.model, s.rate_limit_events, s.rate_limit_window_ms,
-                                      self.sp)
+                                      self.sp, ttl_rank=s.ttl_watermark_rank)
         else:
             if d.get("model") != self.model:
                 raise StateError(
@@ -120,7 +164,8 @@ class Pipeline:
                     f"{d.get('model')}, this worker's encoder is {self.model}: run "
                     "`profiles rebuild`, or point PROFILES_ENCODER_PATH at the model that made it")
             st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, s.dedupe_window,
-                                          s.rate_limit_events, s.rate_limit_window_ms, self.sp)
+                                          s.rate_limit_events, s.rate_limit_window_ms, self.sp,
+                                          ttl_rank=s.ttl_watermark_rank)
         self.profiles.add(st)
         self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None)
         log.info("partition %d: resumed at offset %d from %s (%d users, %d parked)", partition,
@@ -204,12 +249,18 @@ class Pipeline:
                         type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ snapshots
-    def _serialise(self, st: PartitionState) -> tuple[bytes, float]:
-        """On the event loop, under the lock: the state must not change while this runs.
-        Returns the blob and when serialising began (perf_counter)."""
+    async def _serialise(self, st: PartitionState) -> tuple[bytes, float]:
+        """Under the lock, on an executor thread.  The state must not change while this runs:
+        every change to it (batches, parked events, expiry, rebalances) holds the lock, and the
+        loop meanwhile only answers requests, which read the state.  Serialising on the loop
+        itself blocked every request for its whole length (~50 ms per partition of 25,000
+        events: the longest wait of ``/candidates``).  Returns the blob and when serialising
+        began (perf_counter): the scheduler's budget paces the time the lock is held, which is
+        what batches wait for."""
         t0 = time.perf_counter()
         self.store.mark_model(self.model)
-        return self.store.dumps(st), t0
+        blob = await asyncio.get_running_loop().run_in_executor(None, self.store.dumps, st)
+        return blob, t0
 
     async def _store(self, partition: int, blob: bytes, t0: float) -> None:
         """The durable write, on an executor thread; ``t0``: when serialising began."""
@@ -218,7 +269,9 @@ class Pipeline:
         self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
 
     async def _write_snapshot(self, st: PartitionState) -> None:
-        blob, t0 = self._serialise(st)
+        if self.broken is not None:
+            return
+        blob, t0 = await self._serialise(st)
         self.schedule.written_now(st.partition)
         await self._store(st.partition, blob, t0)
 
@@ -227,8 +280,11 @@ class Pipeline:
 
         ``everything`` (shutdown, rebuild): every owned partition, now.  Otherwise (the timer)
         at most one partition per call, as the :class:`~stream.worker.snapshots.Scheduler`
-        decides: serialising runs on the event loop while no batch can change the state.
+        decides: serialising holds the lock, so no batch can change the state meanwhile
+        (requests are answered).
         """
+        if self.broken is not None:  # the state may be half-applied: never persisted
+            return 0
         if everything:
             async with self.lock:
                 parts = self.profiles.partitions()
@@ -244,7 +300,7 @@ class Pipeline:
             p = self.schedule.due(self.profiles.states)
             if p is None:
                 return 0
-            blob, t0 = self._serialise(self.profiles.states[p])
+            blob, t0 = await self._serialise(self.profiles.states[p])
             self.schedule.serialised(p, time.perf_counter() - t0)
         # The disk write (fsync) runs outside the lock: batches go on meanwhile.
         try:
@@ -257,8 +313,7 @@ class Pipeline:
     async def _snapshot_catalog(self) -> None:
         if self.catalog.version != self._catalog_saved:
             self._catalog_saved = self.catalog.version
-            blob = self.items_store.frame(
-                pickle.dumps(self.catalog.state(), protocol=pickle.HIGHEST_PROTOCOL))
+            blob = self.items_store.encode(self.catalog.state())
             await asyncio.get_running_loop().run_in_executor(
                 None, self.items_store.write, "catalogue", blob)
 
@@ -272,17 +327,150 @@ class Pipeline:
 
     # ------------------------------------------------------------------ batches
     async def process(self, records: Sequence[Record]) -> None:
-        """Apply one micro-batch (records of any owned partitions, in offset order each)."""
-        async with self.lock:
-            await self._process(records)
-            if (self.catalog.version != self._catalog_version_seen
-                    or sum(len(st.parked) for st in self.profiles.states.values())
-                    > self.s.max_parked):
-                await self._resolve_parked()
+        """Apply one micro-batch (records of any owned partitions, in offset order each).
+
+        Never skips a record and never half-applies one (README, "Privacy and failure"): a
+        failing batch changes nothing and is retried with backoff (``PROFILES_RETRY_BACKOFF_S``,
+        the lock free in between); an outage (:class:`TransientError`: encoder, DLQ) is waited
+        out (``profiles_stalled``); a batch failing ``PROFILES_BATCH_ATTEMPTS`` times is
+        bisected, and a record failing alone that often goes to the DLQ (``processing_error``).
+        An exception while applying (a bug: the state may have changed part-way) marks the
+        pipeline broken: it raises :class:`StateError` for every later batch and writes no
+        snapshot, so the worker stops and restarts from its last snapshot."""
+        if self.broken is not None:
+            raise StateError(f"pipeline broken ({self.broken}): restart the worker")
+        await self._attempt(list(records))
+        try:
+            async with self.lock:
+                if (self.catalog.version != self._catalog_version_seen
+                        or sum(len(st.parked) for st in self.profiles.states.values())
+                        > self.s.max_parked
+                        or self._parked_bytes > self.s.parked_max_bytes):
+                    await self._resolve_parked()
+        except TransientError as exc:  # sent before applied: the next housekeeping retries
+            log.warning("resolving parked events failed (%s); retried", exc)
+
+    async def _attempt(self, records: list[Record]) -> None:
+        """Process ``records`` until it succeeds: retries with backoff, waits out outages,
+        bisects a batch that keeps failing, dead-letters a record that fails alone."""
+        attempts, failures = max(1, self.s.batch_attempts), 0
+        delay = self.s.retry_backoff_s
+        exc: BaseException | None = None
+        while True:
+            async with self.lock:
+                if self.broken is not None:
+                    raise StateError(f"pipeline broken ({self.broken}): restart the worker")
+                self._applying = False
+                try:
+                    await self._process(records)
+                    self.metrics.stalled.set(0)
+                    return
+                except Exception as e:
+                    exc = e
+                    if self._applying:
+                        self.broken = f"{type(e).__name__}: {e}"
+                        self.metrics.batch_retries.labels("apply").inc()
+                        log.critical("exception while applying a batch (%s); the state may "
+                                     "have changed part-way: restart the worker from its last "
+                                     "snapshot", self.broken, exc_info=True)
+                        raise StateError(f"pipeline broken ({self.broken}): restart the "
+                                         "worker") from e
+            failures += 1
+            outage = isinstance(exc, DeadLetterError)
+            kind = ("dlq" if outage else "transient" if isinstance(exc, TransientError)
+                    else "error")
+            self.metrics.batch_retries.labels(kind).inc()
+            if not outage and failures >= attempts and isinstance(exc, TransientError):
+                outage = not await self._encoder_healthy()
+            if outage:
+                self.metrics.stalled.set(1)
+            if failures < attempts or outage:
+                log.warning("batch of %d records failed (%s: %s): retry %d in %.2fs%s",
+                            len(records), type(exc).__name__, exc, failures, delay,
+                            " (stalled: nothing is skipped)" if outage else "")
+                await asyncio.sleep(delay)
+                delay = min(self.s.retry_max_backoff_s, delay * 2)
+                continue
+            break
+        if len(records) > 1:
+            mid = len(records) // 2
+            await self._attempt(records[:mid])
+            await self._attempt(records[mid:])
+            return
+        await self._processing_error(records[0], exc)
+
+    async def _encoder_healthy(self) -> bool:
+        """Whether the encoder encodes a probe (a record failing alone with the encoder up is
+        the record's fault; with the encoder down, nobody's)."""
+        try:
+            vec = await self.encoder_service.encode(["profiles health probe"])
+        except Exception:
+            return False
+        return bool(np.isfinite(vec).all())
+
+    async def _processing_error(self, rec: Record, exc: BaseException | None) -> None:
+        """Dead-letter a record that failed alone ``PROFILES_BATCH_ATTEMPTS`` times
+        (``processing_error``) and move its partition past it; the DLQ write is waited for."""
+        delay = self.s.retry_backoff_s
+        detail = f"{type(exc).__name__}: {exc}"
+        log.error("partition %d offset %d fails alone (%s): dead-lettered", rec.partition,
+                  rec.offset, detail)
+        while True:
+            async with self.lock:
+                st = self.profiles.get(rec.partition)
+                if st is None or rec.offset < st.next_offset:
+                    return  # revoked, or applied meanwhile
+                raw = rec.value or b""
+                tag = rec.id_tag
+                scrubbed = bool(self.pseudonymize.enabled and tag is not None
+                                and self.pseudonymize.verify(rec.partition, raw, tag))
+                r = DeadLetter(st, rec.key, raw, "processing_error", detail, rec.offset,
+                               _event_type(raw), None, scrubbed=scrubbed)
+                try:
+                    await self._dead_letter([r])
+                except DeadLetterError as e:
+                    self.metrics.batch_retries.labels("dlq").inc()
+                    self.metrics.stalled.set(1)
+                    log.warning("DLQ write failed (%s): retry in %.2fs (stalled)", e, delay)
+                else:
+                    st.dlq[r.reason] += 1
+                    st.outcomes[(r.etype, "rejected")] += 1
+                    if r.user is not None:
+                        st.dlq_keys.setdefault(r.user, []).append(r.dlq_key)
+                    st.next_offset = rec.offset + 1
+                    self.schedule.dirty.add(st.partition)
+                    self.metrics.applied_offset.labels(self.s.events_topic,
+                                                       str(st.partition)).set(st.next_offset)
+                    self.metrics.stalled.set(0)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(self.s.retry_max_backoff_s, delay * 2)
+
+    def _check(self, live: Sequence[Accepted], vectors: np.ndarray, parked: set[int]) -> None:
+        """What applying needs, checked before anything changes: finite vectors, times and
+        positions that fit int64."""
+        rows = [i for i in range(len(live)) if i not in parked]
+        bad = [i for i in rows if not np.isfinite(vectors[i]).all()]
+        if bad:
+            a = live[bad[0]]
+            raise ValueError(f"non-finite vector for partition {a.st.partition} offset "
+                             f"{a.offset} ({len(bad)} in the batch)")
+        for a in live:
+            for name, v in (("ts", a.ev.ts), ("position", a.ev.position)):
+                if v is not None and not -(1 << 63) <= v < (1 << 63):
+                    raise ValueError(f"{name} {v} does not fit int64 (partition "
+                                     f"{a.st.partition} offset {a.offset})")
 
     async def _process(self, records: Sequence[Record]) -> None:
+        self._applying = False
         # ---- classify: read-only ------------------------------------------------
-        c = classify(records, self.profiles.states, self.limits, self.pseudonymize)
+        c = classify(records, self.profiles.states, self.limits, self.pseudonymize,
+                     now_ms=int(self.clock.wall() * 1000))
+        cuts = forget_cuts(records, c.accepted)
+        if cuts:  # a forget erases what came before it in the log, nothing after it
+            for i, j in zip([0, *cuts], [*cuts, len(records)]):
+                await self._process(records[i:j])
+            return
         for p, before, after in c.gaps:
             self.metrics.offset_gaps.labels(self.s.events_topic, str(p)).inc()
             log.warning("partition %d: offset gap %d -> %d", p, before, after)
@@ -303,17 +491,22 @@ class Pipeline:
             vectors[item_rows] = vecs
             parked = {item_rows[j] for j in missing}
         if query_rows:
-            vectors[query_rows] = await self.encoder_service.encode(
-                [str(live[i].ev.query) for i in query_rows])
+            try:
+                vectors[query_rows] = await self.encoder_service.encode(
+                    [str(live[i].ev.query) for i in query_rows])
+            except Exception as exc:
+                raise TransientError(f"encoder: {type(exc).__name__}: {exc}") from exc
+        self._check(live, vectors, parked)
 
         # Dead letters (and the erasure of a forgotten user's dead letters) are acknowledged by
         # the broker before the state changes: a crash can repeat them, never lose them.
         if rejects:
             await self._dead_letter(rejects)
         if forgets:
-            await self._erase_dead_letters(forgets)
+            await self._erase_dead_letters(forgets, rejects)
 
         # ---- apply: synchronous from here on -------------------------------------
+        self._applying = True
         now = self.clock.wall()
         for r in rejects:
             r.st.dlq[r.reason] += 1
@@ -324,23 +517,29 @@ class Pipeline:
             st.outcomes[(ev.type, "duplicate")] += 1
         for a in forgets:
             self._forget(a)
+        if forgets and rejects:
+            self._keep_later_dead_letters(forgets, rejects)
         for a in forgotten:
-            a.st.dedupe.add(a.ev.event_id)
+            a.st.dedupe.add(a.ev.user_id, a.ev.event_id)
             a.st.outcomes[(a.ev.type, "forgotten")] += 1
         by_state: dict[int, list[int]] = defaultdict(list)
+        if parked:
+            self._tick_park_clocks()
         for i, a in enumerate(live):
-            a.st.dedupe.add(a.ev.event_id)
-            if a.ev.ts > a.st.newest_ts:
-                a.st.newest_ts = a.ev.ts
+            a.st.dedupe.add(a.ev.user_id, a.ev.event_id)
             if i in parked:
-                raw = (self.pseudonymize.scrub(a.raw) or b"") if self.pseudonymize.enabled \
-                    else a.raw
-                a.st.parked.append(Parked(a.ev, a.offset, a.msg_ts, now, raw))
+                raw = (self.pseudonymize.scrub(a.raw, a.ev.user_id) or b"") \
+                    if self.pseudonymize.enabled else a.raw
+                pk = Parked(a.ev, a.offset, a.msg_ts, now, raw, a.st.park_clock, a.rate_window)
+                a.st.parked.append(pk)
+                self._parked_bytes += pk.size()
             else:
                 by_state[a.st.partition].append(i)
         for p, updates in rate_updates.items():
             self.profiles.states[p].rate.commit(updates)
-        self._apply_bandit(live)
+        # a parked event counts when it is applied (_resolve_parked), never twice
+        self._apply_bandit([(a.st.partition, a.ev) for i, a in enumerate(live)
+                            if i not in parked])
         self._apply_profiles({p: ([live[i].ev for i in rows], vectors[rows],
                                   [live[i].msg_ts for i in rows])
                               for p, rows in by_state.items()})
@@ -352,28 +551,43 @@ class Pipeline:
         self._refresh_sizes()
 
     def _forget(self, a: Accepted) -> None:
-        """Erase a user from this partition's state and the users index; keep a tombstone."""
+        """Erase a user from this partition's state and the users index; keep a tombstone.
+
+        Everything of the user before the forget in the log goes, whatever its event time
+        (the batch is cut at forgets, see ``forget_cuts``); their parked events get the outcome
+        ``forgotten``.  The tombstone keeps the newer of the forget's time and the newest event
+        time it erased, so a replay of the erased history never brings it back."""
         st, user = a.st, a.ev.user_id
+        newest = a.ev.ts
+        stats = st.users.get(user)
+        if stats is not None:
+            newest = max(newest, int(stats["last_ts"]))
+        for pk in st.parked:
+            if pk.event.user_id == user:
+                newest = max(newest, pk.event.ts)
+                st.outcomes[(pk.event.type, "forgotten")] += 1
         self.profiles.erase(st, user)
         tkey = tombstone_key(user)
-        st.tombstones[tkey] = max(a.ev.ts, st.tombstones.get(tkey, a.ev.ts))
-        st.dedupe.add(a.ev.event_id)
+        st.tombstones[tkey] = max(newest, st.tombstones.get(tkey, newest))
+        st.dedupe.add(user, a.ev.event_id)
         st.outcomes[(a.ev.type, "applied")] += 1
         log.info("audit: forget user-hash=%s partition=%d offset=%d ts=%d", tkey, st.partition,
                  a.offset, a.ev.ts)
 
-    def _apply_bandit(self, accepted: list[Accepted]) -> None:
-        """Bandit partials count every accepted event with an arm, parked or not."""
+    def _apply_bandit(self, applied: Iterable[tuple[int, Event]]) -> None:
+        """Bandit partials count every applied event (partition, event) with an arm; a parked
+        event counts when it is applied, not when it parks, so one dead-lettered and replayed
+        counts once."""
         groups: dict[int, tuple[list[str], list[str], list[int], list[int | None]]] = {}
-        for a in accepted:
-            arm = a.ev.arm or a.ev.item_id
+        for partition, ev in applied:
+            arm = ev.arm or ev.item_id
             if arm is None:
                 continue
-            arms, types, ts, ctx = groups.setdefault(a.st.partition, ([], [], [], []))
+            arms, types, ts, ctx = groups.setdefault(partition, ([], [], [], []))
             arms.append(arm)
-            types.append(a.ev.type)
-            ts.append(a.ev.ts)  # event time: discounted counts (bandit_half_life_ms)
-            ctx.append(a.ev.position)  # per-context arms (bandit_context=position)
+            types.append(ev.type)
+            ts.append(ev.ts)  # event time: discounted counts (bandit_half_life_ms)
+            ctx.append(ev.position)  # per-context arms (bandit_context=position)
         for p, (arms, types, ts, ctx) in groups.items():
             self.profiles.states[p].arms.update(
                 arms, types, ts=ts, contexts=ctx if self.bp.context == "position" else None)
@@ -396,9 +610,15 @@ class Pipeline:
             newest = max((e.ts for e in events if e.item_id and weight.get(e.type, 0.0) > 0),
                          default=0)
             self.sharing.local(p, sig, newest, publish=publish)
+        self.sharing.merge()
         msg_ts: list[int] = []
         for p, (events, _vectors, ts) in work.items():
-            self.profiles.states[p].outcomes.update((e.type, "applied") for e in events)
+            st = self.profiles.states[p]
+            st.outcomes.update((e.type, "applied") for e in events)
+            if events:  # event time moves with applied events only, never parked ones
+                times = [e.ts for e in events]
+                st.watermark.observe(times)
+                st.newest_ts = max(st.newest_ts, max(times))
             msg_ts += ts
         if msg_ts:
             latency = self.clock.wall() - np.asarray(msg_ts, dtype=np.float64) / 1000.0
@@ -406,17 +626,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------ expiry
     async def expire(self) -> int:
-        """Drop profiles idle longer than the TTL, in event time against each partition's newest
-        event (so a historic log replays with the same outcome as a live stream)."""
+        """Drop profiles idle longer than the TTL, in event time against each partition's
+        watermark, its ``ttl_watermark_rank``-th largest event time applied (so a historic log
+        replays with the same outcome as a live stream, and no single future-dated event can
+        expire the partition)."""
         ttl = self.s.profile_ttl_ms
         if not ttl:
             return 0
         removed = 0
         async with self.lock:
             for st in self.profiles.partitions():
-                if not st.newest_ts:
+                now = st.watermark.value()
+                if now is None:
                     continue
-                idle = self.profiles.expire(st, st.newest_ts - ttl)
+                idle = self.profiles.expire(st, now - ttl)
                 if idle:
                     self.schedule.dirty.add(st.partition)
                     removed += len(idle)
@@ -426,14 +649,23 @@ class Pipeline:
 
     # ------------------------------------------------------------------ parked events
     async def resolve_parked(self) -> None:
+        if self.broken is not None:
+            return
         async with self.lock:
             await self._resolve_parked()
 
     async def _resolve_parked(self) -> None:
-        """Apply parked events whose item arrived; dead-letter those that waited too long
-        (``unknown_item``) or that overflow ``max_parked`` (``park_overflow``, oldest first)."""
+        """Apply parked events whose item arrived (counted in the bandit now); dead-letter
+        those that waited longer than ``park_timeout_s`` on their partition's park clock
+        (``unknown_item``: only once the catalogue has caught up) or that overflow
+        ``max_parked`` or ``parked_max_bytes`` (``park_overflow``, oldest first).  A
+        dead-lettered event leaves no effect: its dedupe entry is dropped and its rate-cap
+        charge given back, so its replay counts once."""
         self._catalog_version_seen = self.catalog.version
-        now = self.clock.wall()
+        self._tick_park_clocks()
+        # after a restart the catalogue feed may not have read the items published meanwhile
+        can_expire = self.catalog.caught_up.is_set()
+        timeout = self.s.park_timeout_s
         expired: list[tuple[PartitionState, Parked, str]] = []
         waiting: list[tuple[PartitionState, Parked]] = []
         ready: dict[int, list[Parked]] = defaultdict(list)
@@ -441,26 +673,38 @@ class Pipeline:
             for pk in st.parked:
                 if pk.event.item_id in self.catalog.items:
                     ready[st.partition].append(pk)
-                elif now - pk.parked_at > self.s.park_timeout_s:
+                elif can_expire and st.park_clock - pk.since > timeout:
                     expired.append((st, pk, "unknown_item"))
                 else:
                     waiting.append((st, pk))
-        if len(waiting) > self.s.max_parked:
-            waiting.sort(key=lambda sp: sp[1].parked_at)
-            expired += [(st, pk, "park_overflow")
-                        for st, pk in waiting[:len(waiting) - self.s.max_parked]]
+        # the newest within both bounds wait on; the older overflow
+        max_n, max_bytes = self.s.max_parked, self.s.parked_max_bytes
+        size = sum(pk.size() for _st, pk in waiting)
+        if len(waiting) > max_n or size > max_bytes:
+            waiting.sort(key=lambda sp: sp[1].parked_at, reverse=True)
+            n = size = 0
+            for i, (_st, pk) in enumerate(waiting):
+                if n + 1 > max_n or size + pk.size() > max_bytes:
+                    expired += [(st, pk, "park_overflow") for st, pk in waiting[i:]]
+                    break
+                n += 1
+                size += pk.size()
+        self._parked_bytes = size
         if not ready and not expired:
             return
         dead = [DeadLetter(st, pk.event.user_id.encode(), pk.raw, reason,
-                           f"item {pk.event.item_id!r} unknown after {now - pk.parked_at:.1f}s",
-                           pk.offset, pk.event.type, pk.event.user_id, scrubbed=True)
+                           self._park_detail(st, pk, reason), pk.offset, pk.event.type,
+                           pk.event.user_id, scrubbed=True)
                 for st, pk, reason in expired]
         if dead:
             await self._dead_letter(dead)
         # ---- apply: synchronous
         gone = {id(pk) for _, pk, _ in expired} | {id(pk) for pks in ready.values() for pk in pks}
         for r, (st, pk, reason) in zip(dead, expired):
-            st.dedupe.discard(pk.event.event_id)
+            st.dedupe.discard(pk.event.user_id, pk.event.event_id)
+            st.rate.refund(pk.event.user_id, pk.rate_window)
+            if pk.counted:
+                self._uncount_bandit(st, pk.event)
             st.dlq[reason] += 1
             st.outcomes[(pk.event.type, "rejected")] += 1
             st.dlq_keys.setdefault(pk.event.user_id, []).append(r.dlq_key)
@@ -468,12 +712,56 @@ class Pipeline:
         for p, pks in ready.items():
             vecs, _missing = self.catalog.vectors([str(pk.event.item_id) for pk in pks])
             work[p] = ([pk.event for pk in pks], vecs, [pk.msg_ts for pk in pks])
+        self._apply_bandit((p, pk.event) for p, pks in ready.items() for pk in pks
+                           if not pk.counted)
         self._apply_profiles(work)
         for st in self.profiles.partitions():
             if any(id(pk) in gone for pk in st.parked):
                 st.parked = [pk for pk in st.parked if id(pk) not in gone]
                 self.schedule.dirty.add(st.partition)
         self._refresh_sizes()
+
+    def _park_detail(self, st: PartitionState, pk: Parked, reason: str) -> str:
+        waited = f"item {pk.event.item_id!r} unknown after {st.park_clock - pk.since:.1f}s"
+        if reason == "park_overflow":
+            return (f"{waited}: over {self.s.max_parked} parked events or "
+                    f"{self.s.parked_max_bytes} bytes (PROFILES_MAX_PARKED, "
+                    "PROFILES_PARKED_MAX_BYTES)")
+        return waited
+
+    def _tick_park_clocks(self) -> None:
+        """Move each owned partition's park clock on by the time since the last tick, while
+        the catalogue is caught up.  The clocks are in the snapshots and start from where they
+        were when a partition is loaded, so a worker's downtime (and its catch-up after a
+        restart) never counts as waiting."""
+        mono = self.clock.monotonic()
+        live = self.catalog.caught_up.is_set()
+        ticks: dict[int, tuple[PartitionState, float]] = {}
+        for p, st in self.profiles.states.items():
+            prev = self._park_ticks.get(p)
+            if live and prev is not None and prev[0] is st:  # the same load of the partition
+                st.park_clock += max(0.0, mono - prev[1])
+            ticks[p] = (st, mono)
+        self._park_ticks = ticks
+
+    def _uncount_bandit(self, st: PartitionState, ev: Event) -> None:
+        """Take back the bandit counts of a parked event that code before issue 10 counted
+        when it parked (its snapshot's Parked.counted), now that it is dead-lettered."""
+        arm = ev.arm or ev.item_id
+        if arm is None:
+            return
+        bp = st.arms.params
+        imp = 1.0 if ev.type in bp.impression_types else 0.0
+        rew = float(bp.reward_weights.get(ev.type, 0.0))
+        if not (imp or rew) or arm not in st.arms:
+            return
+        minus_imp, minus_rew = np.array([-imp]), np.array([-rew])
+        st.arms.add([arm], minus_imp, minus_rew, anchor=float(ev.ts))
+        ctx = st.arms.contextual
+        if bp.context == "position" and ev.position is not None and ctx is not None:
+            key = context_arm(arm, ev.position)
+            if key in ctx:
+                ctx.add([key], minus_imp, minus_rew, anchor=float(ev.ts))
 
     # ------------------------------------------------------------------ housekeeping
     async def housekeeping(self, highwater: Callable[[int], int | None]) -> None:
@@ -484,13 +772,30 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     async def _dead_letter(self, rejects: list[DeadLetter]) -> None:
-        await dead_letter(rejects, self.send_dlq, self.pseudonymize, self.s.events_topic)
+        await dead_letter(rejects, self.send_dlq, self.pseudonymize, self.s.events_topic,
+                          self.s.max_id_bytes, self.s.max_request_bytes)
 
-    async def _erase_dead_letters(self, forgets: list[Accepted]) -> None:
-        """Tombstones for every DLQ record of the users being forgotten (compaction erases them)."""
+    async def _erase_dead_letters(self, forgets: list[Accepted],
+                                  rejects: list[DeadLetter]) -> None:
+        """Tombstones for every DLQ record of the users being forgotten (compaction erases
+        them): those of earlier batches, and this batch's from before the forget in the log."""
         keys = [k for a in forgets for k in a.st.dlq_keys.get(a.ev.user_id, ())]
+        before = {(a.st.partition, a.ev.user_id): a.offset for a in forgets}
+        keys += [r.dlq_key for r in rejects if r.user is not None
+                 and r.offset < before.get((r.st.partition, r.user), -1)]
         if keys:
             await asyncio.gather(*(self.send_dlq(k, None, [("reason", b"erased")]) for k in keys))
+
+    @staticmethod
+    def _keep_later_dead_letters(forgets: list[Accepted], rejects: list[DeadLetter]) -> None:
+        """A forget dropped its user's DLQ keys: those of this batch's rejects after it in the
+        log are not erased (they belong to what comes next) and are remembered again."""
+        at = {(a.st.partition, a.ev.user_id): a.offset for a in forgets}
+        for r in rejects:
+            if r.user is not None and r.offset > at.get((r.st.partition, r.user), r.offset):
+                keys = r.st.dlq_keys.setdefault(r.user, [])
+                if r.dlq_key not in keys:
+                    keys.append(r.dlq_key)
 
     def _refresh_sizes(self) -> None:
         self.metrics.index_vectors.labels("users").set(self.profiles.indexed())

@@ -10,9 +10,22 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "DeadLetterSink", "EventPublisher", "Header", "SignalSink", "SystemClock"]
+from stream.core.errors import ProfilesError
+
+__all__ = ["Clock", "DeadLetterError", "DeadLetterSink", "EventPublisher", "Header",
+           "SignalSink", "SystemClock", "TransientError"]
 
 Header = tuple[str, bytes]
+
+
+class TransientError(ProfilesError):
+    """A service outside the batch failed (the encoder, the broker): the batch is retried with
+    backoff, never bisected and never dead-lettered while the service stays down."""
+
+
+class DeadLetterError(TransientError):
+    """The dead-letter sink refused a write: the batch waits (``profiles_stalled``) until it
+    can be written, it is never skipped."""
 
 
 class DeadLetterSink(Protocol):

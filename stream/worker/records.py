@@ -30,9 +30,14 @@ class Record(NamedTuple):
     headers: Headers = ()
 
     @property
-    def id_hashed(self) -> bool:
-        """The user id is already pseudonymised (a dead letter re-published by ``dlq replay``)."""
-        return any(k == HASHED_HEADER for k, _ in self.headers)
+    def id_tag(self) -> bytes | None:
+        """The ``profiles-id-hashed`` header: a claim that the user id is already pseudonymised
+        (a dead letter re-published by ``dlq replay``), to be verified
+        (``Pseudonymizer.verify``) before it is believed; None when absent."""
+        for k, v in self.headers:
+            if k == HASHED_HEADER:
+                return v
+        return None
 
     def header(self, name: str) -> bytes | None:
         """The first header of that name, or None."""

@@ -79,12 +79,16 @@ def test_candidates_exclude_bought_items_and_rank_by_policy(tmp_path) -> None:
         ids = [c["item_id"] for c in got["candidates"]]
         assert len(ids) == 3 and "i1" not in ids and got["policy"].startswith("thompson")
         assert ids[0] == "i0"  # the profile's own item, nearest by far
-        assert got == await q.candidates("u1", 3)  # seeded per (seed, user): the same ranking
+        # the worker's seeded generator: a new Queries serves the same first ranking
+        assert got == await Queries(w.pipeline).candidates("u1", 3)
         # A user with no history gets trending items (issue 11), not 404: a new shopper is
         # exactly who a best-seller list is for: by weighted recent popularity i1 (a purchase,
-        # 8), i0 (two views), i3 (a click, 2, slightly older than i0's newest view).
+        # 8), i0 (two views), i3 (a click, 2, slightly older than i0's newest view); the
+        # bandit's exploration (a fresh draw per request) may then reorder the pool.
+        pool = q.generate("nobody").items
+        assert pool[:3] == ["i1", "i0", "i3"]
         new = await q.candidates("nobody", 3)
-        assert {c["item_id"] for c in new["candidates"]} == {"i1", "i0", "i3"}
+        assert {c["item_id"] for c in new["candidates"]} <= set(pool)
         assert all(c["sources"] == ["trending"] for c in new["candidates"])
 
     run(tmp_path, body)
@@ -150,7 +154,7 @@ def test_the_routes_map_errors_and_need_the_token(tmp_path) -> None:
             r = await c.get("/users/u1/candidates?k=0", headers=auth)
             assert r.status == 400 and "k must be" in (await r.json())["error"]
             r = await c.get("/users/nobody/profile", headers=auth)
-            assert r.status == 404 and (await r.json())["error"] == "unknown user 'nobody'"
+            assert r.status == 404 and (await r.json())["error"] == "unknown user"
             r = await c.get("/users/u2/candidates?k=2", headers=auth)
             assert r.status == 200 and len((await r.json())["candidates"]) == 2
             assert (await c.delete("/users/u2", headers=auth)).status == 503  # no publisher

@@ -60,19 +60,20 @@ def test_pseudonyms_are_keyed_hashes_and_scrub_dead_letters():
     assert p("u1") == want and p("u1") == want and p("u2") != want
     assert Pseudonymizer("other")("u1") != want
     assert Pseudonymizer("")("u1") == "u1" and not Pseudonymizer("").enabled
-    scrubbed = orjson.loads(p.scrub(b'{"user_id": "u1", "type": "view"}'))
+    scrubbed = orjson.loads(p.scrub(b'{"user_id": "u1", "type": "view"}', p("u1")))
     assert scrubbed == {"user_id": want, "type": "view"}
-    assert p.scrub(b"not json u1") is None and p.scrub(b"[1]") is None
+    assert p.scrub(b"not json u1", want) is None and p.scrub(b"[1]", want) is None
     assert tombstone_key("u1") == sha256(b"u1").hexdigest()[:32]
 
 
 def test_dedupe_window_is_bounded_and_discard_works():
     w = DedupeWindow(3)
     for i in "abcd":
-        w.add(i)
-    assert "a" not in w and all(i in w for i in "bcd") and len(w) == 3
-    w.discard("c")
-    assert "c" not in w and DedupeWindow.from_state(w.state(), 3).state() == ["b", "d"]
+        w.add("u", i)
+    assert not w.seen("u", "a") and all(w.seen("u", i) for i in "bcd") and len(w) == 3
+    w.discard("u", "c")
+    back = DedupeWindow.from_state(w.state(), 3)
+    assert not back.seen("u", "c") and back.seen("u", "b") and back.seen("u", "d")
 
 
 def _state(partition: int, offset: int) -> PartitionState:
