@@ -4,7 +4,10 @@ serialising cost kept under the budget (the interval stretches instead); offset 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+
+import orjson
 
 from encoder.fake import HashingEncoder
 from stream.settings import Settings
@@ -64,6 +67,40 @@ def test_serialising_cost_stretches_the_interval_to_the_budget(tmp_path) -> None
         assert await pipe.snapshot() == 0
         clock.advance(100.0)
         assert await pipe.snapshot() == 1
+
+    asyncio.run(run())
+
+
+def test_requests_are_answered_while_a_partition_serialises(tmp_path) -> None:
+    """Serialising runs on a thread, under the lock: the event loop stays free for requests,
+    and a batch waits until the snapshot is taken (the state cannot change under it)."""
+    pipe, _clock = _pipeline(tmp_path, snapshot_budget=1.0)
+    started, finished = threading.Event(), threading.Event()
+    dumps = pipe.store.dumps
+
+    def slow_dumps(st):
+        started.set()
+        time.sleep(0.3)
+        finished.set()
+        return dumps(st)
+
+    pipe.store.dumps = slow_dumps
+    before = pipe.states[0].next_offset
+    ev = {"event_id": "e1", "user_id": "u1", "type": "view", "item_id": "unknown",
+          "ts": 1_700_000_000_000}
+
+    async def run() -> None:
+        pipe.schedule.dirty = {0}
+        snap = asyncio.ensure_future(pipe.snapshot())
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        assert not finished.is_set()  # the loop has a turn while the partition serialises
+        batch = asyncio.ensure_future(pipe.process([Record(0, before, 0, b"u1",
+                                                           orjson.dumps(ev))]))
+        assert await snap == 1
+        await batch
+        assert pipe.store.covered(0) == before  # serialised before the batch changed it
+        assert pipe.states[0].next_offset == before + 1
 
     asyncio.run(run())
 

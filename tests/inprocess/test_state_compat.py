@@ -1,14 +1,21 @@
-"""Existing state survives the restructuring: a state folder written by the code before it
-(tests/fixtures/state-37d1982, see its README) loads with today's code and gives the same state;
-a snapshot this version cannot read fails with one StateError that names `profiles rebuild`."""
+"""State written by earlier versions.  Snapshots were pickles until issue 10 (point 13); they
+are data-only now, and a pickle snapshot (e.g. tests/fixtures/state-37d1982, see its README) is
+refused with one StateError that names the file and `profiles rebuild --swap`, never unpickled.
+Its *data* still maps onto today's state: converted by a trusted, allow-listed reader (test
+code only, for the fixture we made ourselves) it loads and equals what the old code held.  A
+snapshot this version cannot read fails with one StateError that names `profiles rebuild`."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import io
 import json
 import pickle
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +26,50 @@ from stream.settings import Settings
 from stream.worker.snapshots import SnapshotStore
 from stream.worker.testing import InProcessWorker
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "state-37d1982"
+#: the pickle state folder written before the restructuring (refused today)
+PICKLE_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "state-37d1982"
 T = 1_700_000_000_000
+
+
+class _TrustedFixtureUnpickler(pickle.Unpickler):
+    """The allow-list the pickle format was read with: here only to convert our own fixture."""
+
+    ALLOWED = frozenset({("stream.core.events", "Event"), ("collections", "Counter"),
+                         ("builtins", "set"), ("builtins", "frozenset"), ("numpy", "dtype"),
+                         ("numpy", "ndarray"),
+                         *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                           for n in ("_reconstruct", "scalar")),
+                         *((m, "_frombuffer") for m in ("numpy.core.numeric",
+                                                        "numpy._core.numeric"))})
+
+    def find_class(self, module: str, name: str) -> Any:
+        assert (module, name) in self.ALLOWED, (module, name)
+        return super().find_class(module, name)
+
+
+def _convert_fixture(state: Path) -> None:
+    """Rewrite the fixture's pickle snapshots in today's format (same data, version 2)."""
+    for path in sorted(state.glob("*.snap")):
+        blob = path.read_bytes()
+        assert blob[:6] == b"PSNAP1"
+        offset = int.from_bytes(blob[6:14], "big", signed=True)
+        data = _TrustedFixtureUnpickler(io.BytesIO(blob[14:])).load()
+        if "version" in data:
+            data["version"] = 2
+        path.write_bytes(SnapshotStore.encode(data, offset))
+
+
+def _converted_fixture() -> Path:
+    out = Path(tempfile.mkdtemp(prefix="profiles-state-37d1982-v2-"))
+    atexit.register(shutil.rmtree, out, True)
+    shutil.copytree(PICKLE_FIXTURE, out, dirs_exist_ok=True)
+    _convert_fixture(out)
+    return out
+
+
+#: the same data in today's format (what the tests of old-state semantics load, e.g.
+#: tests/inprocess/test_issue10_classify.py): converted once per session, by test code
+FIXTURE = _converted_fixture()
 
 
 def _settings(state: Path) -> Settings:
@@ -32,12 +81,33 @@ def _settings(state: Path) -> Settings:
 
 @pytest.fixture
 def state(tmp_path) -> Path:
+    """A copy of the pickle fixture."""
     out = tmp_path / "state"
-    shutil.copytree(FIXTURE, out)
+    shutil.copytree(PICKLE_FIXTURE, out)
     return out
 
 
-def test_the_old_state_loads_and_equals_what_the_old_code_held(state) -> None:
+def test_the_old_pickle_state_is_refused_naming_the_file_and_the_migration(state) -> None:
+    want = json.loads((PICKLE_FIXTURE / "expected.json").read_text())
+    store = SnapshotStore(state, "events")
+    for p, exp in want.items():
+        with pytest.raises(StateError, match=rf"events-{p}\.snap is in the pickle format.*"
+                                             r"`profiles rebuild --swap`"):
+            store.read(int(p))
+        assert store.covered(int(p)) == exp["next_offset"]  # the fence still reads its header
+    with pytest.raises(StateError, match=r"items-catalogue\.snap is in the pickle format"):
+        SnapshotStore(state, "items").read("catalogue")
+
+    async def run() -> None:
+        async with InProcessWorker(_settings(state), HashingEncoder(16)):
+            pass
+
+    with pytest.raises(StateError, match="pickle format.*profiles rebuild --swap"):
+        asyncio.run(run())
+
+
+def test_the_old_data_converted_loads_and_equals_what_the_old_code_held(state) -> None:
+    _convert_fixture(state)
     want = json.loads((FIXTURE / "expected.json").read_text())
 
     async def run() -> None:
@@ -68,24 +138,19 @@ def test_the_old_state_loads_and_equals_what_the_old_code_held(state) -> None:
     asyncio.run(run())
 
 
-def _rewrite(store: SnapshotStore, partition: int | str, data: object) -> None:
-    store.path(partition).write_bytes(store.frame(pickle.dumps(data), 7))
-
-
 def test_a_snapshot_of_another_version_is_one_state_error_naming_rebuild(state) -> None:
+    _convert_fixture(state)
     store = SnapshotStore(state, "events")
     d = store.read(0)
     assert d is not None
 
-    # a class this version does not know, as pickled from a module that has moved since
-    store.path(0).write_bytes(store.frame(b"\x80\x02cstream.state\nParked\n)\x81.", 5))
-    with pytest.raises(StateError, match=r"stream\.state\.Parked.*profiles rebuild"):
-        store.read(0)
-    store.path(1).write_bytes(store.frame(b"\x80\x05not a pickle", 3))
+    store.path(1).write_bytes(store.frame(b"PK\x03\x04 not an archive", 3))
     with pytest.raises(StateError, match="corrupt.*profiles rebuild"):
         store.read(1)
-    d2 = dict(d, version=99, parked=[])
-    _rewrite(store, 0, d2)
+    store.path(1).write_bytes(b"something else")
+    with pytest.raises(StateError, match="bad header.*profiles rebuild"):
+        store.read(1)
+    store.path(0).write_bytes(store.encode(dict(d, version=99, parked=[]), 7))
 
     async def run() -> None:
         async with InProcessWorker(_settings(state), HashingEncoder(16)):
@@ -96,11 +161,12 @@ def test_a_snapshot_of_another_version_is_one_state_error_naming_rebuild(state) 
 
 
 def test_a_snapshot_cannot_run_code(state, tmp_path) -> None:
-    """Only data classes are accepted: a pickle that would call a function is refused."""
+    """A pickle that would call a function is refused unread (the header says pickle)."""
     store = SnapshotStore(state, "events")
     marker = tmp_path / "ran"
     evil = type("Evil", (), {"__reduce__": lambda self: (Path.touch, (marker,))})()
-    _rewrite(store, 0, {"version": 1, "x": evil})
-    with pytest.raises(StateError, match="pathlib"):
+    store.path(0).write_bytes(b"PSNAP1" + (7).to_bytes(8, "big") + pickle.dumps(
+        {"version": 1, "x": evil}))
+    with pytest.raises(StateError, match="pickle format"):
         store.read(0)
     assert not marker.exists()
