@@ -331,13 +331,14 @@ class SnapshotStore:
 
 
 class Scheduler:
-    """Which partition to snapshot when, within a share of the event loop's time.
+    """Which partition to snapshot when, within a share of the time.
 
     A changed (``dirty``) partition is due once its last snapshot is ``interval_s`` old; the
     timer writes at most *one* partition per call, the due one whose snapshot is oldest.  After
     a snapshot that took ``c`` seconds to serialise the next waits ``c / budget``: serialising
-    runs on the event loop, so this bounds the share of the loop's time it takes (the interval
-    stretches as the state grows).
+    runs on an executor thread while the pipeline's lock is held (requests are answered, batches
+    wait), so this bounds the share of time batches wait on snapshots (the interval stretches as
+    the state grows).
     """
 
     def __init__(self, interval_s: float, budget: float, monotonic: Callable[[], float]) -> None:
