@@ -698,7 +698,20 @@ class Pipeline:
                 for st, pk, reason in expired]
         if dead:
             await self._dead_letter(dead)
-        # ---- apply: synchronous
+        # ---- apply: synchronous; an exception here may leave the state half-applied, so,
+        # as for a batch, the pipeline is marked broken (no snapshot, nothing applied more)
+        try:
+            self._apply_resolved(expired, dead, ready)
+        except Exception as e:
+            self.broken = f"{type(e).__name__}: {e}"
+            self.metrics.batch_retries.labels("apply").inc()
+            log.critical("exception while applying parked events (%s); the state may have "
+                         "changed part-way: restart the worker from its last snapshot",
+                         self.broken, exc_info=True)
+            raise StateError(f"pipeline broken ({self.broken}): restart the worker") from e
+
+    def _apply_resolved(self, expired: list[tuple[PartitionState, Parked, str]],
+                        dead: list[DeadLetter], ready: dict[int, list[Parked]]) -> None:
         gone = {id(pk) for _, pk, _ in expired} | {id(pk) for pks in ready.values() for pk in pks}
         for r, (st, pk, reason) in zip(dead, expired):
             st.dedupe.discard(pk.event.user_id, pk.event.event_id)

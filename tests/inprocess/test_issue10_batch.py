@@ -246,3 +246,40 @@ def test_an_exception_in_apply_stops_the_worker_and_a_restart_applies_the_batch_
             assert sum(len(st.profiles) for st in w2.pipeline.states.values()) == 12
 
     asyncio.run(main())
+
+
+def test_an_exception_while_resolving_parked_events_marks_the_pipeline_broken(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fault fuzzer: the apply step of parked events, like a batch's, must never
+    leave a half-applied state live (it could be snapshotted, and the next resolve would apply
+    the same events again: one view counted as two impressions)."""
+    import tempfile
+
+    from stream.core.errors import StateError
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+            s = Settings.from_env({}, state_dir=d, partitions=1)
+            async with InProcessWorker(s, HashingEncoder(16)) as w:
+                await w.items([{"item_id": "i0", "title": "red shoe"}])
+                await w.events([{"event_id": "e1", "user_id": "ann", "type": "view",
+                                 "ts": 1_700_000_000_000, "item_id": "late"}])
+                p = w.pipeline
+                orig, calls = p._apply_profiles, {"n": 0}
+
+                def failing(work):  # a bug (or MemoryError) in the apply step, once
+                    calls["n"] += 1
+                    if calls["n"] == 1:
+                        raise RuntimeError("apply phase: boom")
+                    return orig(work)
+
+                monkeypatch.setattr(p, "_apply_profiles", failing)
+                await w.items([{"item_id": "late", "title": "late stove"}])
+                with pytest.raises(StateError, match="broken"):
+                    await p.resolve_parked()
+                assert p.broken is not None
+                assert await p.snapshot(everything=True) == 0  # nothing half-applied persists
+                await p.resolve_parked()  # a broken pipeline applies nothing more
+                assert p.states[0].arms.as_dict().get("late", (0.0, 0.0))[0] <= 1.0
+
+    asyncio.run(main())
