@@ -173,8 +173,11 @@ class Queries:
         user = self.user_id(raw_id)
         cands = self.generate(user)
         policy = _policy(self.s.bandit_policy)
+        # a user without state here gets trending items; the body never echoes its
+        # pseudonym (a hashing oracle for any caller), as a 404 does not
+        shown = user if self.p.profiles.owner(user) is not None else None
         if not len(cands):
-            return {"user_id": user, "candidates": [], "policy": policy.describe()}
+            return {"user_id": shown, "candidates": [], "policy": policy.describe()}
         stats = await self.global_arms(cands.items, auth)
         alpha, beta = stats.posteriors(cands.items)
         cands.features[:, _BANDIT_MEAN] = alpha / (alpha + beta)
@@ -212,7 +215,7 @@ class Queries:
         for s, n in served.items():
             if n:
                 self.p.metrics.candidates.labels(s).inc(n)
-        body: dict[str, Any] = {"user_id": user, "candidates": out, "policy": policy.describe()}
+        body: dict[str, Any] = {"user_id": shown, "candidates": out, "policy": policy.describe()}
         if decision is not None:
             body["decision_id"] = decision["decision_id"]
         return body

@@ -195,6 +195,29 @@ def test_a_404_does_not_echo_the_pseudonym(tmp_path) -> None:
     run(tmp_path, body, id_secret="s3cret")
 
 
+def test_candidates_for_an_unknown_user_do_not_echo_the_pseudonym(tmp_path) -> None:
+    """/candidates answers a user without history with trending items (200): its body must
+    not echo H(id) either, or any caller could hash guesses with the worker's secret."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from stream.serve.http import Api
+
+    async def body(w: InProcessWorker) -> None:
+        await w.items(ITEMS)
+        await w.events([ev("e1", "u1", item_id="i0")])
+        pseudonym = w.pipeline.pseudonymize("nobody")
+        async with TestClient(TestServer(Api(Queries(w.pipeline)).app())) as c:
+            r = await c.get("/users/nobody/candidates?k=5")
+            text = await r.text()
+            assert r.status == 200 and pseudonym not in text and "nobody" not in text, text
+            got = await r.json()
+            assert got["user_id"] is None and got["candidates"]  # trending, no id echoed
+            known = await (await c.get("/users/u1/candidates?k=5")).json()
+            assert known["user_id"] == w.pipeline.pseudonymize("u1")
+
+    run(tmp_path, body, id_secret="s3cret")
+
+
 # ---------------------------------------------------------------------------- point 11
 def test_arms_beyond_the_bound_are_counted_and_ignored(tmp_path) -> None:
     """PROFILES_BANDIT_MAX_ARMS bounds each partition's arm table: events of arms beyond it
