@@ -115,6 +115,9 @@ class Settings:
     max_message_bytes: int = field(default=65536, metadata={"help": "max bytes of one event message"})
     max_id_bytes: int = field(default=256, metadata={
         "help": "max UTF-8 bytes of user_id, event_id, item_id and arm (longer: DLQ oversized)"})
+    dlq_refs_per_user: int = field(default=1000, metadata={
+        "help": "dead letters per user and partition remembered for erasure; beyond it a user's "
+                "dead letter is stored anonymous: no value, no user (0: no bound)"})
     park_timeout_s: float = field(default=60.0, metadata={"help": "seconds an event waits for its item"})
     max_parked: int = field(default=100_000, metadata={"help": "max parked events per worker"})
     parked_max_bytes: int = field(default=134_217_728, metadata={
@@ -271,6 +274,9 @@ class Settings:
             problems.append(f"bandit_context must be '' or 'position', got {self.bandit_context!r}")
         if self.bandit_top_arms < 0:
             problems.append(f"bandit_top_arms must be >= 0, got {self.bandit_top_arms}")
+        if self.dlq_refs_per_user < 0:
+            problems.append(f"dlq_refs_per_user must be >= 0 (0: no bound), got "
+                            f"{self.dlq_refs_per_user}")
         if self.bandit_max_arms < 1:
             problems.append(f"bandit_max_arms must be >= 1, got {self.bandit_max_arms}")
         if self.encoder_cache_bytes < 0:

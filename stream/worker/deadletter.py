@@ -99,19 +99,37 @@ def truncate(value: bytes, key: bytes, headers: list[Header], max_request_bytes:
 
 async def dead_letter(rejects: list[DeadLetter], send_dlq: DeadLetterSink,
                       pseudonymize: Pseudonymizer, source_topic: str,
-                      max_id_bytes: int = 256, max_request_bytes: int = 1_048_576) -> None:
+                      max_id_bytes: int = 256, max_request_bytes: int = 1_048_576,
+                      max_refs: int = 0) -> int:
     """Send rejects to the DLQ: key ``user/partition/offset`` (unique, so a user's records
     can be erased one by one through log compaction), headers with reason and source.  A
     value too big for one produce request is stored truncated (:func:`truncate`); with a
-    secret its tag is computed over the bytes actually sent."""
+    secret its tag is computed over the bytes actually sent.
+
+    ``max_refs`` (``PROFILES_DLQ_REFS_PER_USER``; 0: no bound): the state remembers each
+    user's DLQ keys for erasure, so one user flooding bad records would grow it without
+    bound.  A user's dead letter beyond ``max_refs`` remembered in its partition is stored
+    *anonymous*: no value, key ``?/partition/offset``, header ``value_dropped`` — nothing to
+    erase and nothing to replay; its reason and offset are kept.  Returns how many."""
     sends = []
     enabled = pseudonymize.enabled
+    pending: dict[tuple[int, str], int] = {}
+    dropped = 0
     for r in rejects:
         if r.user is None:  # (an untrusted record's value holds no user id: it stays None)
             r.user = user_of(r.raw, None if r.scrubbed or not enabled else pseudonymize,
                              max_id_bytes)
         value: bytes | None = r.raw
-        if enabled and not r.scrubbed:  # the id it holds becomes the pseudonym, hashed once
+        anonymous = False
+        if max_refs and r.user is not None:
+            at = (r.st.partition, r.user)
+            n = len(r.st.dlq_keys.get(r.user, ())) + pending.get(at, 0)
+            if n >= max_refs:
+                anonymous, r.user, value = True, None, None
+                dropped += 1
+            else:
+                pending[at] = pending.get(at, 0) + 1
+        if enabled and not r.scrubbed and value is not None:  # the id becomes the pseudonym
             value = pseudonymize.scrub(r.raw, r.user)
         r.dlq_key = f"{r.user or '?'}/{r.st.partition}/{r.offset}".encode()
         headers: list[Header] = [
@@ -119,8 +137,11 @@ async def dead_letter(rejects: list[DeadLetter], send_dlq: DeadLetterSink,
             ("source_topic", source_topic.encode()),
             ("source_partition", str(r.st.partition).encode()),
             ("source_offset", str(r.offset).encode())]
-        if not enabled:
+        if not enabled and not anonymous:
             headers.append(("source_key", r.key or b""))
+        if anonymous:
+            headers.append(("value_dropped", f"over {max_refs} dead letters of this user in "
+                            "this partition (PROFILES_DLQ_REFS_PER_USER)".encode()))
         if value:
             value, headers = truncate(value, r.dlq_key, headers,
                                       max_request_bytes - (100 if enabled else 0))
@@ -131,3 +152,4 @@ async def dead_letter(rejects: list[DeadLetter], send_dlq: DeadLetterSink,
                 value = None  # unparseable: only the reason and offset are kept
         sends.append(send_dlq(r.dlq_key, value, headers))
     await asyncio.gather(*sends)
+    return dropped

@@ -251,6 +251,12 @@ class Metrics:
             "Candidates served by /candidates, by the source that found them (a candidate found "
             "by several sources counts once for each)", ["source"], registry=r,
         )
+        self.dlq_values_dropped = Counter(
+            "profiles_dlq_values_dropped",
+            "Dead letters stored anonymous (no value, no user) because their user already had "
+            "PROFILES_DLQ_REFS_PER_USER remembered in the partition",
+            registry=r,
+        )
         self.id_cache_evictions = Counter(
             "profiles_id_cache_evictions",
             "Pseudonyms dropped from the LRU cache to stay within PROFILES_ID_CACHE_BYTES",

@@ -720,7 +720,8 @@ class Pipeline:
                 self._uncount_bandit(st, pk.event)
             st.dlq[reason] += 1
             st.outcomes[(pk.event.type, "rejected")] += 1
-            st.dlq_keys.setdefault(pk.event.user_id, []).append(r.dlq_key)
+            if r.user is not None:  # None: stored anonymous (PROFILES_DLQ_REFS_PER_USER)
+                st.dlq_keys.setdefault(pk.event.user_id, []).append(r.dlq_key)
         work = {}
         for p, pks in ready.items():
             vecs, _missing = self.catalog.vectors([str(pk.event.item_id) for pk in pks])
@@ -785,8 +786,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     async def _dead_letter(self, rejects: list[DeadLetter]) -> None:
-        await dead_letter(rejects, self.send_dlq, self.pseudonymize, self.s.events_topic,
-                          self.s.max_id_bytes, self.s.max_request_bytes)
+        dropped = await dead_letter(rejects, self.send_dlq, self.pseudonymize,
+                                    self.s.events_topic, self.s.max_id_bytes,
+                                    self.s.max_request_bytes, self.s.dlq_refs_per_user)
+        if dropped:
+            self.metrics.dlq_values_dropped.inc(dropped)
 
     async def _erase_dead_letters(self, forgets: list[Accepted],
                                   rejects: list[DeadLetter]) -> None:

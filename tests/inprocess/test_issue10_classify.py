@@ -288,3 +288,35 @@ def test_an_over_long_user_id_never_becomes_a_state_key(tmp_path, secret) -> Non
         assert st.dlq_keys == {} and w.dead_letters.records[0].key == b"?/0/0"
 
     run(tmp_path, body, id_secret=secret)
+
+
+@pytest.mark.parametrize("secret", ["", "s3cret"])
+def test_dead_letter_references_per_user_are_bounded(tmp_path, secret) -> None:
+    """Issue 10 point 11: the state remembers each user's DLQ keys for erasure, so one user
+    sending bad records without end would grow it without bound.  Beyond
+    PROFILES_DLQ_REFS_PER_USER per partition, that user's dead letters are stored anonymous (no
+    value, no user: nothing to erase), counted; other users are untouched."""
+    async def body(w: InProcessWorker) -> None:
+        bad = [{"event_id": f"b{i}", "user_id": "flood", "type": "teleport", "ts": T}
+               for i in range(5)]
+        await w.events([*bad, {"event_id": "c1", "user_id": "calm", "type": "teleport",
+                               "ts": T}], partition=0)
+        st = w.pipeline.states[0]
+        flood = w.pipeline.pseudonymize("flood")
+        assert len(st.dlq_keys[flood]) == 2  # the bound
+        assert len(st.dlq_keys[w.pipeline.pseudonymize("calm")]) == 1
+        recs = w.dead_letters.records
+        assert len(recs) == 6 and all(dict(r.headers)["reason"] == b"unknown_type" for r in recs)
+        anon = [r for r in recs if r.key.startswith(b"?/")]
+        assert len(anon) == 3 and all(r.value is None for r in anon)
+        assert all(flood.encode() not in (r.value or b"") and b"flood" not in (r.value or b"")
+                   for r in anon)
+        dropped = w.pipeline.metrics.registry.get_sample_value(
+            "profiles_dlq_values_dropped_total")
+        assert dropped == 3
+        # a forget tombstones exactly the remembered ones
+        await w.events([{"event_id": "f", "user_id": "flood", "type": "forget", "ts": T + 1}],
+                       partition=0)
+        assert flood not in st.dlq_keys
+
+    run(tmp_path, body, dlq_refs_per_user=2, id_secret=secret)

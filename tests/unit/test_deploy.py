@@ -68,6 +68,7 @@ WORKER_METRICS = {
     "profiles_catalog_reader_down": "gauge",
     "profiles_catalog_rejected": "counter",
     "profiles_id_cache_evictions": "counter",
+    "profiles_dlq_values_dropped": "counter",
     "profiles_expired": "counter",
     "profiles_candidates": "counter",
     "profiles_signals_published": "counter",
