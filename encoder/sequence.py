@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from stream.core.errors import StateError
-from stream.core.files import sha256_file
+from stream.core.files import read_meta, sha256_file, verified_file
 
 __all__ = ["SEQUENCE_META", "Lifts", "SequenceModel"]
 
@@ -112,22 +112,9 @@ class SequenceModel:
         from encoder.sasrec import SasrecConfig, SasrecModel, _Net
 
         folder = Path(folder)
-        try:
-            meta = json.loads((folder / SEQUENCE_META).read_text())
-        except FileNotFoundError as exc:
-            raise StateError(f"{folder}: no {SEQUENCE_META}") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateError(f"{folder}: unreadable {SEQUENCE_META} ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            got = meta.get("format") if isinstance(meta, dict) else None
-            raise StateError(f"{folder}: unsupported sequence model format {got!r}, this "
-                             f"version reads {FORMAT!r}")
-        path = folder / str(meta.get("arrays_file", SEQUENCE_ARRAYS))
-        if not path.is_file():
-            raise StateError(f"{folder}: {path.name} is missing")
-        if meta.get("arrays_sha256") != sha256_file(path):
-            raise StateError(f"{folder}: {path.name} does not match its recorded sha256 "
-                             "(corrupt or modified)")
+        label = f"sequence model {folder}"
+        meta = read_meta(folder, SEQUENCE_META, FORMAT, label)
+        path = verified_file(folder, meta, SEQUENCE_ARRAYS, label)
         try:
             known = {f.name for f in fields(SasrecConfig)}
             cfg = SasrecConfig(**{k: v for k, v in dict(meta["config"]).items() if k in known})

@@ -5,11 +5,15 @@ temporary folder into place (stdlib only)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-__all__ = ["replace_dir", "sha256_file"]
+from stream.core.errors import StateError
+
+__all__ = ["read_meta", "replace_dir", "sha256_file", "verified_file"]
 
 
 def sha256_file(path: Path) -> str:
@@ -37,3 +41,32 @@ def replace_dir(tmp: Path, out: Path) -> None:
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(folder: Path, meta_file: str, fmt: str, label: str) -> dict[str, Any]:
+    """The JSON metadata ``folder/meta_file`` of a self-describing directory, whose
+    ``format`` must be ``fmt``; a :class:`StateError` (one line, starting with ``label``)
+    when it is missing, unreadable or of another format."""
+    path = folder / meta_file
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise StateError(f"{label}: no {meta_file}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateError(f"{label}: unreadable {meta_file} ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise StateError(f"{label}: unsupported format {got!r}, this version reads {fmt!r}")
+    return meta
+
+
+def verified_file(folder: Path, meta: dict[str, Any], default: str, label: str) -> Path:
+    """The data file ``meta["arrays_file"]`` (else ``default``) of ``folder``, checked against
+    ``meta["arrays_sha256"]``; a :class:`StateError` (one line) when missing or modified."""
+    path = folder / str(meta.get("arrays_file", default))
+    if not path.is_file():
+        raise StateError(f"{label}: {path.name} is missing")
+    if meta.get("arrays_sha256") != sha256_file(path):
+        raise StateError(f"{label}: {path.name} does not match its recorded sha256 "
+                         "(corrupt or modified)")
+    return path

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from stream.core.errors import StateError
-from stream.core.files import replace_dir, sha256_file
+from stream.core.files import read_meta, replace_dir, sha256_file, verified_file
 from stream.core.hybrid import FEATURES
 
 __all__ = [
@@ -201,23 +201,9 @@ class Ranker:
     def load(cls, folder: Path | str) -> Ranker:
         """Read a ranker directory; StateError (one line) when it cannot be used."""
         folder = Path(folder)
-        path = folder / META_FILE
-        try:
-            meta = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise StateError(f"ranker directory {folder}: no {META_FILE}") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateError(f"ranker directory {folder}: unreadable {META_FILE} ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            got = meta.get("format") if isinstance(meta, dict) else None
-            raise StateError(f"ranker directory {folder}: unsupported format {got!r}, this "
-                             f"version reads {FORMAT!r}")
-        arrays_path = folder / str(meta.get("arrays_file", ARRAYS_FILE))
-        if not arrays_path.is_file():
-            raise StateError(f"ranker directory {folder}: {arrays_path.name} is missing")
-        if meta.get("arrays_sha256") != sha256_file(arrays_path):
-            raise StateError(f"ranker directory {folder}: {arrays_path.name} does not match its "
-                             "recorded sha256 (corrupt or modified)")
+        label = f"ranker directory {folder}"
+        meta = read_meta(folder, META_FILE, FORMAT, label)
+        arrays_path = verified_file(folder, meta, ARRAYS_FILE, label)
         try:
             with np.load(arrays_path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}

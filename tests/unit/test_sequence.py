@@ -81,7 +81,7 @@ def test_load_refuses_bad_folders(model: SequenceModel, tmp_path) -> None:
     model.save_into(tmp_path)
     meta = json.loads((tmp_path / SEQUENCE_META).read_text())
     (tmp_path / SEQUENCE_META).write_text(json.dumps({**meta, "format": "other/9"}))
-    with pytest.raises(StateError, match="unsupported sequence model format"):
+    with pytest.raises(StateError, match="unsupported format"):
         SequenceModel.load(tmp_path)
     (tmp_path / SEQUENCE_META).write_text(json.dumps(meta))
     with (tmp_path / SEQUENCE_ARRAYS).open("ab") as fh:
