@@ -249,18 +249,8 @@ def generate(
     src = np.asarray(bits, dtype=np.uint8)
     if n == 0:
         return Candidates(items, x, src)
-    x[:, _COL["content_sim"]] = [sims.get(it, 0.0) for it in items]
-    if similarity is not None:
-        missing = [k for k, it in enumerate(items) if it not in sims]
-        if missing:
-            vals = np.asarray(similarity([items[k] for k in missing]), dtype=np.float64)
-            x[missing, _COL["content_sim"]] = vals.reshape(-1)
-    x[:, _COL["seq_lift"]] = [lifts.get(it, 0.0) for it in items]
-    if sequence_lift is not None:
-        missing = [k for k, it in enumerate(items) if it not in lifts]
-        if missing:
-            vals = np.asarray(sequence_lift([items[k] for k in missing]), dtype=np.float64)
-            x[missing, _COL["seq_lift"]] = vals.reshape(-1)
+    _fill(x[:, _COL["content_sim"]], items, sims, similarity)
+    _fill(x[:, _COL["seq_lift"]], items, lifts, sequence_lift)
     x[:, _COL["covis_score"]] = np.log1p([cov.get(it, 0.0) for it in items])
     x[:, _COL["covis_recency"]] = [cov_rec.get(it, 0.0) for it in items]
     short, long = view.popularity(items, now)
@@ -289,6 +279,18 @@ def generate(
     for b, name in enumerate(SOURCES):
         x[:, _COL[f"src_{name}"]] = (src >> b) & 1
     return Candidates(items, x, src)
+
+
+def _fill(col: np.ndarray, items: list[str], known: Mapping[str, float],
+          rest: Callable[[list[str]], np.ndarray] | None) -> None:
+    """A feature column: ``known`` values (a source's own scores), ``rest(items)`` for the
+    other candidates when given, else 0."""
+    col[:] = [known.get(it, 0.0) for it in items]
+    if rest is not None:
+        missing = [k for k, it in enumerate(items) if it not in known]
+        if missing:
+            col[missing] = np.asarray(rest([items[k] for k in missing]),
+                                      dtype=np.float64).reshape(-1)
 
 
 def rank(cands: Candidates, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
