@@ -8,18 +8,14 @@ time applied, which no single event (nor fewer than that many) can move."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from encoder.fake import HashingEncoder
-from stream.settings import Settings
 from stream.worker.testing import InProcessWorker
+from tests.inprocess.test_pipeline import run
 from tests.oracle import oracle_profiles
 
 pytestmark = pytest.mark.inprocess
@@ -30,18 +26,6 @@ Y2100 = 4_102_444_800_000
 DIM = 32
 ITEMS = [{"item_id": f"i{i}", "title": f"{c} item {i}", "category": c}
          for i, c in enumerate(["shoes", "shoes", "tents", "tents", "coffee", "coffee"])]
-
-
-def run(tmp_path: Path, body: Callable[[InProcessWorker], Awaitable[None]], **settings: Any
-        ) -> None:
-    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), **settings)
-
-    async def main() -> None:
-        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
-            await w.items(ITEMS)
-            await body(w)
-
-    asyncio.run(main())
 
 
 def ev(eid: str, user: str, etype: str = "view", ts: int = T, **kw: Any) -> dict[str, Any]:

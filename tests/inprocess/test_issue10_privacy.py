@@ -15,7 +15,7 @@ import asyncio
 import math
 import tempfile
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +30,11 @@ from stream.settings import Settings
 from stream.worker.privacy import HASHED_HEADER, Pseudonymizer, tombstone_key
 from stream.worker.records import Record
 from stream.worker.testing import DeadLetter, InProcessWorker, Source
-from tests.inprocess.test_pipeline import DIM, ITEMS, T, ev, outcomes
+from tests.inprocess.test_pipeline import DIM, ITEMS, T, ev, outcomes, run
 
 pytestmark = pytest.mark.inprocess
 
 SECRET = "s3cret"
-
-
-def run(tmp_path: Path, body: Callable[[InProcessWorker], Awaitable[None]], **settings: Any
-        ) -> None:
-    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), **settings)
-
-    async def main() -> None:
-        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
-            await w.items(ITEMS)
-            await body(w)
-
-    asyncio.run(main())
 
 
 def replayed(w: InProcessWorker, dead: DeadLetter) -> Record:
