@@ -1,32 +1,70 @@
 """Vector indexes with string ids: the :class:`VectorIndex` protocol and its FAISS kinds.
 
-``make_index(kind, dim, name)`` builds one; ``index_from_state(state)`` rebuilds one from a
-snapshot.  Kinds: ``flat`` (exact inner product, ``faiss.IndexFlatIP``).
+``make_index(dim, name, kind)`` builds one; ``index_from_state(state, kind)`` rebuilds one from
+a snapshot; :class:`IndexSpec` carries a kind and its options (from settings) to both.  Kinds:
+
+- ``flat``: exact inner product (``faiss.IndexFlatIP``), :class:`FlatIndex`;
+- ``auto``: exact below ``exact_below`` vectors, IVF with an HNSW coarse quantiser and live
+  updates/removals above it, :class:`IvfIndex`;
+- ``ivf``: the same, IVF from the smallest size k-means can train on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from index.base import VectorIndex
 from index.flat import FlatIndex
+from index.ivf import DEFAULT_EXACT_BELOW, MIN_POINTS_PER_LIST, IvfIndex
 from stream.core.errors import IndexShapeError
 
-__all__ = ["INDEX_KINDS", "FlatIndex", "IndexShapeError", "VectorIndex", "index_from_state",
-           "make_index"]
+__all__ = ["DEFAULT_EXACT_BELOW", "INDEX_KINDS", "FlatIndex", "IndexShapeError", "IndexSpec",
+           "IvfIndex", "VectorIndex", "factory_of", "index_from_state", "make_index"]
 
-INDEX_KINDS: tuple[str, ...] = ("flat",)
-
-
-def make_index(dim: int, name: str = "", kind: str = "flat") -> VectorIndex:
-    """A new, empty index of ``kind``."""
-    if kind == "flat":
-        return FlatIndex(dim, name=name)
-    raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "ivf")
 
 
-def index_from_state(state: dict[str, Any], kind: str = "flat") -> VectorIndex:
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which kind of index to make, with its options (``PROFILES_INDEX_*`` settings)."""
+
+    kind: str = "flat"
+    exact_below: int = DEFAULT_EXACT_BELOW
+    nprobe: int = 0  # 0: chosen from the number of lists
+    background: bool = True  # train IVF centroids off the caller's thread
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}; expected one of {INDEX_KINDS}")
+
+    def _options(self) -> dict[str, Any]:
+        below = 2 * MIN_POINTS_PER_LIST if self.kind == "ivf" else self.exact_below
+        return {"exact_below": below, "nprobe": self.nprobe, "background": self.background}
+
+    def make(self, dim: int, name: str = "") -> VectorIndex:
+        """A new, empty index."""
+        if self.kind == "flat":
+            return FlatIndex(dim, name=name)
+        return IvfIndex(dim, name=name, **self._options())
+
+    def from_state(self, state: dict[str, Any]) -> VectorIndex:
+        """Rebuild from :meth:`VectorIndex.state` (ids and vectors; no pickle)."""
+        if self.kind == "flat":
+            return FlatIndex.from_state(state)
+        return IvfIndex.from_state(state, **self._options())
+
+
+def make_index(dim: int, name: str = "", kind: str = "flat", **options: Any) -> VectorIndex:
+    """A new, empty index of ``kind`` (``options``: the :class:`IndexSpec` fields)."""
+    return IndexSpec(kind, **options).make(dim, name)
+
+
+def index_from_state(state: dict[str, Any], kind: str = "flat", **options: Any) -> VectorIndex:
     """Rebuild an index of ``kind`` from :meth:`VectorIndex.state`."""
-    if kind == "flat":
-        return FlatIndex.from_state(state)
-    raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    return IndexSpec(kind, **options).from_state(state)
+
+
+def factory_of(index: VectorIndex) -> str:
+    """The FAISS factory string an index searches with now (``Flat`` for exact search)."""
+    return str(getattr(index, "factory", "Flat"))

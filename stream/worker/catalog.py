@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from index import VectorIndex, index_from_state, make_index
+from index import IndexSpec, VectorIndex
 from stream.core.errors import EncoderError
 from stream.core.events import Item, Limits, Reject, decode_item
 from stream.worker.records import Record
@@ -46,10 +46,12 @@ class ItemEncoder(Protocol):
 class ItemCatalog:
     """Item vectors (the ``items`` index) and metadata, fed from the items topic."""
 
-    def __init__(self, dim: int, limits: Limits, model: str = "") -> None:
+    def __init__(self, dim: int, limits: Limits, model: str = "",
+                 spec: IndexSpec | None = None) -> None:
         self.model = model
+        self.spec = spec if spec is not None else IndexSpec()  # which index kind (settings)
         self.offsets: dict[int, int] = {}  # partition -> next offset the catalogue covers
-        self.index: VectorIndex = make_index(dim, name="items")
+        self.index: VectorIndex = self.spec.make(dim, name="items")
         self.items: dict[str, Item] = {}
         self.limits = limits
         self.caught_up = asyncio.Event()  # set by the feed at the high watermark
@@ -140,7 +142,7 @@ class ItemCatalog:
             log.warning("item snapshot made by model %s, not %s: re-encoding the catalogue",
                         d.get("model"), self.model)
             return False
-        self.index = index_from_state(d["index"])
+        self.index = self.spec.from_state(d["index"])
         self.items = {t[0]: Item(*t) for t in d["items"]}
         self.offsets = dict(d["offsets"])
         self.version += 1
