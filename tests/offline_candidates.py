@@ -21,6 +21,7 @@ from index import make_index
 from stream.core.bandit import ArmStats
 from stream.core.events import Item
 from stream.core.hybrid import FEATURES, generate, rank, serve_scores
+from stream.core.interests import InterestTable, multi_interest_hits
 from stream.core.profile import ProfileTable, UserStats
 from stream.core.ranker import Ranker
 from stream.core.signals import Signals, SignalView
@@ -60,6 +61,8 @@ class Offline:
         self.profiles = ProfileTable(encoder.dim, pp)
         self.users = UserStats(pp)
         self.arms = ArmStats(bp)
+        ip = s.interest_params()  # multi-interest profiles, per partition in log order
+        self.interests: dict[int, InterestTable] = {}
         for p in sorted(by_part):
             evs = by_part[p]
             sig = self.signals[p] = Signals(sp)
@@ -68,12 +71,15 @@ class Offline:
             sig.publish(self.view, p)
             with_vec = [e for e in evs if (e.get("item_id") if e["type"] != "search"
                                            else ("q", e["query"])) is not None]
-            self.profiles.apply(
-                [str(e["user_id"]) for e in with_vec],
-                np.array([int(e["ts"]) for e in with_vec], dtype=np.int64),
-                pp.weight_array([e["type"] for e in with_vec]),
-                np.stack([vec_of[e["item_id"] if e["type"] != "search" else ("q", e["query"])]
-                          for e in with_vec]))
+            batch = ([str(e["user_id"]) for e in with_vec],
+                     np.array([int(e["ts"]) for e in with_vec], dtype=np.int64),
+                     pp.weight_array([e["type"] for e in with_vec]),
+                     np.stack([vec_of[e["item_id"] if e["type"] != "search" else ("q", e["query"])]
+                               for e in with_vec]))
+            self.profiles.apply(*batch)
+            if ip is not None:
+                self.interests[p] = InterestTable(encoder.dim, ip)
+                self.interests[p].apply(*batch)
             item_evs = [e for e in evs if e.get("item_id")]
             self.users.update([str(e["user_id"]) for e in evs], [e["type"] for e in evs],
                               [int(e["ts"]) for e in evs],
@@ -94,15 +100,23 @@ class Offline:
         bought = self.users.purchased(user)
         content: list[tuple[str, float]] = []
         n = min(hp.content_k, len(self.items))
-        if vec is not None and n and "content" in hp.sources:
-            exclude = [set(bought)] if hp.exclude_purchased else None
-            content = self.items.search(vec[None, :], n, exclude=exclude)[0]
 
         def similarity(ids: list[str]) -> np.ndarray:
             vecs, missing = self.items.get_many(ids)
             sims = (vecs @ vec).astype(np.float64)
             sims[missing] = 0.0
             return sims
+
+        if vec is not None and n and "content" in hp.sources:
+            exclude = [set(bought)] if hp.exclude_purchased else None
+            table = self.interests.get(self.partition.get(user, -1))
+            it = table.get(user) if table is not None else None
+            if it is not None and len(it) > 1:  # per interest; content_sim: profile . item
+                ids = [i for i, _ in multi_interest_hits(it, n, lambda q, k: self.items.search(
+                    q, k, exclude=None if exclude is None else exclude * len(q)))]
+                content = list(zip(ids, similarity(ids).tolist(), strict=True))
+            else:
+                content = self.items.search(vec[None, :], n, exclude=exclude)[0]
 
         sig = self.signals.get(self.partition.get(user, -1))
         lifts, hits = None, []

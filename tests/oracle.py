@@ -66,3 +66,69 @@ def oracle_bandit(
             c[0] += 1.0
         c[1] += float(reward_weights.get(e["type"], 0.0))
     return {a: (c[0], c[1]) for a, c in out.items()}
+
+
+def oracle_interests(
+    events: Iterable[dict],
+    item_vectors: Mapping[str, np.ndarray],
+    query_vectors: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    half_life_ms: float,
+    k: int,
+    threshold: float,
+) -> dict[str, tuple[int, list[float], np.ndarray]]:
+    """Per user, events one at a time in the given (offset) order, the multi-interest rule of
+    README "Multi-interest profiles": {user: (anchor, importances, float16 means [n, dim])}.
+
+    anchor = newest ts so far (importances rescaled when it moves); c = w * 2**((ts-anchor)/H);
+    c == 0: nothing else.  The nearest interest by cosine (first on ties) takes the event when
+    the cosine >= threshold (W += c; mean += c/W * (v - mean)); otherwise it is a new interest,
+    and with k already the closest pair of the k+1 (first pair on ties) becomes their W-weighted
+    mean in the first one's place.  Means are rounded to float16 after every event.
+    """
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        na, nb = float(np.sqrt(np.dot(a, a))), float(np.sqrt(np.dot(b, b)))
+        return float(np.dot(a, b)) / (na * nb) if na > 0 and nb > 0 else 0.0
+
+    users: dict[str, list] = {}  # user -> [anchor, [W...], [mean f16 ...]]
+    for e in events:
+        v = _event_vector(e, item_vectors, query_vectors)
+        if v is None:
+            continue
+        v = np.asarray(v, dtype=np.float64)
+        t = int(e["ts"])
+        st = users.setdefault(e["user_id"], [t, [], []])
+        if t > st[0]:
+            st[1] = [w * 2.0 ** ((st[0] - t) / half_life_ms) for w in st[1]]
+            st[0] = t
+        c = float(weights.get(e["type"], 0.0)) * 2.0 ** ((t - st[0]) / half_life_ms)
+        if c == 0.0:
+            continue
+        ws, ms = st[1], st[2]
+        sims = [cos(m.astype(np.float64), v) for m in ms]
+        best = max(range(len(ms)), key=lambda i: (sims[i], -i)) if ms else -1
+        if best >= 0 and sims[best] >= threshold:
+            ws[best] += c
+            m = ms[best].astype(np.float64)
+            ms[best] = (m + (c / ws[best]) * (v - m)).astype(np.float16)
+            continue
+        ws.append(c)
+        ms.append(v.astype(np.float16))
+        if len(ms) > k:
+            cand = [m.astype(np.float64) for m in ms[:-1]] + [v]
+            pair, top = (0, 1), -np.inf
+            for i in range(len(cand)):
+                for j in range(i + 1, len(cand)):
+                    s = cos(cand[i], cand[j])
+                    if s > top:
+                        pair, top = (i, j), s
+            i, j = pair
+            tot = ws[i] + ws[j]
+            merged = ((ws[i] * cand[i] + ws[j] * cand[j]) / tot if tot > 0
+                      else 0.5 * (cand[i] + cand[j]))
+            ws[i] = tot
+            ms[i] = merged.astype(np.float16)
+            del ws[j], ms[j]
+    dim = next((len(v) for v in item_vectors.values()), 0)
+    return {u: (st[0], list(st[1]), np.array(st[2], dtype=np.float16).reshape(len(st[2]), dim))
+            for u, st in users.items()}
