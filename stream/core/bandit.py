@@ -48,7 +48,7 @@ __all__ = [
     "thompson_scores",
 ]
 
-CONTEXTS: tuple[str, ...] = ("", "position")
+CONTEXTS: tuple[str, ...] = ("", "position", "segment")
 CONTEXT_SEP = "@"
 
 
@@ -73,7 +73,8 @@ class BanditParams:
     impression_types: tuple[str, ...] = IMPRESSION_TYPES
     #: half-life of counts in event time (ms); None = no discounting (plain counts)
     half_life_ms: float | None = None
-    #: "" = one table of arms; "position" = also count per (arm, position)
+    #: "" = one table of arms; "position" / "segment" = also count per (arm, position or the
+    #: user's segment: the caller passes the contexts)
     context: str = ""
     #: most arms one table counts (None: unbounded); events of new arms beyond it are dropped
     max_arms: int | None = None

@@ -87,6 +87,8 @@ class SharedSignals:
         self.received = 0
         self.rejected = 0
         self.newest_ts = 0  # newest event time in the view (what "now" means when serving)
+        # other records on the topic, by key prefix (b"seg:": stream.worker.segments)
+        self.routes: dict[bytes, Callable[[Record], None]] = {}
 
     # -- this worker's partitions ------------------------------------------------------
     def _put(self, partition: int, item: str, pop: PopPartial | None,
@@ -177,6 +179,11 @@ class SharedSignals:
         n = 0
         for r in records:
             self.received += 1
+            route = (self.routes.get(r.key[:r.key.find(b":") + 1])
+                     if self.routes and r.key is not None else None)
+            if route is not None:
+                route(r)
+                continue
             if r.key is not None and r.key[:r.key.find(b":") + 1] in owned:
                 continue  # one of ours: the local state is newer (and decoding costs)
             got = decode_partial(r.key, r.value)

@@ -252,7 +252,7 @@ def test_every_panel_answers_with_plausible_values(broker, topics, dataset, star
     create_topics(kafka(broker.bootstrap), {topics["events_topic"]: Settings().partitions,
                                      topics["items_topic"]: 1, topics["dlq_topic"]: 1})
     load_items(paths["items"], kafka(broker.bootstrap), topic=topics["items_topic"], progress=False)
-    worker = start_worker()
+    worker = start_worker(segments_k=4, segments_every_s=2.0)  # "Users per customer segment"
     worker.wait_ready(300)
     prom = prometheus_factory(f"127.0.0.1:{worker.settings.http_port}")
     prom.wait_for(lambda: _values(prom.query('up{job="profiles"}')) == [1.0], 60,

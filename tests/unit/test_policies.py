@@ -80,7 +80,7 @@ def test_configs_are_frozen_and_validated_on_construction():
     ({"bandit_policy": "egreedy:epsilon=7"}, "bandit_policy: egreedy.epsilon must be"),
     ({"bandit_policy": "greedy"}, "bandit_policy: unknown policy 'greedy'"),
     ({"bandit_half_life_ms": -1.0}, "bandit_half_life_ms must be >= 0"),
-    ({"bandit_context": "segment"}, "bandit_context must be '' or 'position'"),
+    ({"bandit_context": "region"}, "bandit_context must be '', 'position' or 'segment'"),
 ])
 def test_invalid_settings_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
@@ -90,7 +90,7 @@ def test_invalid_settings_are_rejected(overrides, message):
 @pytest.mark.parametrize("kwargs, message", [
     ({"half_life_ms": 0.0}, "half_life_ms must be None (no discounting) or a finite number > 0"),
     ({"half_life_ms": float("inf")}, "half_life_ms must be None"),
-    ({"context": "segment"}, "context must be one of"),
+    ({"context": "region"}, "context must be one of"),
 ])
 def test_invalid_bandit_params(kwargs, message):
     with pytest.raises(ValueError) as info:
