@@ -55,6 +55,7 @@ __all__ = [
     "SOURCES",
     "Candidates",
     "HybridParams",
+    "covis_seeds",
     "generate",
     "rank",
     "serve_scores",
@@ -143,6 +144,28 @@ def _recency(now: float, ts: float, half_life: float) -> float:
     return float(2.0 ** (-max(0.0, now - ts) / half_life))
 
 
+def covis_seeds(recent: Sequence[tuple[int, str, float]], now: int, p: HybridParams
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """(own, seeds) of :func:`generate`: the user's own recency per item over ``recent``, and
+    the co-visitation seed weight per item, recency x sqrt(weight) x step decay summed over the
+    newest ``recent_k`` events (``stream.core.explain`` reads the same seeds)."""
+    hr = p.recent_half_life_ms
+    own: dict[str, float] = {}
+    seeds: dict[str, float] = {}
+    newest = sorted(recent)[-p.recent_k:] if p.recent_k else []
+    for t, it, _w in recent:
+        r = _recency(now, t, hr)
+        if r > own.get(it, 0.0):
+            own[it] = r
+    step_w: dict[int, float] = {}
+    if newest:
+        distinct = sorted({t for t, _, _ in newest}, reverse=True)
+        step_w = {t: p.seed_step_decay ** g for g, t in enumerate(distinct)}
+    for t, it, w in newest:
+        seeds[it] = seeds.get(it, 0.0) + _recency(now, t, hr) * math.sqrt(w) * step_w[t]
+    return own, seeds
+
+
 def generate(
     recent: Sequence[tuple[int, str, float]],
     content: Sequence[tuple[str, float]],
@@ -166,7 +189,6 @@ def generate(
     best items (item, seq_lift), ``sequence_lift(items)``: seq_lift for the other candidates.
     """
     p = params or HybridParams()
-    hr = p.recent_half_life_ms
     excl = set(exclude)
     if p.exclude_purchased:
         excl.update(bought)
@@ -189,20 +211,7 @@ def generate(
             sims[it] = s
             add(it, 1)
 
-    # Seeds: recency x sqrt(weight), summed per item; the user's own recency per item.
-    own: dict[str, float] = {}
-    seeds: dict[str, float] = {}
-    newest = sorted(recent)[-p.recent_k:] if p.recent_k else []
-    for t, it, _w in recent:
-        r = _recency(now, t, hr)
-        if r > own.get(it, 0.0):
-            own[it] = r
-    step_w: dict[int, float] = {}
-    if newest:
-        distinct = sorted({t for t, _, _ in newest}, reverse=True)
-        step_w = {t: p.seed_step_decay ** g for g, t in enumerate(distinct)}
-    for t, it, w in newest:
-        seeds[it] = seeds.get(it, 0.0) + _recency(now, t, hr) * math.sqrt(w) * step_w[t]
+    own, seeds = covis_seeds(recent, now, p)
     cov: dict[str, float] = {}
     cov_rec: dict[str, float] = {}
     if seeds and p.covis_per_item:  # scores feed the feature even when the source is off
