@@ -124,11 +124,15 @@ class GenSettings:
     hybrid: HybridParams
     vectors: str | None  # which encoder's profiles feed the content source (None: no content)
     sequence: Any = None  # encoder.sequence.SequenceModel for the sequence source (None: off)
+    # the content source's hits instead of the profile's exact top content_k: an object with
+    # ``attach(state)`` and ``hits(state, user, masked, sims, k)`` (stream.eval.interests_eval:
+    # per-interest queries with importance quotas)
+    content_hits: Any = None
 
 
 def candidates(ev: EvalLog, st: StreamState, collab: Collab, step: Step, r: int,
                protocol: str, hp: HybridParams, vec_name: str | None,
-               sequence: Any = None) -> Candidates:
+               sequence: Any = None, content_hits: Any = None) -> Candidates:
     """``generate`` for query ``r`` of ``step`` (module docstring: the inputs)."""
     u = int(step.users[r])
     user = ev.users[u]
@@ -152,7 +156,9 @@ def candidates(ev: EvalLog, st: StreamState, collab: Collab, step: Step, r: int,
             if hp.exclude_purchased and bought:
                 masked[[ev_row for ev_row in _rows_of(ev, bought)]] = -np.inf
             k = min(hp.content_k, int(np.isfinite(masked).sum()))
-            if k > 0:  # the exact top k; equal similarities by item id
+            if k > 0 and content_hits is not None:
+                content = content_hits.hits(st, u, masked, sims, k)
+            elif k > 0:  # the exact top k; equal similarities by item id
                 top = np.lexsort((ev.id_rank, -masked))[:k]
                 content = [(ev.item_ids[i], float(sims[i])) for i in top.tolist()]
         row_of = ev.row_of
@@ -303,6 +309,8 @@ def collect(ev: EvalLog, vis: Visibility, q: Queries, vectors: dict[str, np.ndar
     st = StreamState(ev, vis, windows_days=(), profiles=vectors, profile_params=params)
     collab = Collab(ev, gs.signal, params)
     st.listeners.append(collab)
+    if gs.content_hits is not None:
+        gs.content_hits.attach(st)
     acc: dict[tuple[str, str], dict[str, list[Any]]] = {
         (p, v): {"x": [], "y": [], "q": [], "u": [], "nt": [], "nr": [], "src": []}
         for p, vs in variants.items() for v in vs}
@@ -314,7 +322,8 @@ def collect(ev: EvalLog, vis: Visibility, q: Queries, vectors: dict[str, np.ndar
                 targets = q.new[qi] if p == "new" else q.targets[qi]
                 if len(targets) == 0:
                     continue
-                c = candidates(ev, st, collab, step, r, p, gs.hybrid, gs.vectors, gs.sequence)
+                c = candidates(ev, st, collab, step, r, p, gs.hybrid, gs.vectors, gs.sequence,
+                               gs.content_hits)
                 tset = {ev.item_ids[t] for t in targets.tolist()}
                 y_all = np.fromiter((it in tset for it in c.items), dtype=np.int8,
                                     count=len(c))
@@ -357,19 +366,24 @@ class HybridScorer:
         key = (int(step.idx[0]), p)
         if self._key != key:
             self._cands = [candidates(st.ev, st, self.collab, step, r, p, self.gs.hybrid,
-                                      self.gs.vectors, self.gs.sequence)
+                                      self.gs.vectors, self.gs.sequence, self.gs.content_hits)
                            for r in range(len(step.idx))]
             self._key = key
         return self._cands
 
-    def method(self, name: str, protocols: tuple[str, ...]) -> Method:
+    def method(self, name: str, protocols: tuple[str, ...], variant: str | None = None
+               ) -> Method:
+        """The ranked candidates of ``variant`` (default: ``name``) as method ``name``, with
+        the ranker ``rankers[(protocol, name)]``."""
+        variant = variant or name
+
         def score(st: StreamState, step: Step, p: str) -> np.ndarray:
             ranker = self.rankers[(p, name)]
             out = np.empty((len(step.idx), st.ev.n_items))
-            hp = self.gs.hybrid if name != "hybrid-fresh" else replace(self.gs.hybrid,
-                                                                          fresh_every=0)
+            hp = self.gs.hybrid if variant != "hybrid-fresh" else replace(self.gs.hybrid,
+                                                                             fresh_every=0)
             for r, c in enumerate(self.candidates(st, step, p)):
-                mask, cols = _variant(c, name)
+                mask, cols = _variant(c, variant)
                 vals = ranker.predict(c.features[mask][:, cols]) if mask.any() else np.zeros(0)
                 if mask.any():  # the freshness rule, as the worker serves
                     sub = Candidates([it for it, m in zip(c.items, mask) if m], c.features[mask],
@@ -608,6 +622,8 @@ def ranked_lists(ev: EvalLog, vectors: dict[str, np.ndarray], params: Any, gs: G
     st = StreamState(ev, vis, windows_days=(), profiles=vectors, profile_params=params)
     collab = Collab(ev, gs.signal, params)
     st.listeners.append(collab)
+    if gs.content_hits is not None:
+        gs.content_hits.attach(st)
     st.advance(cutoff_ts + 1)
     index = {u: i for i, u in enumerate(ev.users)}
     idx = np.arange(len(users))
@@ -621,7 +637,8 @@ def ranked_lists(ev: EvalLog, vectors: dict[str, np.ndarray], params: Any, gs: G
     for r, user in enumerate(users):
         if uidx[r] < 0:
             continue
-        c = candidates(ev, st, collab, step, r, "new", gs.hybrid, gs.vectors, gs.sequence)
+        c = candidates(ev, st, collab, step, r, "new", gs.hybrid, gs.vectors, gs.sequence,
+                       gs.content_hits)
         out[user] = rank(c, serve_scores(c, ranker.score(c.features, FEATURES), gs.hybrid),
                          k) if len(c) else []
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,8 @@ class StreamState:
         self._weights = self.params.weight_array(ev.types)
         self._item_vis = ev.is_item & vis.visible
         self.listeners: list[Callable[[np.ndarray], None]] = []
+        # per-state objects of optional methods (stream.eval.interests_eval: the interests)
+        self.extras: dict[str, Any] = {}
 
     def advance(self, t: int) -> None:
         """Apply every visible event with ``ts < t`` not applied yet."""

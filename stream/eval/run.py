@@ -6,7 +6,10 @@ queries, one streaming replay that scores the test queries with every method.  T
 uses the whole log; the cold run hides items and users (``stream.eval.data.cold_visibility``).
 Reported per case set: every method's expected-rank metrics with 95 % CIs (paired bootstrap
 over users, ``encoder.training.evaluate.bootstrap``: the same resampled users for every method),
-and the differences ``hybrid - <method>``.
+and the differences ``hybrid - <method>`` (the cold run's case sets also ``<method> -
+popularity``).  ``main_run=False`` (``--cold-only``) runs the cold run alone; ``wrappers`` and
+``reporters`` let an optional part (``stream.eval.interests_eval``, ``--interests``) probe the
+served lists and add a section to the JSON.
 """
 
 from __future__ import annotations
@@ -68,6 +71,19 @@ class EvalConfig:
     # choices made on the main run's validation queries and reused by the cold run (the
     # co-visitation settings, the ranker configuration; never anything from test events)
     memo: dict[str, Any] = field(default_factory=dict)
+    # False: the cold run only (``--cold-only``: the short-history / cold-item table without
+    # the main run; its choices are then made on the cold run's own validation queries)
+    main_run: bool = True
+    # the cold run's case sets also report "<method> - <base>" for each of these bases
+    cold_bases: tuple[str, ...] = ("popularity",)
+    # per-run hooks after the replay: (name, run context, result, test queries) -> extra
+    # JSON entries of that run (stream.eval.interests_eval: diversity of the served lists)
+    reporters: list[Callable[[str, RunContext, Result, Queries], dict]] = field(
+        default_factory=list)
+    # per-run wrappers of every built method (a probe that records what the method serves)
+    wrappers: list[Callable[[RunContext, Method], Method]] = field(default_factory=list)
+    # what the reporters returned, per run: {run name: {section: ...}}
+    reports: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,11 +157,15 @@ def run_once(name: str, ev: EvalLog, vis: Visibility, test_masks: dict[str, np.n
     say(f"queries: validation {len(val)}, test {len(test)}")
     ctx = RunContext(name, ev, vis, val, vectors, params, config, say=say)
     methods, tuning = build_methods(ctx)
+    for wrap in config.wrappers:
+        methods = [wrap(ctx, m) for m in methods]
     state = StreamState(ev, vis, profiles=vectors, profile_params=params)
     for hook in ctx.state_hooks:
         hook(state)
     say(f"replaying {len(test)} test queries with {len(methods)} methods")
     res = run_replay(ev, vis, test, state, methods)
+    for report in config.reporters:
+        config.reports.setdefault(name, {}).update(report(name, ctx, res, test))
     return res, test, tuning
 
 
@@ -160,9 +180,9 @@ def _per_case(res: Result, protocol: str, names: list[str],
 
 
 def summarise(res: Result, q: Queries, protocol: str, keep_query: np.ndarray, n_boot: int,
-              seed: int) -> dict:
+              seed: int, bases: tuple[str, ...] = ()) -> dict:
     """Metrics (+ CIs, n) of every method on the cases whose query is in ``keep_query``, and
-    the differences hybrid - each other method."""
+    the differences hybrid - each other method (then each method - each of ``bases``)."""
     names = [m for m in res.g if protocol in res.g[m]]
     qi = res.case_query(protocol)
     keep = keep_query[qi] if len(qi) else np.zeros(0, dtype=bool)
@@ -171,6 +191,10 @@ def summarise(res: Result, q: Queries, protocol: str, keep_query: np.ndarray, n_
         return {"n": 0, "users": 0, "methods": {}, "differences": {}}
     per_case = _per_case(res, protocol, names, keep)
     pairs = [(BASE, m) for m in names if m != BASE] if BASE in names else []
+    for base in bases:
+        if base in names:
+            pairs += [(m, base) for m in names if m not in (base, BASE)
+                      and not m.startswith(BASE + "-")]
     b = bootstrap(per_case, q.user[qi[keep]], n_boot=n_boot, seed=seed, pairs=pairs)
     methods: dict[str, dict] = {}
     ablation: dict[str, dict] = {}
@@ -202,7 +226,9 @@ def curves(res: Result, q: Queries, protocol: str, keep_query: np.ndarray,
 
 
 def best_baseline(methods: dict[str, dict]) -> str | None:
-    cands = [(d["recall@20"], d["ndcg@20"], m) for m, d in methods.items() if m != BASE]
+    # hybrid variants (hybrid_multi of --interests) are not baselines
+    cands = [(d["recall@20"], d["ndcg@20"], m) for m, d in methods.items()
+             if not m.startswith(BASE)]
     return max(cands)[2] if cands else None
 
 
@@ -234,8 +260,12 @@ def _evaluate(ev: EvalLog, vectors: dict[str, np.ndarray], params: ProfileParams
     say = _say(quiet)
     t0 = time.monotonic()
     vis = Visibility.full(ev)
-    res, test, tuning = run_once("main", ev, vis, {"test": ev.part == TEST}, vectors, params,
-                                 config, say)
+    if config.main_run:
+        res, test, tuning = run_once("main", ev, vis, {"test": ev.part == TEST}, vectors,
+                                     params, config, say)
+    else:  # --cold-only: an empty main run (no test query), the cold run below
+        test = make_queries(ev, vis, {})
+        res, tuning = run_replay(ev, vis, test, StreamState(ev, vis), []), {}
     everything = np.ones(len(test), dtype=bool)
     main_new = summarise(res, test, "new", everything, config.n_boot, config.seed)
     out: dict[str, Any] = {
@@ -270,7 +300,7 @@ def _evaluate(ev: EvalLog, vectors: dict[str, np.ndarray], params: ProfileParams
         labels = np.array(ctest.label)
         for label in masks:
             cold[label] = summarise(cres, ctest, "new", labels == label, config.n_boot,
-                                    config.seed)
+                                    config.seed, bases=config.cold_bases)
         out["cold"] = cold
         tuning = {"main": tuning, "cold": ctuning}
     else:
@@ -278,6 +308,12 @@ def _evaluate(ev: EvalLog, vectors: dict[str, np.ndarray], params: ProfileParams
         tuning = {"main": tuning}
     out["best_baseline"] = best_baseline(out["methods"])
     out["tuning"] = tuning
+    for run_name, sections in config.reports.items():  # e.g. out["interests"]["main"]
+        for key, value in sections.items():
+            out.setdefault(key, {})[run_name] = value
+    if not config.main_run:
+        out["protocol"]["main_run"] = "skipped (--cold-only): the cold run's choices are made " \
+                                      "on its own validation queries"
     out["data"] = {"events": ev.n_events, "items": ev.n_items, "users": len(ev.users),
                    "fingerprint": ev.fingerprint}
     out["seconds"] = round(time.monotonic() - t0, 1)
@@ -315,6 +351,21 @@ def format_table(res: dict) -> str:
     for label, d in res.get("cold", {}).items():
         if label != "protocol":
             block(f"cold: {label}", d)
+    for run_name, rep in res.get("interests", {}).items():  # --interests
+        lines.append(f"interests ({run_name} run, n = {rep.get('n', 0)} cases): ILD@20 "
+                     "(mean pairwise 1 - cos of the served top 20)")
+        for m, v in rep.get("methods", {}).items():
+            if "ild@20" in v:
+                d = v["ild@20"]
+                lines.append(f"  {m:<20}{d['mean']:.4f} [{d['ci95'][0]:.4f}, {d['ci95'][1]:.4f}]")
+        for name, v in rep.get("differences", {}).items():
+            cells = "  ".join(f"{k} {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                              for k, d in v.items())
+            lines.append(f"  Δ {name}: {cells}")
+        if "cost_per_event" in rep:
+            c = rep["cost_per_event"]
+            lines.append(f"  cost per event: interests {c['interests_us']} µs, profile "
+                         f"{c['profile_us']} µs")
     lines.append(f"best baseline: {res['best_baseline']}; {res['seconds']:.0f}s")
     return "\n".join(lines)
 
@@ -379,14 +430,20 @@ def run_cli(args: Any, params: ProfileParams) -> int:
                         cold=None if args.no_cold else ColdParams(seed=args.seed),
                         sasrec_seconds=getattr(args, "sasrec_seconds", 360.0),
                         fresh_every=getattr(args, "fresh_every", None),
-                        hybrid_sequence=not getattr(args, "no_sequence", False))
+                        hybrid_sequence=not getattr(args, "no_sequence", False),
+                        main_run=not getattr(args, "cold_only", False))
+    if getattr(args, "interests", False):  # issue 13: single vector vs multi-interest
+        from stream.eval import interests_eval
+
+        interests_eval.configure(config, params, getattr(args, "interests_k", None),
+                                 getattr(args, "interests_threshold", None))
     if getattr(args, "ablation", False):
         from stream.eval.hybrid_eval import ABLATIONS
 
         config.ablations = tuple(ABLATIONS)
     from stream.eval import hybrid_eval
 
-    config.extra.update(hybrid_eval.builders())
+    config.extra = {**hybrid_eval.builders(), **config.extra}  # the hybrid's first
     out, plot = evaluate(ev, vectors, params, config,
                          quiet=args.json and not getattr(args, "verbose", False))
     out["encoders"] = fingerprints
