@@ -32,6 +32,7 @@ from stream.serve.http import Api, check_exposure
 from stream.serve.queries import Queries
 from stream.serve.routing import Router
 from stream.settings import Settings
+from stream.worker.latency import set_torch_threads
 from stream.worker.pipeline import Pipeline
 
 __all__ = ["Service", "build_service", "run_worker"]
@@ -106,6 +107,8 @@ def run_worker(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_client_logs()
     t0 = time.monotonic()
+    if settings.encoder_kind == "transformer":  # PROFILES_ENCODER_THREADS (issue 14: the tail)
+        set_torch_threads(settings.encoder_threads)
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
                        kind=settings.encoder_kind)
     log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,

@@ -63,6 +63,7 @@ from stream.kafka.broker import bootstrap_or_embedded, free_port
 from stream.kafka.clients import Publisher, create_topics
 from stream.kafka.raw import drain
 from stream.settings import Settings
+from stream.tools.latency_report import latency_budget
 from stream.tools.replay import load_items, replay
 from stream.tools.runner import WorkerProcess, histogram_quantile
 
@@ -345,7 +346,8 @@ def _stage_latency(base: Settings, workdir: Path, items_topic: str, events: list
     w = WorkerProcess(s, workdir / "worker-L.log").start()
     try:
         w.wait_ready(timeout_s=600)
-        before = _hist(w.metrics(), "profiles_ingest_to_index_seconds")
+        scrape0 = w.metrics()
+        before = _hist(scrape0, "profiles_ingest_to_index_seconds")
         users = list(dict.fromkeys(e["user_id"] for e in events))
         probe = _CandidatesProbe(w, users)
         probe.start()
@@ -357,12 +359,14 @@ def _stage_latency(base: Settings, workdir: Path, items_topic: str, events: list
             raise ProfilesError(f"latency producer: {summary.failed} sends failed {summary.errors}")
         w.wait_for(lambda: _outcomes(w.stats()) >= summary.sent, 600, f"{summary.sent} outcomes",
                    interval=0.1)
-        after = _hist(w.metrics(), "profiles_ingest_to_index_seconds")
+        scrape1 = w.metrics()
+        after = _hist(scrape1, "profiles_ingest_to_index_seconds")
         (p50, p90, p99), n_obs = _hist_diff_quantiles("profiles_ingest_to_index_seconds", before,
                                                       after, (0.5, 0.9, 0.99))
         return {"rate": rate, "sent": summary.sent, "send_seconds": summary.seconds,
                 "observed": int(n_obs), "p50": p50, "p90": p90, "p99": p99,
-                "candidates": probe.summary()}
+                "candidates": probe.summary(),
+                "budget": latency_budget(scrape1, scrape0)}  # per stage (stream.worker.latency)
     finally:
         w.stop()
 
@@ -511,6 +515,11 @@ def bench_pipeline(args: Any) -> int:
         print(f"  p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, p99 {ms(lat['p99'])}   "
               f"target p99 <= 250 ms   {_check(p99_ok)}")
         print("  (quantiles interpolated within buckets 5,10,25,50,100,150,250,500,750 ms, 1 s, ...)")
+        b = lat["budget"]
+        print("  per stage (p50 / p99 / mean ms): " + ", ".join(
+            f"{k} {v['p50_ms']} / {v['p99_ms']} / {v['mean_ms']}" for k, v in b["stages"].items()))
+        print(f"  parked and applied later: {b['parked_applied']} (p99 {b['parked_p99_ms']} ms); "
+              f"GC pauses by generation: {b['gc']}")
         c = lat["candidates"]
         c_ok = c["p99"] is not None and c["p99"] <= 0.05
         print(f"/users/{{id}}/candidates?k=20 meanwhile ({c['n']} answered at 20/s, client-side): "

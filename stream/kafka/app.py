@@ -26,6 +26,7 @@ from stream.kafka.catalog_feed import follow_catalog
 from stream.kafka.clients import faust_credentials
 from stream.kafka.signals_feed import follow_signals
 from stream.settings import Settings
+from stream.worker.latency import BatchTiming, FetchLog, GcTimer, freeze_heap
 from stream.worker.pipeline import Pipeline
 from stream.worker.ports import Header
 from stream.worker.records import from_message
@@ -184,6 +185,8 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         if gone:
             await pipeline.revoke(gone)
         await pipeline.assign(sorted(mine))
+        if s.gc_freeze and ready_logged:  # states a rebalance loaded (the first: when ready)
+            freeze_heap()
 
     def install_seek() -> None:
         """After faust seeks to committed offsets, move to where each snapshot ends.
@@ -216,7 +219,12 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         try:
             async for batch in stream.take_events(s.batch_size, within=s.batch_max_wait_s):
                 # faust's message timestamps are in seconds
-                await pipeline.process([from_message(e.message, 1000.0) for e in batch])
+                records = [from_message(e.message, 1000.0) for e in batch]
+                # time_in: when the stream took the message (faust's Monitor sensor)
+                timing = BatchTiming.of([r.partition for r in records],
+                                        [r.offset for r in records],
+                                        [e.message.time_in for e in batch], fetch_log)
+                await pipeline.process(records, timing)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -235,11 +243,17 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
     # that seek when the state loaded fast, and faust's read offsets (its committed offsets,
     # ahead of a snapshot) made it drop the records in between (caught by the SIGKILL test).
     install_seek()
+    # the latency budget (stream.worker.latency): when polls returned which offsets, GC pauses
+    fetch_log = FetchLog()
+    fetch_log.wrap(app.consumer, s.events_topic)
+    GcTimer(lambda gen, secs: pipeline.metrics.gc_seconds.labels(str(gen)).observe(secs)).install()
 
     @app.task
     async def start_services() -> None:
         pipeline.encoder_service.start()
         pipeline.load_catalog()
+        if s.gc_freeze:  # the modules (torch, faust: ~470,000 objects) and the catalogue
+            freeze_heap()
         await on_start()
         loop = asyncio.get_running_loop()
         loop.create_task(follow_catalog(s, pipeline.catalog, pipeline.encoder_service,
@@ -266,6 +280,8 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         pipeline.metrics.ready.set(1 if ok else 0)
         if ok and not ready_logged:
             ready_logged = True
+            if s.gc_freeze:  # modules, catalogue, loaded states: never walked by gc again
+                log.info("gc: %d objects frozen", freeze_heap())
             log.info("ready after %.1fs (state recovered, %d items, %d users)",
                      time.monotonic() - t_start, len(pipeline.catalog.index),
                      pipeline.profiles.indexed())

@@ -19,6 +19,7 @@ from stream.data.generate import generate
 from stream.kafka.broker import bootstrap_or_embedded, free_port
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
+from stream.tools.latency_report import latency_budget
 from stream.tools.replay import load_items, replay
 from stream.tools.runner import WorkerProcess, histogram_quantile
 
@@ -44,6 +45,8 @@ def summary(worker: WorkerProcess, elapsed: float) -> dict[str, Any]:
         "ingest_to_index_p50_ms": None if p50 is None else round(p50 * 1000, 1),
         "ingest_to_index_p99_ms": None if p99 is None else round(p99 * 1000, 1),
         "elapsed_s": round(elapsed, 1),
+        # per-stage quantiles, parked events applied late, GC pauses (stream.worker.latency)
+        "latency_budget": latency_budget(m),
     }
 
 
