@@ -205,7 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ranker_eval_obd(sub)
     _add_eval(sub)
     _add_ranker_train_eval(sub)
+    _add_search_eval(sub)
     return parser
+
+
+def _add_search_eval(sub) -> None:
+    """``profiles eval-search`` (stream/eval/search_eval.py): personalised vs plain search."""
+    p = sub.add_parser("eval-search", help="personalised search vs plain query relevance on "
+                                           "generated users with known interests")
+    p.add_argument("--users", type=_positive(int), default=400)
+    p.add_argument("--items", type=_positive(int), default=2000)
+    p.add_argument("--events", type=_positive(int), default=20_000)
+    p.add_argument("--seed", type=int, default=11, help="data and bootstrap seed")
+    p.add_argument("--k", type=_positive(int), default=10, help="results per query")
+    p.add_argument("--tolerance", type=_non_negative(float), default=0.01,
+                   help="equal relevance: most drop of mean relevance@k (cosine)")
+    p.add_argument("--bootstrap", type=_positive(int), default=1000, help="bootstrap resamples")
+    p.add_argument("--encoder", choices=["transformer", "hashing"], default="transformer")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (encoding)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_settings_flags(p, ["half_life_ms", "event_weights", "search_blend", "search_pool"])
+    p.set_defaults(func=cmd_eval_search)
+
+
+def cmd_eval_search(args) -> int:
+    from stream.eval.search_eval import run_cli
+
+    return run_cli(args, _settings(args))
 
 
 def _add_eval(sub) -> None:
@@ -222,6 +248,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of the methods (default: all)")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start protocols")
+    p.add_argument("--cold-only", action="store_true",
+                   help="only the cold-start protocols (short histories of 1/3/5 timestamps, "
+                        "cold items), with each method's difference against popularity")
+    p.add_argument("--interests", action="store_true",
+                   help="also single profile vector vs multi-interest at the same K: "
+                        "content_single, content_multi, hybrid_multi, with diversity (ILD@20)")
+    p.add_argument("--interests-k", type=_positive(int), default=None,
+                   help="interests per user for --interests (default: InterestParams)")
+    p.add_argument("--interests-threshold", type=float, default=None,
+                   help="cosine to join an interest for --interests (default: InterestParams)")
     p.add_argument("--ablation", action="store_true",
                    help="also the hybrid without each source / feature group (default: "
                         "without content only)")
@@ -302,6 +338,11 @@ def cmd_eval(args) -> int:
 
     for f in (args.events, args.items):
         _need_file(f)
+    if args.cold_only and args.no_cold:
+        raise ConfigError("--cold-only and --no-cold leave nothing to evaluate")
+    if args.interests_threshold is not None and not -1 <= args.interests_threshold <= 1:
+        raise ConfigError(f"--interests-threshold must be in [-1, 1], got "
+                          f"{args.interests_threshold}")
     return run_cli(args, _settings(args).profile_params())
 
 

@@ -22,8 +22,10 @@ from stream.core.errors import ConfigError
 from stream.core.events import Limits
 from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, DEFAULT_WEIGHTS, format_weights
 from stream.core.hybrid import HybridParams
+from stream.core.interests import InterestParams
 from stream.core.policies import parse_policy
 from stream.core.profile import DEFAULT_TTL_RANK, ProfileParams
+from stream.core.search import SearchParams
 from stream.core.signals import SignalParams
 
 ENV_PREFIX = "PROFILES_"
@@ -89,7 +91,8 @@ class Settings:
     )
     bandit_half_life_ms: float = field(
         default=0.0, metadata={"help": "half-life of bandit counts in event time (ms); 0 = no discounting"})
-    bandit_context: str = field(default="", metadata={"help": "per-context arms: '' (none) or 'position'"})
+    bandit_context: str = field(default="", metadata={
+        "help": "per-context arms: '' (none), 'position' or 'segment' (needs segments_k > 0)"})
     bandit_top_arms: int = field(default=20, metadata={"help": "arms exported as per-arm metrics (top by impressions)"})
     bandit_max_arms: int = field(default=100_000, metadata={
         "help": "most arms counted per partition (and per-position table); events of new arms "
@@ -102,6 +105,9 @@ class Settings:
     encoder_device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     encoder_kind: str = field(default="transformer", metadata={"help": "transformer, or hashing (tests only)"})
     encoder_batch: int = field(default=128, metadata={"help": "max texts per encoder batch"})
+    encoder_threads: int = field(default=1, metadata={
+        "help": "torch threads of the worker's encoder (0: torch's default, one per core); "
+                "more than one stalls short query batches whenever the cores are busy"})
     encoder_max_wait_s: float = field(default=0.01, metadata={"help": "max seconds a text waits for an encoder batch"})
     encoder_cache_bytes: int = field(default=64 * 1024 * 1024, metadata={
         "help": "bytes of query vectors (with their texts) kept in the LRU query cache (0: none)"})
@@ -127,6 +133,10 @@ class Settings:
         "help": "(user, event id) pairs remembered per partition (a 16-byte digest each)"})
     session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
     fetch_max_wait_ms: int = field(default=50, metadata={"help": "longest a Fetch waits for new data"})
+    gc_freeze: bool = field(default=True, metadata={
+        "help": "once ready and after each assignment, move what the worker holds into the "
+                "garbage collector's permanent generation (gc.freeze): full collections then "
+                "skip it instead of pausing every batch for its whole size"})
     fetch_max_bytes: int = field(default=1_048_576, metadata={
         "help": "most bytes one Fetch returns: bounds the records a lagging worker holds in memory"})
     max_request_bytes: int = field(default=1_048_576, metadata={
@@ -192,8 +202,39 @@ class Settings:
         "help": "co-visitation neighbours kept per item per partition (the weakest is evicted)"})
     purchased_items: str = field(default="exclude", metadata={
         "help": "bought items in /candidates: exclude, or buy_again (served by the buy_again source)"})
+    interests_k: int = field(default=4, metadata={
+        "help": "interest vectors per user (multi-interest profiles, stream/core/interests.py): "
+                "0 = off, at most 32"})
+    interests_threshold: float = field(default=0.5, metadata={
+        "help": "cosine at or above which an event joins its nearest interest (else it opens "
+                "one), in [-1, 1]"})
+    segments_k: int = field(default=0, metadata={
+        "help": "customer segments (streaming k-means over profiles): how many; 0 = off"})
+    segments_every_s: float = field(default=60.0, metadata={
+        "help": "segment statistics are published, and a new centroid version computed, this often (s)"})
     ranker_dir: str = field(default="", metadata={
         "help": "CTR ranker folder from `profiles ranker train` (empty: the default linear ranker)"})
+    index_kind: str = field(default="auto", metadata={
+        "help": "items and users indexes: auto (exact below index_exact_below vectors, IVF above), "
+                "flat (always exact) or ivf"})
+    index_exact_below: int = field(default=20_000, metadata={
+        "help": "auto index kind: vectors below which search is exact (>= 78)"})
+    index_nprobe: int = field(default=0, metadata={
+        "help": "IVF lists probed per search (0: a tenth of the lists, 32 to 256)"})
+    explain_events: int = field(default=5, metadata={
+        "help": "recent events and co-visited items listed per candidate by /candidates?explain=1 "
+                "(1..100; the rest are summed)"})
+    # -- cold start and personalised search (issue 13; stream/core/search.py) ------
+    search_blend: float = field(default=0.1, metadata={
+        "help": "weight of the user's interests against query relevance in /users/{id}/search (0: plain relevance)"})
+    search_pool: int = field(default=200, metadata={
+        "help": "items fetched from the item index per search query (the blend re-ranks them)"})
+    search_max_chars: int = field(default=256, metadata={
+        "help": "most characters of a search query (longer: 400)"})
+    explore_new_arms: int = field(default=0, metadata={
+        "help": "arms with fewer impressions than this get an optimistic prior in the bandit re-rank (0: off)"})
+    explore_new_arm_bonus: float = field(default=1.0, metadata={
+        "help": "pseudo-rewards added to an unseen arm's Beta alpha, shrinking linearly to 0 at explore_new_arms impressions"})
 
     # -- derived, validated views ------------------------------------------------
     def event_weight_map(self) -> dict[str, float]:
@@ -239,6 +280,19 @@ class Settings:
             tuned["sources"] = tuple(tuned["sources"])
         return HybridParams(exclude_purchased=self.purchased_items == "exclude", **tuned)
 
+    def interest_params(self) -> InterestParams | None:
+        """Multi-interest profiles (``interests_k``; None when 0 = off), with the profile's
+        half-life."""
+        if self.interests_k == 0:
+            return None
+        return InterestParams(k=self.interests_k, threshold=self.interests_threshold,
+                              half_life_ms=self.half_life_ms)
+
+    def search_params(self) -> SearchParams:
+        """Blend weight, pool and query bound of personalised search."""
+        return SearchParams(blend=self.search_blend, pool=self.search_pool,
+                            max_chars=self.search_max_chars)
+
     def signals_topic_name(self) -> str:
         """The signals topic: ``signals_topic``, else ``<events topic>.signals`` (so every
         events topic, e.g. a test's, has its own)."""
@@ -270,8 +324,14 @@ class Settings:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.bandit_half_life_ms) and self.bandit_half_life_ms >= 0):
             problems.append(f"bandit_half_life_ms must be >= 0 (0 = off), got {self.bandit_half_life_ms}")
-        if self.bandit_context not in ("", "position"):
-            problems.append(f"bandit_context must be '' or 'position', got {self.bandit_context!r}")
+        if self.bandit_context not in ("", "position", "segment"):
+            problems.append(f"bandit_context must be '', 'position' or 'segment', got {self.bandit_context!r}")
+        if self.segments_k < 0 or self.segments_k > 256:
+            problems.append(f"segments_k must be in 0..256 (0 = off), got {self.segments_k}")
+        if self.bandit_context == "segment" and self.segments_k < 1:
+            problems.append("bandit_context=segment needs segments_k >= 1")
+        if not (math.isfinite(self.segments_every_s) and self.segments_every_s > 0):
+            problems.append(f"segments_every_s must be > 0, got {self.segments_every_s}")
         if self.bandit_top_arms < 0:
             problems.append(f"bandit_top_arms must be >= 0, got {self.bandit_top_arms}")
         if self.dlq_refs_per_user < 0:
@@ -279,6 +339,9 @@ class Settings:
                             f"{self.dlq_refs_per_user}")
         if self.bandit_max_arms < 1:
             problems.append(f"bandit_max_arms must be >= 1, got {self.bandit_max_arms}")
+        if self.encoder_threads < 0:
+            problems.append(f"encoder_threads must be >= 0 (0: torch's default), got "
+                            f"{self.encoder_threads}")
         if self.encoder_cache_bytes < 0:
             problems.append(f"encoder_cache_bytes must be >= 0 (0: no cache), got "
                             f"{self.encoder_cache_bytes}")
@@ -318,6 +381,8 @@ class Settings:
                      "signals_covis_capacity"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.explain_events <= 100:
+            problems.append(f"explain_events must be in 1..100, got {self.explain_events}")
         for name in ("signals_pop_short_half_life_ms", "signals_pop_long_half_life_ms",
                      "signals_covis_window_ms", "signals_covis_half_life_ms"):
             value = getattr(self, name)
@@ -334,6 +399,27 @@ class Settings:
             problems.append(f"purchased_items must be exclude or buy_again, got {self.purchased_items!r}")
         if self.encoder_kind not in ("transformer", "hashing"):
             problems.append(f"encoder_kind must be transformer or hashing, got {self.encoder_kind!r}")
+        if self.index_kind not in ("auto", "flat", "ivf"):
+            problems.append(f"index_kind must be auto, flat or ivf, got {self.index_kind!r}")
+        if self.index_exact_below < 78:
+            problems.append(f"index_exact_below must be >= 78, got {self.index_exact_below}")
+        if self.index_nprobe < 0:
+            problems.append(f"index_nprobe must be >= 0 (0: auto), got {self.index_nprobe}")
+        try:
+            self.search_params()
+        except ValueError as exc:
+            problems.append(str(exc))
+        if not 0 <= self.interests_k <= 32:
+            problems.append(f"interests_k must be in 0..32 (0 = off), got {self.interests_k}")
+        elif not (math.isfinite(self.interests_threshold)
+                  and -1 <= self.interests_threshold <= 1):
+            problems.append(f"interests_threshold must be in [-1, 1], got "
+                            f"{self.interests_threshold}")
+        if self.explore_new_arms < 0:
+            problems.append(f"explore_new_arms must be >= 0 (0: off), got {self.explore_new_arms}")
+        if not (math.isfinite(self.explore_new_arm_bonus) and self.explore_new_arm_bonus >= 0):
+            problems.append(f"explore_new_arm_bonus must be finite and >= 0, got "
+                            f"{self.explore_new_arm_bonus}")
         for name in ("event_weights", "reward_weights"):
             try:
                 parsed = _weights(getattr(self, name))

@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream.core.errors import BadRequest, ConfigError, QueryError
+from stream.serve.explain import parse_explain
 from stream.serve.queries import MAX_K, Queries, parse_k
 from stream.serve.routing import FORWARDED, Router, route_name
 from stream.settings import Settings
@@ -118,8 +119,10 @@ class Api:
         r.add_delete("/users/{id}", self.forget)
         r.add_get("/users/{id}/candidates", self.candidates)
         r.add_get("/users/{id}/similar", self.similar)
+        r.add_get("/users/{id}/search", self.search)
         r.add_get("/arms/{arm}", self.arm)
         r.add_get("/arms", self.top_arms)
+        r.add_get("/segments", self.segments)
         r.add_post("/internal/users/search", self.internal_search)
         r.add_post("/internal/arms", self.internal_arms)
         return app
@@ -188,8 +191,14 @@ class Api:
 
     async def candidates(self, request: web.Request) -> web.Response:
         k = parse_k(request.query.get("k"), 20)
+        explain = parse_explain(request.query.get("explain"))
         return web.json_response(await self.q.candidates(
-            request.match_info["id"], k, request.headers.get("Authorization")))
+            request.match_info["id"], k, request.headers.get("Authorization"), explain=explain))
+
+    async def search(self, request: web.Request) -> web.Response:
+        k = parse_k(request.query.get("k"), 10)
+        return web.json_response(await self.q.search(request.match_info["id"],
+                                                     request.query.get("q"), k))
 
     async def similar(self, request: web.Request) -> web.Response:
         k = parse_k(request.query.get("k"), 10)
@@ -204,6 +213,9 @@ class Api:
 
     async def top_arms(self, request: web.Request) -> web.Response:
         return web.json_response(self.q.top_arms(parse_k(request.query.get("k"), 20)))
+
+    async def segments(self, request: web.Request) -> web.Response:
+        return web.json_response(self.q.segments())
 
     async def internal_search(self, request: web.Request) -> web.Response:
         """This worker's share of a scatter-gather look-alike search:

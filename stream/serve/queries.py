@@ -23,6 +23,7 @@ import orjson
 
 from stream.core.bandit import ArmStats, context_arm, seeded_rng
 from stream.core.errors import BadRequest, NotFound, StateError, Unavailable
+from stream.core.exploration import with_exploration_prior
 from stream.core.hybrid import (
     FEATURES,
     SOURCES,
@@ -34,7 +35,10 @@ from stream.core.hybrid import (
 )
 from stream.core.policies import Policy, parse_policy
 from stream.core.ranker import Ranker, default_ranker
+from stream.serve import interests
 from stream.serve.decisions import DecisionLogger, decision_record
+from stream.serve.explain import Explainer
+from stream.serve.search import search as personal_search
 from stream.worker.pipeline import Pipeline
 from stream.worker.ports import EventPublisher
 
@@ -121,6 +125,14 @@ class Queries:
         body = dict(stats)
         body["user_id"] = user
         body["partition"] = st.partition
+        if self.p.segments.enabled:  # the nearest centroid of the adopted version
+            seg = self.p.segments.segment_of(user)
+            body["segment"] = None if seg is None else {
+                "segment": seg, "version": self.p.segments.model.version
+                if self.p.segments.model is not None else 0}
+        found = interests.describe(self.p, st, user)  # None: PROFILES_INTERESTS_K=0
+        if found is not None:
+            body["interests"] = found
         if with_vector:
             vec = st.profiles.vector(user)
             body["vector"] = [] if vec is None else [float(x) for x in vec]
@@ -143,8 +155,8 @@ class Queries:
         n = min(hp.content_k, len(items))
         if vec is not None and n > 0 and "content" in hp.sources:
             exclude = [set(bought)] if hp.exclude_purchased else None
-            content = [(it, float(sim)) for it, sim in
-                       items.search(vec[None, :], n, exclude=exclude)[0]]
+            # per interest with quotas by importance (PROFILES_INTERESTS_K), else nearest vec
+            content = interests.content_hits(self.p, st, user, vec, n, exclude)
 
         def similarity(ids: list[str]) -> np.ndarray:
             vecs, missing = self.p.catalog.vectors(ids)
@@ -167,20 +179,30 @@ class Queries:
             similarity=similarity if vec is not None else None,
             sequence=seq_hits, sequence_lift=lifts)
 
-    async def candidates(self, raw_id: str, k: int, auth: str | None = None) -> dict[str, Any]:
+    async def candidates(self, raw_id: str, k: int, auth: str | None = None,
+                         explain: bool = False) -> dict[str, Any]:
         """Items for the user: hybrid candidates scored by the CTR ranker, the best
-        ``max(4k, 50)`` re-ranked by the bandit policy, decisions logged."""
+        ``max(4k, 50)`` re-ranked by the bandit policy, decisions logged; ``explain``: each
+        with why (``stream.serve.explain``)."""
         user = self.user_id(raw_id)
         cands = self.generate(user)
+        # read before any await: a batch applied meanwhile cannot make it disagree with cands
+        why = Explainer(self.p, self.hybrid, self.ranker, user, cands) if explain else None
         policy = _policy(self.s.bandit_policy)
         # a user without state here gets trending items; the body never echoes its
         # pseudonym (a hashing oracle for any caller), as a 404 does not
         shown = user if self.p.profiles.owner(user) is not None else None
         if not len(cands):
-            return {"user_id": shown, "candidates": [], "policy": policy.describe()}
+            return {"user_id": shown, "cold_start": shown is None, "candidates": [],
+                    "policy": policy.describe()}
         stats = await self.global_arms(cands.items, auth)
         alpha, beta = stats.posteriors(cands.items)
         cands.features[:, _BANDIT_MEAN] = alpha / (alpha + beta)
+        segment = (self.p.segments.segment_of(user) if self.p.bp.context == "segment"
+                   else None)
+        if segment is not None:  # the bandit re-ranks with the user's segment's posteriors
+            keys = [context_arm(it, segment) for it in cands.items]
+            alpha, beta = (await self.context_arms(keys, auth)).posteriors(keys)
         scores = serve_scores(cands, self.ranker.score(cands.features), self.hybrid)
         pool = rank(cands, scores, max(4 * k, 50))  # the ranker's order: score, then item id
         at = {it: i for i, it in enumerate(cands.items)}
@@ -188,6 +210,10 @@ class Queries:
         arms = [it for it, _ in pool]
         sims = np.array([s for _, s in pool], dtype=np.float64)
         w = self.s.explore_weight
+        if self.s.explore_new_arms:  # young arms: optimism that fades (stream.core.exploration)
+            alpha, beta = with_exploration_prior(
+                alpha, beta, np.array([stats.counts(a)[0] for a in cands.items]),
+                self.s.explore_new_arms, self.s.explore_new_arm_bonus)
         order = policy.rank(alpha[rows], beta[rows], self.rng, similarity=sims,
                             explore_weight=w)
         decision = None
@@ -211,13 +237,20 @@ class Queries:
                                  "impressions": imp, "rewards": rew}
             if decision is not None:
                 c["propensity"] = decision["shown"][j]["propensity"]
+            if why is not None:
+                a, b = float(alpha[rows[i]]), float(beta[rows[i]])
+                c["explain"] = why.explain(arms[i], ranker_rank=i + 1, served_rank=j + 1,
+                                           bandit_mean=a / (a + b))
             out.append(c)
         for s, n in served.items():
             if n:
                 self.p.metrics.candidates.labels(s).inc(n)
-        body: dict[str, Any] = {"user_id": shown, "candidates": out, "policy": policy.describe()}
+        body: dict[str, Any] = {"user_id": shown, "cold_start": shown is None,
+                                "candidates": out, "policy": policy.describe()}
         if decision is not None:
             body["decision_id"] = decision["decision_id"]
+        if segment is not None:
+            body["segment"] = segment
         return body
 
     async def similar(self, raw_id: str, k: int, include_self: bool = False,
@@ -235,6 +268,11 @@ class Queries:
                                                    [] if exclude is None else [user], auth)
             hits = sorted(hits, key=lambda h: -h[1])[:k]
         return {"user_id": user, "similar": [{"user_id": u, "score": s} for u, s in hits]}
+
+    async def search(self, raw_id: str, q: str | None, k: int) -> dict[str, Any]:
+        """Personalised search (``stream.serve.search``): the pool nearest the query, ranked by
+        query relevance blended with the user's interests; a cold-start user by relevance."""
+        return await personal_search(self.p, self.s.search_params(), self.user_id(raw_id), q, k)
 
     async def forget(self, raw_id: str) -> dict[str, Any]:
         """Publish a ``forget`` event for the user; the worker owning them erases everything."""
@@ -262,6 +300,25 @@ class Queries:
                            for st in await self.peers.gather_arms(arms, auth)]
         return ArmStats.merged(parts, self.p.bp, arms=arms) if len(parts) > 1 else local
 
+    async def context_arms(self, keys: list[str], auth: str | None = None) -> ArmStats:
+        """The per-context counts of these keys (``context_arm(arm, ctx)``) over every
+        worker: this worker's per-context tables plus each peer's (``local_arm_state``)."""
+        cbp = replace(self.p.bp, context="")
+        parts = [st.arms.contextual for st in self.p.profiles.partitions()
+                 if st.arms.contextual is not None]
+        if self.peers is not None:
+            parts += [ArmStats.from_state(peer["contextual"], cbp)
+                      for peer in await self.peers.gather_arms(keys, auth)
+                      if peer.get("contextual") is not None]
+        return ArmStats.merged(parts, cbp, arms=keys)
+
+    def segments(self) -> dict[str, Any]:
+        """``GET /segments``: the centroid version, each segment's size and top categories
+        (``stream.worker.segments``); 400 when segments are off."""
+        if not self.p.segments.enabled:
+            raise BadRequest("segments are off (PROFILES_SEGMENTS_K=0)")
+        return self.p.segments.summary()
+
     async def arm(self, arm: str, context: str | None = None,
                   auth: str | None = None) -> dict[str, Any]:
         """Counts and Beta posterior of one arm; ``context``: its per-position counts
@@ -272,16 +329,9 @@ class Queries:
         if context is None:
             stats = await self.global_arms([arm], auth)
             key = arm
-        else:  # this worker's per-position tables plus every peer's (local_arm_state)
+        else:  # this worker's per-context tables plus every peer's (local_arm_state)
             key = context_arm(arm, context)
-            cbp = replace(bp, context="")
-            parts = [st.arms.contextual for st in self.p.profiles.partitions()
-                     if st.arms.contextual is not None]
-            if self.peers is not None:
-                parts += [ArmStats.from_state(peer["contextual"], cbp)
-                          for peer in await self.peers.gather_arms([key], auth)
-                          if peer.get("contextual") is not None]
-            stats = ArmStats.merged(parts, cbp, arms=[key])
+            stats = await self.context_arms([key], auth)
         imp, rew = stats.counts(key)
         if key not in stats or (imp == 0 and rew == 0 and not stats.discounted):
             raise NotFound(f"unknown arm {arm!r}" + (f" in context {context!r}" if context else ""))

@@ -19,6 +19,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
 from stream.core.bandit import MergedArms
+from stream.worker.interests import InterestsCollector
+from stream.worker.latency import StageHistograms
 from stream.worker.state import PartitionState
 
 __all__ = ["LATENCY_BUCKETS", "BanditArmsCollector", "BatchHistogram", "Metrics",
@@ -175,12 +177,23 @@ class Metrics:
         r = self.registry
         self.registry.register(StateCollector(states))
         self.registry.register(BanditArmsCollector(states, top_arms))
+        self.registry.register(InterestsCollector(states))  # profiles_interest_users
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, fds
         self.ingest_to_index = BatchHistogram(
             "profiles_ingest_to_index_seconds",
             "Kafka message timestamp to the profile being searchable in the index",
             LATENCY_BUCKETS, r,
         )
+        # the latency budget (stream.worker.latency): per stage, parked events, GC pauses
+        self.stages = StageHistograms(LATENCY_BUCKETS, r)  # profiles_stage_seconds{stage}
+        self.parked_latency = BatchHistogram(
+            "profiles_parked_seconds",
+            "Kafka message timestamp to searchable, of events parked for their item's vector "
+            "(their count: events that parked and were applied)", LATENCY_BUCKETS, r)
+        self.gc_seconds = Histogram(
+            "profiles_gc_seconds", "Pauses of the garbage collector, by generation",
+            ["generation"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r)
         self.batch_size = Histogram(
             "profiles_batch_size", "Events per applied micro-batch",
             buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000), registry=r,
@@ -269,6 +282,11 @@ class Metrics:
         self.signals_received = Counter(
             "profiles_signals_received",
             "Signal partials read from the signals topic (this worker's own included)", registry=r,
+        )
+        self.segment_users = Gauge(  # k labels (PROFILES_SEGMENTS_K <= 256)
+            "profiles_segment_users",
+            "Users of this worker's partitions per customer segment (sum over workers)",
+            ["segment"], registry=r,
         )
 
     def forget_partition(self, topic: str, partition: int) -> None:

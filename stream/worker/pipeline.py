@@ -45,6 +45,9 @@ from stream.worker.catalog import ItemCatalog
 from stream.worker.classify import Accepted, classify, forget_cuts, rate_cap, split_forgets
 from stream.worker.deadletter import DeadLetter, dead_letter
 from stream.worker.encoding import EncoderService
+from stream.worker.indexes import index_spec
+from stream.worker.interests import apply_interests, expire_interests
+from stream.worker.latency import BatchTiming, observe_applied, observe_parked
 from stream.worker.metrics import Metrics
 from stream.worker.ports import (
     Clock,
@@ -58,6 +61,7 @@ from stream.worker.ports import (
 from stream.worker.privacy import Pseudonymizer, tombstone_key
 from stream.worker.profiles import ProfileStore
 from stream.worker.records import Record
+from stream.worker.segments import Segments
 from stream.worker.sharing import SharedSignals
 from stream.worker.snapshots import Scheduler, SnapshotStore
 from stream.worker.state import Parked, PartitionState
@@ -100,12 +104,13 @@ class Pipeline:
         self.pp = settings.profile_params()
         self.bp = settings.bandit_params()
         self.sp = settings.signal_params()
+        self.ip = settings.interest_params()  # multi-interest profiles (None: off)
         self.encoder = encoder
         self.dim: int = encoder.dim
         self.model: str = encoder.fingerprint
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.send_dlq = _guarded(dead_letters)
-        self.profiles = ProfileStore(self.dim)
+        self.profiles = ProfileStore(self.dim, index_spec(settings).make(self.dim, "users"))
         self.metrics = Metrics(self.profiles.partitions, top_arms=settings.bandit_top_arms)
         # signals=None (rebuild, tools): the view is kept, nothing is published
         self.send_signals = signals
@@ -114,7 +119,12 @@ class Pipeline:
         self.encoder_service = EncoderService(encoder, settings.encoder_batch,
                                               settings.encoder_max_wait_s, self.metrics,
                                               cache_bytes=settings.encoder_cache_bytes)
-        self.catalog = ItemCatalog(self.dim, self.limits, self.model)
+        self.catalog = ItemCatalog(self.dim, self.limits, self.model, index_spec(settings))
+        # customer segments (PROFILES_SEGMENTS_K; their records share the signals topic)
+        self.segments = Segments(settings, self.dim, self.profiles, self.catalog, self.metrics,
+                                 self.clock.monotonic)
+        if self.segments.enabled:
+            self.sharing.routes[b"seg:"] = self.segments.receive
         # The state path is resolved once, here: `profiles rebuild --swap` re-points a symlink at
         # another model's directory, and a worker still on the old model must keep writing into
         # the directory it started with (issue 10, point 9)
@@ -156,7 +166,7 @@ class Pipeline:
         if d is None:
             st = PartitionState.empty(partition, self.dim, self.pp, self.bp, s.dedupe_window,
                                       self.model, s.rate_limit_events, s.rate_limit_window_ms,
-                                      self.sp, ttl_rank=s.ttl_watermark_rank)
+                                      self.sp, ttl_rank=s.ttl_watermark_rank, ip=self.ip)
         else:
             if d.get("model") != self.model:
                 raise StateError(
@@ -165,8 +175,9 @@ class Pipeline:
                     "`profiles rebuild`, or point PROFILES_ENCODER_PATH at the model that made it")
             st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, s.dedupe_window,
                                           s.rate_limit_events, s.rate_limit_window_ms, self.sp,
-                                          ttl_rank=s.ttl_watermark_rank)
+                                          ttl_rank=s.ttl_watermark_rank, ip=self.ip)
         self.profiles.add(st)
+        self.segments.loaded(st)
         self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None)
         log.info("partition %d: resumed at offset %d from %s (%d users, %d parked)", partition,
                  st.next_offset, "snapshot" if d is not None else "empty state",
@@ -210,6 +221,16 @@ class Pipeline:
         async with self._publish_lock:
             todo = self.sharing.take_pending(None)
             sent = 0
+            seg = await self._segment_messages()  # statistics / a new version, when due
+            if seg:
+                try:
+                    await asyncio.wait_for(self._send_signals(seg),
+                                           max(5.0, self.s.session_timeout_s))
+                except BaseException:
+                    self.segments.requeue(seg)
+                    self.sharing.requeue(todo)
+                    raise
+                sent += len(seg)
             for i in range(0, len(todo), PUBLISH_CHUNK):
                 chunk = todo[i:i + PUBLISH_CHUNK]
                 msgs = self.sharing.encode(chunk, self._signal_states())
@@ -223,6 +244,16 @@ class Pipeline:
                 sent += len(msgs)
                 await asyncio.sleep(0)
             return sent
+
+    async def _segment_messages(self) -> list[tuple[bytes, bytes]]:
+        """The segments' statistics and versions due now (``stream.worker.segments``): the
+        statistics are computed on an executor thread under the lock, like a snapshot's
+        serialisation (batches wait, requests are answered)."""
+        if self.broken is not None or not self.segments.start_tick():  # broken: half-applied
+            return self.segments.finish_tick(None)
+        async with self.lock:
+            own = await asyncio.get_running_loop().run_in_executor(None, self.segments.compute)
+        return self.segments.finish_tick(own)
 
     def _signal_states(self) -> dict[int, Signals]:
         return {p: st.signals for p, st in self.profiles.states.items()}
@@ -326,7 +357,8 @@ class Pipeline:
                      len(self.catalog.index), self.catalog.offsets)
 
     # ------------------------------------------------------------------ batches
-    async def process(self, records: Sequence[Record]) -> None:
+    async def process(self, records: Sequence[Record], timing: BatchTiming | None = None
+                      ) -> None:
         """Apply one micro-batch (records of any owned partitions, in offset order each).
 
         Never skips a record and never half-applies one (README, "Privacy and failure"): a
@@ -339,7 +371,7 @@ class Pipeline:
         snapshot, so the worker stops and restarts from its last snapshot."""
         if self.broken is not None:
             raise StateError(f"pipeline broken ({self.broken}): restart the worker")
-        await self._attempt(list(records))
+        await self._attempt(list(records), timing)  # timing: the stage histograms
         try:
             async with self.lock:
                 if (self.catalog.version != self._catalog_version_seen
@@ -350,7 +382,7 @@ class Pipeline:
         except TransientError as exc:  # sent before applied: the next housekeeping retries
             log.warning("resolving parked events failed (%s); retried", exc)
 
-    async def _attempt(self, records: list[Record]) -> None:
+    async def _attempt(self, records: list[Record], timing: BatchTiming | None = None) -> None:
         """Process ``records`` until it succeeds: retries with backoff, waits out outages,
         bisects a batch that keeps failing, dead-letters a record that fails alone."""
         attempts, failures = max(1, self.s.batch_attempts), 0
@@ -361,8 +393,10 @@ class Pipeline:
                 if self.broken is not None:
                     raise StateError(f"pipeline broken ({self.broken}): restart the worker")
                 self._applying = False
+                if timing is not None:
+                    timing.locked = timing.clock()
                 try:
-                    await self._process(records)
+                    await self._process(records, timing)
                     self.metrics.stalled.set(0)
                     return
                 except Exception as e:
@@ -394,8 +428,8 @@ class Pipeline:
             break
         if len(records) > 1:
             mid = len(records) // 2
-            await self._attempt(records[:mid])
-            await self._attempt(records[mid:])
+            await self._attempt(records[:mid], timing)
+            await self._attempt(records[mid:], timing)
             return
         await self._processing_error(records[0], exc)
 
@@ -461,7 +495,8 @@ class Pipeline:
                     raise ValueError(f"{name} {v} does not fit int64 (partition "
                                      f"{a.st.partition} offset {a.offset})")
 
-    async def _process(self, records: Sequence[Record]) -> None:
+    async def _process(self, records: Sequence[Record], timing: BatchTiming | None = None
+                       ) -> None:
         self._applying = False
         # ---- classify: read-only ------------------------------------------------
         c = classify(records, self.profiles.states, self.limits, self.pseudonymize,
@@ -469,7 +504,7 @@ class Pipeline:
         cuts = forget_cuts(records, c.accepted)
         if cuts:  # a forget erases what came before it in the log, nothing after it
             for i, j in zip([0, *cuts], [*cuts, len(records)]):
-                await self._process(records[i:j])
+                await self._process(records[i:j], timing)
             return
         for p, before, after in c.gaps:
             self.metrics.offset_gaps.labels(self.s.events_topic, str(p)).inc()
@@ -507,6 +542,7 @@ class Pipeline:
 
         # ---- apply: synchronous from here on -------------------------------------
         self._applying = True
+        applying = timing.clock() if timing is not None else 0.0
         now = self.clock.wall()
         for r in rejects:
             r.st.dlq[r.reason] += 1
@@ -547,6 +583,10 @@ class Pipeline:
             self.profiles.states[p].next_offset = off + 1
             self.schedule.dirty.add(p)
             self.metrics.applied_offset.labels(self.s.events_topic, str(p)).set(off + 1)
+        if timing is not None:
+            observe_applied(self.metrics.stages, timing, applying,
+                            [(p, live[i].offset, live[i].msg_ts)
+                             for p, rows in by_state.items() for i in rows])
         self.metrics.batch_size.observe(len(records))
         self._refresh_sizes()
 
@@ -579,18 +619,23 @@ class Pipeline:
         event counts when it is applied, not when it parks, so one dead-lettered and replayed
         counts once."""
         groups: dict[int, tuple[list[str], list[str], list[int], list[int | None]]] = {}
+        users: dict[int, list[Event]] = defaultdict(list)
         for partition, ev in applied:
             arm = ev.arm or ev.item_id
             if arm is None:
                 continue
             arms, types, ts, ctx = groups.setdefault(partition, ([], [], [], []))
+            users[partition].append(ev)
             arms.append(arm)
             types.append(ev.type)
             ts.append(ev.ts)  # event time: discounted counts (bandit_half_life_ms)
             ctx.append(ev.position)  # per-context arms (bandit_context=position)
         for p, (arms, types, ts, ctx) in groups.items():
-            self.profiles.states[p].arms.update(
-                arms, types, ts=ts, contexts=ctx if self.bp.context == "position" else None)
+            st = self.profiles.states[p]
+            contexts: Sequence[object] | None = ctx if self.bp.context == "position" else None
+            if self.bp.context == "segment":  # the user's segment before this batch
+                contexts = self.segments.contexts(st, [ev.user_id for ev in users[p]])
+            st.arms.update(arms, types, ts=ts, contexts=contexts)
 
     def _apply_profiles(self, work: dict[int, tuple[list[Event], np.ndarray, list[int]]]
                         ) -> None:
@@ -599,6 +644,7 @@ class Pipeline:
         ingest -> index latency."""
         self.profiles.apply({p: (events, vectors) for p, (events, vectors, _) in work.items()},
                             self.catalog.category)
+        apply_interests(self.profiles.states, work, self.pp)  # same events, vectors, weights
         publish = self.send_signals is not None
         weight = self.sp.weights
         for p, (events, _vectors, _ts) in work.items():
@@ -640,6 +686,7 @@ class Pipeline:
                 if now is None:
                     continue
                 idle = self.profiles.expire(st, now - ttl)
+                expire_interests(st, idle)
                 if idle:
                     self.schedule.dirty.add(st.partition)
                     removed += len(idle)
@@ -729,6 +776,8 @@ class Pipeline:
         self._apply_bandit((p, pk.event) for p, pks in ready.items() for pk in pks
                            if not pk.counted)
         self._apply_profiles(work)
+        observe_parked(self.metrics.parked_latency, self.clock.wall(),
+                       [pk.msg_ts for pks in ready.values() for pk in pks])
         for st in self.profiles.partitions():
             if any(id(pk) in gone for pk in st.parked):
                 st.parked = [pk for pk in st.parked if id(pk) not in gone]

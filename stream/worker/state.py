@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from stream.core.bandit import ArmStats, BanditParams
 from stream.core.dedupe import DedupeWindow
 from stream.core.errors import StateError
 from stream.core.events import Event
+from stream.core.interests import InterestParams, InterestTable, load_interests
 from stream.core.profile import (
     DEFAULT_TTL_RANK,
     EventTimeWatermark,
@@ -29,6 +30,7 @@ from stream.core.profile import (
     UserStats,
 )
 from stream.core.ratelimit import RateCap
+from stream.core.segments import Centroids
 from stream.core.signals import SignalParams, Signals
 
 __all__ = ["PARKED_OVERHEAD", "SNAPSHOT_VERSION", "DedupeWindow", "Parked", "PartitionState"]
@@ -108,15 +110,21 @@ class PartitionState:
     park_clock: float = 0.0  # seconds parked events of this partition have waited (Parked)
     expired: int = 0  # profiles removed by the TTL
     signals: Signals = field(default_factory=Signals)  # popularity, recent items, co-visitation
+    # the segment centroids this partition counts under (stream.worker.segments; None: off)
+    segments: Centroids | None = None
+    # multi-interest profiles (stream.core.interests; None: PROFILES_INTERESTS_K=0)
+    interests: InterestTable | None = None
 
     @classmethod
     def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
               dedupe: int, model: str, rate_limit: int = 0,
               rate_window_ms: int = 1, sp: SignalParams | None = None,
-              ttl_rank: int = DEFAULT_TTL_RANK) -> PartitionState:
+              ttl_rank: int = DEFAULT_TTL_RANK,
+              ip: InterestParams | None = None) -> PartitionState:
         return cls(partition, ProfileTable(dim, pp), UserStats(pp), ArmStats(bp),
                    DedupeWindow(dedupe), model=model, rate=RateCap(rate_limit, rate_window_ms),
-                   signals=Signals(sp), watermark=EventTimeWatermark(ttl_rank))
+                   signals=Signals(sp), watermark=EventTimeWatermark(ttl_rank),
+                   interests=load_interests(None, dim, ip))
 
     def erase(self, user: str) -> None:
         """Remove every trace of ``user`` from this partition's state (not the tombstone)."""
@@ -125,6 +133,8 @@ class PartitionState:
         self.rate.forget(user)
         self.signals.erase(user)
         self.dlq_keys.pop(user, None)
+        if self.interests is not None:
+            self.interests.remove(user)
         if any(pk.event.user_id == user for pk in self.parked):
             self.parked = [pk for pk in self.parked if pk.event.user_id != user]
 
@@ -149,14 +159,19 @@ class PartitionState:
             "watermark": self.watermark.state(),
             "expired": self.expired,
             "signals": self.signals.state(),
+            "segments": None if self.segments is None else self.segments.state(),
+            "interests": None if self.interests is None else self.interests.state(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], dim: int, pp: ProfileParams, bp: BanditParams,
                   dedupe: int, rate_limit: int = 0, rate_window_ms: int = 1,
                   sp: SignalParams | None = None,
-                  ttl_rank: int = DEFAULT_TTL_RANK) -> PartitionState:
+                  ttl_rank: int = DEFAULT_TTL_RANK,
+                  ip: InterestParams | Literal["snapshot"] | None = "snapshot"
+                  ) -> PartitionState:
         """The state of :meth:`to_dict`; a snapshot this version cannot read is a StateError.
+        ``ip``: the multi-interest parameters (None: off; "snapshot": as written).
         A snapshot without ``signals`` (written before them) loads with empty signals; one
         without ``watermark`` (before issue 10) with an empty one: its ``newest_ts`` may have
         been moved by one future-dated event, so the TTL waits for ``ttl_rank`` new events."""
@@ -184,6 +199,9 @@ class PartitionState:
                 expired=int(d.get("expired", 0)),
                 signals=(Signals.from_state(d["signals"], sp) if "signals" in d
                          else Signals(sp)),
+                segments=(Centroids.from_state(d["segments"])
+                          if d.get("segments") is not None else None),
+                interests=load_interests(d.get("interests"), dim, ip),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"snapshot of partition {d.get('partition')} cannot be read by this "
