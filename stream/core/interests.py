@@ -39,7 +39,6 @@ order dependence).  Serving helpers (quotas by importance, per-interest content)
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,8 @@ import numpy as np
 
 from stream.core.interest_quotas import allocate_quotas, merge_hits, multi_interest_hits
 from stream.core.profile import DEFAULT_HALF_LIFE_MS
+from stream.core.rows import NO_ANCHOR as _NO_ANCHOR
+from stream.core.rows import UserRows, checked_batch, grown
 
 __all__ = [
     "DEFAULT_INTEREST_K",
@@ -67,7 +68,6 @@ DEFAULT_INTEREST_K = 4
 DEFAULT_INTEREST_THRESHOLD = 0.5
 MAX_INTEREST_K = 32
 
-_NO_ANCHOR = np.iinfo(np.int64).min
 _MEAN_DTYPE = np.float16
 _WORK = np.float64
 _PER_USER_FROM = 4  # a user with this many events in a batch is applied on its own (_run)
@@ -176,71 +176,40 @@ def _merge_closest(means: np.ndarray, weight: np.ndarray, v: np.ndarray, c: np.n
     return cand[keep].reshape(m, k, dim), cw[keep].reshape(m, k)
 
 
-class InterestTable:
+class InterestTable(UserRows):
     """The interests of many users in contiguous arrays: a row per user, capacity doubling.
 
     Per row: ``anchor`` int64, ``count`` uint8, ``weight`` float64 [k], ``mean`` float16 [k, dim]
-    (``8 + 1 + 8k + 2k*dim`` bytes: 3,113 for k=4, dim 384).
+    (``8 + 1 + 8k + 2k*dim`` bytes: 3,113 for k=4, dim 384).  Row bookkeeping (``remove``,
+    ``idle``, ``users``): :class:`stream.core.rows.UserRows`.
     """
 
     def __init__(self, dim: int, params: InterestParams, capacity: int = 1024) -> None:
         if dim <= 0:
             raise ValueError(f"dim must be > 0, got {dim}")
+        super().__init__(capacity)
         self.dim = int(dim)
         self.params = params
         self.k = params.k
-        cap = max(1, int(capacity))
-        self._anchor = np.full(cap, _NO_ANCHOR, dtype=np.int64)
+        cap = len(self._anchor)
         self._count = np.zeros(cap, dtype=np.uint8)
         self._weight = np.zeros((cap, self.k), dtype=np.float64)
         self._mean = np.zeros((cap, self.k, self.dim), dtype=_MEAN_DTYPE)
-        self._index: dict[str, int] = {}
-        self._names: list[str | None] = [None] * cap
-        self._next = 0
-        self._free: list[int] = []
 
     @property
     def bytes_per_user(self) -> int:
         return 8 + 1 + 8 * self.k + 2 * self.k * self.dim
 
-    # -- rows -----------------------------------------------------------------------------
-    def _grow(self, need: int) -> None:
-        cap = len(self._anchor)
-        if need <= cap:
-            return
-        new_cap = cap
-        while new_cap < need:
-            new_cap *= 2
-        anchor = np.full(new_cap, _NO_ANCHOR, dtype=np.int64)
-        anchor[:cap] = self._anchor
-        count = np.zeros(new_cap, dtype=np.uint8)
-        count[:cap] = self._count
-        weight = np.zeros((new_cap, self.k), dtype=np.float64)
-        weight[:cap] = self._weight
-        mean = np.zeros((new_cap, self.k, self.dim), dtype=_MEAN_DTYPE)
-        mean[:cap] = self._mean
-        self._anchor, self._count, self._weight, self._mean = anchor, count, weight, mean
-        self._names.extend([None] * (new_cap - cap))
+    # -- rows (bookkeeping in UserRows) ---------------------------------------------------
+    def _resize(self, new_cap: int) -> None:
+        self._count = grown(self._count, new_cap)
+        self._weight = grown(self._weight, new_cap)
+        self._mean = grown(self._mean, new_cap)
 
-    def _alloc(self, user: str) -> int:
-        if self._free:
-            row = heapq.heappop(self._free)
-        else:
-            row = self._next
-            self._next += 1
-            self._grow(self._next)
-        self._index[user] = row
-        self._names[row] = user
-        return row
-
-    def _rows(self, users: Sequence[str]) -> np.ndarray:
-        index = self._index
-        rows = np.fromiter((index.get(u, -1) for u in users), dtype=np.int64, count=len(users))
-        for i in np.flatnonzero(rows < 0).tolist():
-            u = users[i]
-            r = index.get(u)
-            rows[i] = self._alloc(u) if r is None else r
-        return rows
+    def _clear(self, row: int) -> None:
+        self._count[row] = 0
+        self._weight[row] = 0.0
+        self._mean[row] = 0.0
 
     # -- updates --------------------------------------------------------------------------
     def apply(
@@ -256,20 +225,9 @@ class InterestTable:
         Vectorised across users: round ``j`` applies every user's ``j``-th event of the batch.
         """
         n = len(users)
-        ts = np.asarray(ts).astype(np.int64, copy=False).reshape(-1)
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        vec = np.asarray(vectors)
-        if ts.shape[0] != n or w.shape[0] != n or vec.shape != (n, self.dim):
-            raise ValueError(
-                f"batch shapes disagree: {n} users, ts {ts.shape}, weights {w.shape}, "
-                f"vectors {vec.shape} (dim {self.dim})"
-            )
+        ts, w, vec = checked_batch(n, ts, weights, vectors, self.dim)
         if n == 0:
             return []
-        if not (np.isfinite(w).all() and (w >= 0).all()):
-            raise ValueError("event weights must be finite and >= 0")
-        if not np.isfinite(vec).all():
-            raise ValueError("event vectors must be finite")
         rows = self._rows(users)
         vec64 = vec.astype(_WORK, copy=False)
         # users with many events here: one user at a time (fewer numpy calls per event)
@@ -449,38 +407,10 @@ class InterestTable:
         n = int(self._count[row])
         return int(self._anchor[row]), self._weight[row, :n].copy(), self._mean[row, :n].copy()
 
-    def remove(self, user: str) -> bool:
-        row = self._index.pop(user, None)
-        if row is None:
-            return False
-        self._names[row] = None
-        self._anchor[row] = _NO_ANCHOR
-        self._count[row] = 0
-        self._weight[row] = 0.0
-        self._mean[row] = 0.0
-        heapq.heappush(self._free, row)
-        return True
-
-    def idle(self, cutoff_ts: int) -> list[str]:
-        live = self._anchor[: self._next]
-        rows = np.flatnonzero((live != _NO_ANCHOR) & (live < cutoff_ts))
-        names = self._names
-        return [name for r in rows.tolist() if (name := names[r]) is not None]
-
-    def __contains__(self, user: object) -> bool:
-        return user in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def users(self) -> list[str]:
-        return list(self._index)
-
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Live rows only, data-only (numpy arrays in the live dtypes: float16 means)."""
-        users = list(self._index)
-        rows = np.fromiter((self._index[u] for u in users), dtype=np.int64, count=len(users))
+        users, rows = self._live_rows()
         return {
             "k": self.k,
             "threshold": self.params.threshold,
@@ -515,10 +445,7 @@ class InterestTable:
         if n and (counts.min() < 0 or counts.max() > sk):
             raise ValueError(f"interests state has counts outside [0, {sk}]")
         table = cls(dim, params, capacity=max(n, 1))
-        table._anchor[:n] = anchors
-        table._names[:n] = users
-        table._index = {u: i for i, u in enumerate(users)}
-        table._next = n
+        table._load_rows(users, anchors)
         kk = min(sk, table.k)
         table._weight[:n, :kk] = weights[:, :kk]
         table._mean[:n, :kk] = means[:, :kk]

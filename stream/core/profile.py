@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from stream.core.eventtypes import CONVERSION_TYPES, DEFAULT_WEIGHTS
+from stream.core.rows import NO_ANCHOR as _NO_ANCHOR
+from stream.core.rows import UserRows, checked_batch, grown
 
 __all__ = [
     "DEFAULT_HALF_LIFE_MS",
@@ -39,10 +41,6 @@ __all__ = [
 ]
 
 DEFAULT_HALF_LIFE_MS: float = 7 * 24 * 3600 * 1000
-
-# Anchor of a row that has never received an event; never used in arithmetic.
-_NO_ANCHOR = np.iinfo(np.int64).min
-
 
 @dataclass(frozen=True)
 class ProfileParams:
@@ -67,58 +65,23 @@ class ProfileParams:
         return np.fromiter((get(t, 0.0) for t in types), dtype=np.float64, count=len(types))
 
 
-class ProfileTable:
-    """Profiles of many users in contiguous arrays: row per user, capacity doubling."""
+class ProfileTable(UserRows):
+    """Profiles of many users in contiguous arrays: row per user, capacity doubling (row
+    bookkeeping, ``remove``/``idle``/``users``: :class:`stream.core.rows.UserRows`)."""
 
     def __init__(self, dim: int, params: ProfileParams, capacity: int = 1024) -> None:
         if dim <= 0:
             raise ValueError(f"dim must be > 0, got {dim}")
+        super().__init__(capacity)
         self.dim = int(dim)
         self.params = params
-        cap = max(1, int(capacity))
-        self._anchor = np.full(cap, _NO_ANCHOR, dtype=np.int64)
-        self._sum = np.zeros((cap, self.dim), dtype=np.float64)
-        self._index: dict[str, int] = {}
-        self._names: list[str | None] = [None] * cap
-        self._next = 0  # rows [0, _next) have been handed out at least once
-        self._free: list[int] = []  # min-heap of released rows, reused first (keeps data dense)
+        self._sum = np.zeros((len(self._anchor), self.dim), dtype=np.float64)
 
-    # -- row management -------------------------------------------------------------------
-    def _grow(self, need: int) -> None:
-        cap = len(self._anchor)
-        if need <= cap:
-            return
-        new_cap = cap
-        while new_cap < need:
-            new_cap *= 2
-        anchor = np.full(new_cap, _NO_ANCHOR, dtype=np.int64)
-        anchor[:cap] = self._anchor
-        sums = np.zeros((new_cap, self.dim), dtype=np.float64)
-        sums[:cap] = self._sum
-        self._anchor, self._sum = anchor, sums
-        self._names.extend([None] * (new_cap - cap))
+    def _resize(self, new_cap: int) -> None:
+        self._sum = grown(self._sum, new_cap)
 
-    def _alloc(self, user: str) -> int:
-        if self._free:
-            row = heapq.heappop(self._free)
-        else:
-            row = self._next
-            self._next += 1
-            self._grow(self._next)
-        self._index[user] = row
-        self._names[row] = user
-        return row
-
-    def _rows(self, users: Sequence[str]) -> np.ndarray:
-        """Row per event, allocating rows for new users (the only per-event Python work)."""
-        index = self._index
-        rows = np.fromiter((index.get(u, -1) for u in users), dtype=np.int64, count=len(users))
-        missing = np.flatnonzero(rows < 0)
-        for i in missing.tolist():  # only new users; repeated new users resolve via the dict
-            u = users[i]
-            r = index.get(u)
-            rows[i] = self._alloc(u) if r is None else r
-        return rows
+    def _clear(self, row: int) -> None:
+        self._sum[row] = 0.0
 
     # -- updates --------------------------------------------------------------------------
     def apply(
@@ -132,21 +95,9 @@ class ProfileTable:
         embedding ``vectors[i]``.  Returns the distinct users touched, in first-appearance order.
         """
         n = len(users)
-        ts = np.asarray(ts).astype(np.int64, copy=False).reshape(-1)
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        vec = np.asarray(vectors)
-        if ts.shape[0] != n or w.shape[0] != n or vec.shape != (n, self.dim):
-            raise ValueError(
-                f"batch shapes disagree: {n} users, ts {ts.shape}, weights {w.shape}, "
-                f"vectors {vec.shape} (dim {self.dim})"
-            )
+        ts, w, vec = checked_batch(n, ts, weights, vectors, self.dim)
         if n == 0:
             return []
-        # A single NaN/inf would poison a profile forever, so reject the batch up front.
-        if not (np.isfinite(w).all() and (w >= 0).all()):
-            raise ValueError("event weights must be finite and >= 0")
-        if not np.isfinite(vec).all():
-            raise ValueError("event vectors must be finite")
 
         rows = self._rows(users)
         uniq, first, inv = np.unique(rows, return_index=True, return_inverse=True)
@@ -213,39 +164,10 @@ class ProfileTable:
             return None
         return int(self._anchor[row]), self._sum[row].copy()
 
-    def remove(self, user: str) -> bool:
-        """Forget a user and free its row for reuse; False when unknown."""
-        row = self._index.pop(user, None)
-        if row is None:
-            return False
-        self._names[row] = None
-        self._anchor[row] = _NO_ANCHOR
-        self._sum[row] = 0.0
-        heapq.heappush(self._free, row)
-        return True
-
-    def idle(self, cutoff_ts: int) -> list[str]:
-        """Users whose newest event (their anchor) is older than ``cutoff_ts`` (vectorised scan)."""
-        live = self._anchor[: self._next]
-        rows = np.flatnonzero((live != _NO_ANCHOR) & (live < cutoff_ts))
-        names = self._names
-        return [name for r in rows.tolist() if (name := names[r]) is not None]
-
-    def __contains__(self, user: object) -> bool:
-        return user in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def users(self) -> list[str]:
-        """Live users, in the order they were (last) added."""
-        return list(self._index)
-
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray | list[str]]:
         """Compact snapshot of live rows only (np.savez / pickle friendly)."""
-        users = list(self._index)
-        rows = np.fromiter((self._index[u] for u in users), dtype=np.int64, count=len(users))
+        users, rows = self._live_rows()
         return {
             "users": users,
             "anchors": self._anchor[rows].copy(),
@@ -267,11 +189,8 @@ class ProfileTable:
         if len(set(users)) != n:
             raise ValueError("state has duplicate users")
         table = cls(dim, params, capacity=max(n, 1))
-        table._anchor[:n] = anchors
+        table._load_rows(users, anchors)
         table._sum[:n] = sums
-        table._names[:n] = users
-        table._index = {u: i for i, u in enumerate(users)}
-        table._next = n
         return table
 
 

@@ -6,7 +6,7 @@ numpy oracle, cold start, validation, the bounded query cache)."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,9 +19,9 @@ from stream.core.errors import BadRequest
 from stream.core.exploration import new_arm_bonus, with_exploration_prior
 from stream.core.search import SearchParams, affinity, check_query, rank
 from stream.serve.queries import Queries
-from stream.settings import Settings
 from stream.worker.testing import InProcessWorker
 from tests.inprocess.test_pipeline import ITEMS, T, ev
+from tests.inprocess.test_pipeline import run as pipeline_run
 
 pytestmark = pytest.mark.inprocess
 
@@ -36,16 +36,8 @@ SHOP = [
 ]
 
 
-def run(tmp_path, body: Callable[[InProcessWorker], Awaitable[None]], items: list[dict] = ITEMS,
-        **settings: Any) -> None:
-    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), **settings)
-
-    async def main() -> None:
-        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
-            await w.items(items)
-            await body(w)
-
-    asyncio.run(main())
+#: test_pipeline's in-process run() with this file's encoder dimension
+run = functools.partial(pipeline_run, dim=DIM)
 
 
 # ---------------------------------------------------------------------------- cold start

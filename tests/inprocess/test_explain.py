@@ -21,6 +21,7 @@ from stream.serve.queries import Queries
 from stream.settings import Settings
 from stream.worker.testing import InProcessWorker
 from tests.inprocess.test_pipeline import DIM, ITEMS, T, ev, run
+from tests.vectors import catalogue_vectors
 
 pytestmark = pytest.mark.inprocess
 
@@ -51,11 +52,7 @@ def _shares(events: list[dict[str, Any]], item_vecs: dict[str, np.ndarray],
 def test_the_content_explanation_is_the_real_decomposition_over_logged_events(tmp_path) -> None:
     ds = generate(users=40, items=60, events=400, seed=11)
     enc = HashingEncoder(DIM)
-    items = [Item(**{k: it.get(k) for k in ("item_id", "title", "category", "brand", "price")})
-             for it in ds.items]
-    item_vecs = dict(zip([i.item_id for i in items], enc.encode([i.text() for i in items])))
-    queries = sorted({e["query"] for e in ds.events if e["type"] == "search"})
-    query_vecs = dict(zip(queries, enc.encode(queries)))
+    item_vecs, query_vecs = catalogue_vectors(ds, enc)
     s = Settings.from_env({}, state_dir=str(tmp_path / "state"), explain_events=3)
     weights = s.event_weight_map()
     oracle = _shares(ds.events, item_vecs, query_vecs, weights, s.half_life_ms)

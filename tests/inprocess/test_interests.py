@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from encoder.fake import HashingEncoder
-from stream.core.events import Item
 from stream.data.generate import generate
 from stream.serve.queries import Queries
 from stream.settings import Settings
 from stream.worker.testing import InProcessWorker
 from tests.inprocess.test_pipeline import T, ev
 from tests.oracle import oracle_interests
+from tests.vectors import catalogue_vectors
 
 pytestmark = pytest.mark.inprocess
 
@@ -37,11 +37,7 @@ def raw_interests(w: InProcessWorker) -> dict[str, Any]:
 def test_interests_equal_the_oracle_and_a_restart_replays_them_exactly(tmp_path: Path) -> None:
     ds = generate(users=40, items=40, events=1200, seed=5)
     enc = HashingEncoder(DIM)
-    items = [Item(**{k: it.get(k) for k in ("item_id", "title", "category", "brand", "price")})
-             for it in ds.items]
-    item_vecs = dict(zip([i.item_id for i in items], enc.encode([i.text() for i in items])))
-    queries = sorted({e["query"] for e in ds.events if e["type"] == "search"})
-    query_vecs = dict(zip(queries, enc.encode(queries)))
+    item_vecs, query_vecs = catalogue_vectors(ds, enc)
     s = Settings.from_env({}, state_dir=str(tmp_path / "a"), interests_k=3,
                           interests_threshold=0.4)
     half = len(ds.events) // 2

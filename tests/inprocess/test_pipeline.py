@@ -15,12 +15,12 @@ import orjson
 import pytest
 
 from encoder.fake import HashingEncoder
-from stream.core.events import Item
 from stream.data.generate import generate
 from stream.settings import Settings
 from stream.worker.privacy import HASHED_HEADER, tombstone_key
 from stream.worker.testing import InProcessWorker, murmur2, partition_of
 from tests.oracle import oracle_bandit, oracle_profiles
+from tests.vectors import catalogue_vectors
 
 pytestmark = pytest.mark.inprocess
 
@@ -30,13 +30,14 @@ ITEMS = [{"item_id": f"i{i}", "title": f"{c} item {i}", "category": c}
          for i, c in enumerate(["shoes", "shoes", "tents", "tents", "coffee", "coffee"])]
 
 
-def run(tmp_path: Path, body: Callable[[InProcessWorker], Awaitable[None]], **settings: Any
-        ) -> None:
+def run(tmp_path: Path, body: Callable[[InProcessWorker], Awaitable[None]], *,
+        items: list[dict[str, Any]] = ITEMS, dim: int = DIM, **settings: Any) -> None:
+    """``body`` against a started worker (hashing encoder of ``dim``) with ``items`` loaded."""
     s = Settings.from_env({}, state_dir=str(tmp_path / "state"), **settings)
 
     async def main() -> None:
-        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
-            await w.items(ITEMS)
+        async with InProcessWorker(s, HashingEncoder(dim)) as w:
+            await w.items(items)
             await body(w)
 
     asyncio.run(main())
@@ -214,11 +215,7 @@ def test_ttl_expires_idle_profiles_in_event_time(tmp_path) -> None:
 def test_profiles_and_bandit_equal_the_oracle(tmp_path) -> None:
     ds = generate(users=60, items=40, events=1500, seed=3)
     enc = HashingEncoder(DIM)
-    items = [Item(**{k: it.get(k) for k in ("item_id", "title", "category", "brand", "price")})
-             for it in ds.items]
-    item_vecs = dict(zip([i.item_id for i in items], enc.encode([i.text() for i in items])))
-    queries = sorted({e["query"] for e in ds.events if e["type"] == "search"})
-    query_vecs = dict(zip(queries, enc.encode(queries)))
+    item_vecs, query_vecs = catalogue_vectors(ds, enc)
     s = Settings.from_env({}, state_dir=str(tmp_path / "state"))
 
     async def main() -> None:

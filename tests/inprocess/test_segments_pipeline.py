@@ -23,12 +23,12 @@ from stream.core.segments import Centroids, seed_centroids
 from stream.data.generate import generate
 from stream.serve.queries import Queries
 from stream.settings import Settings
-from stream.worker.catalog import Item
 from stream.worker.records import Record
 from stream.worker.segments import encode_version, stats_key
 from stream.worker.testing import InProcessWorker, ManualClock, Source
 from tests.inprocess.test_signals_pipeline import WorkerPeers
 from tests.oracle import oracle_profiles
+from tests.vectors import catalogue_vectors
 
 pytestmark = pytest.mark.inprocess
 
@@ -47,11 +47,7 @@ def dataset(seed: int = 3) -> tuple[Any, HashingEncoder, dict[str, np.ndarray],
                                     dict[str, np.ndarray]]:
     ds = generate(users=60, items=40, events=1500, seed=seed)
     enc = HashingEncoder(DIM)
-    items = [Item(**{k: it.get(k) for k in ("item_id", "title", "category", "brand", "price")})
-             for it in ds.items]
-    item_vecs = dict(zip([i.item_id for i in items], enc.encode([i.text() for i in items])))
-    queries = sorted({e["query"] for e in ds.events if e["type"] == "search"})
-    query_vecs = dict(zip(queries, enc.encode(queries)))
+    item_vecs, query_vecs = catalogue_vectors(ds, enc)
     return ds, enc, item_vecs, query_vecs
 
 
@@ -85,6 +81,22 @@ async def feed(workers: list[tuple[InProcessWorker, list[int]]], records: list[A
             await w.pipeline.process([r for r in batch if r.partition in parts])
 
 
+async def three_workers(tmp_path: Path, s: Settings, enc: HashingEncoder, clock: ManualClock,
+                        items: list[dict[str, Any]]
+                        ) -> tuple[InProcessWorker, InProcessWorker, InProcessWorker]:
+    """Started workers with the catalogue loaded: ``one`` owns all four partitions, ``left``
+    [0, 1] and ``right`` [2, 3] (the caller closes them)."""
+    one = InProcessWorker(s.replace(state_dir=str(tmp_path / "one")), enc, clock=clock)
+    left = InProcessWorker(s.replace(state_dir=str(tmp_path / "left")), enc, clock=clock,
+                           partitions=[0, 1])
+    right = InProcessWorker(s.replace(state_dir=str(tmp_path / "right")), enc, clock=clock,
+                            partitions=[2, 3])
+    for w in (one, left, right):
+        await w.__aenter__()
+        await w.items(items)
+    return one, left, right
+
+
 def exchange(*workers: InProcessWorker) -> None:
     """Every worker reads every other's signals topic (the shared compacted topic)."""
     for w in workers:
@@ -101,14 +113,7 @@ def test_a_version_equals_the_oracle_and_two_workers_compute_it_bit_for_bit(tmp_
         source = Source(4, clock)
         records = source.records(ds.events)
         s = settings(tmp_path, "x")
-        one = InProcessWorker(s.replace(state_dir=str(tmp_path / "one")), enc, clock=clock)
-        left = InProcessWorker(s.replace(state_dir=str(tmp_path / "left")), enc, clock=clock,
-                               partitions=[0, 1])
-        right = InProcessWorker(s.replace(state_dir=str(tmp_path / "right")), enc, clock=clock,
-                                partitions=[2, 3])
-        for w in (one, left, right):
-            await w.__aenter__()
-            await w.items(ds.items)
+        one, left, right = await three_workers(tmp_path, s, enc, clock, ds.items)
         await feed([(one, [0, 1, 2, 3]), (left, [0, 1]), (right, [2, 3])], records)
 
         # version 1: k-means++ over the catalogue, by the leader (owner of partition 0) only
@@ -226,14 +231,7 @@ def test_bandit_counts_by_segment_equal_a_groupby_and_merge_over_workers(tmp_pat
         source = Source(4, clock)
         records = source.records(ds.events)
         s = settings(tmp_path, "x", bandit_context="segment", explore_weight=0.0)
-        one = InProcessWorker(s.replace(state_dir=str(tmp_path / "one")), enc, clock=clock)
-        left = InProcessWorker(s.replace(state_dir=str(tmp_path / "left")), enc, clock=clock,
-                               partitions=[0, 1])
-        right = InProcessWorker(s.replace(state_dir=str(tmp_path / "right")), enc, clock=clock,
-                                partitions=[2, 3])
-        for w in (one, left, right):
-            await w.__aenter__()
-            await w.items(ds.items)
+        one, left, right = await three_workers(tmp_path, s, enc, clock, ds.items)
         half = (len(records) // (2 * BATCH)) * BATCH
         await feed([(one, [0, 1, 2, 3]), (left, [0, 1]), (right, [2, 3])], records[:half])
         for w in (one, left):  # version 1, adopted by all before the second half

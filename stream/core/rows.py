@@ -1,0 +1,144 @@
+"""Row bookkeeping shared by the per-user tables (pure: stdlib + numpy).
+
+:class:`UserRows` maps user ids to rows of contiguous arrays: names, the id -> row index, a
+min-heap of released rows (reused first, so live data stays dense), capacity doubling, and the
+per-row ``anchor`` (newest event time, ``NO_ANCHOR`` for a row without events) that the idle
+scan reads.  A subclass owns its other per-row arrays through three hooks: :meth:`_resize`
+(copy them into ``new_cap`` rows), :meth:`_clear` (zero a released row) and nothing else;
+:class:`stream.core.profile.ProfileTable` and :class:`stream.core.interests.InterestTable`
+are built on it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["NO_ANCHOR", "UserRows", "checked_batch", "grown"]
+
+# Anchor of a row that has never received an event; never used in arithmetic.
+NO_ANCHOR = np.iinfo(np.int64).min
+
+
+def grown(old: np.ndarray, new_cap: int, fill: float | int = 0) -> np.ndarray:
+    """``old`` with its first axis extended to ``new_cap`` rows of ``fill`` (same dtype)."""
+    out = np.full((new_cap, *old.shape[1:]), fill, dtype=old.dtype)
+    out[: old.shape[0]] = old
+    return out
+
+
+def checked_batch(n: int, ts: np.ndarray, weights: np.ndarray, vectors: np.ndarray, dim: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch of ``n`` events as ``(int64 ts [n], float64 weights [n], vectors [n, dim])``; a
+    one-line ValueError when the shapes disagree or a weight or vector is not finite (a single
+    NaN/inf would poison a user's state forever, so the whole batch is rejected up front)."""
+    ts = np.asarray(ts).astype(np.int64, copy=False).reshape(-1)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    vec = np.asarray(vectors)
+    if ts.shape[0] != n or w.shape[0] != n or vec.shape != (n, dim):
+        raise ValueError(
+            f"batch shapes disagree: {n} users, ts {ts.shape}, weights {w.shape}, "
+            f"vectors {vec.shape} (dim {dim})"
+        )
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError("event weights must be finite and >= 0")
+    if not np.isfinite(vec).all():
+        raise ValueError("event vectors must be finite")
+    return ts, w, vec
+
+
+class UserRows:
+    """Users -> rows: index, names, free-row heap, capacity doubling, anchors, idle scan."""
+
+    def __init__(self, capacity: int) -> None:
+        cap = max(1, int(capacity))
+        self._anchor = np.full(cap, NO_ANCHOR, dtype=np.int64)
+        self._index: dict[str, int] = {}
+        self._names: list[str | None] = [None] * cap
+        self._next = 0  # rows [0, _next) have been handed out at least once
+        self._free: list[int] = []  # min-heap of released rows, reused first (keeps data dense)
+
+    # -- hooks for the subclass's own per-row arrays ----------------------------------------
+    def _resize(self, new_cap: int) -> None:
+        """Extend the subclass's arrays to ``new_cap`` rows (zero-filled)."""
+
+    def _clear(self, row: int) -> None:
+        """Reset the subclass's arrays at a released ``row``."""
+
+    # -- row management -------------------------------------------------------------------
+    def _grow(self, need: int) -> None:
+        cap = len(self._anchor)
+        if need <= cap:
+            return
+        new_cap = cap
+        while new_cap < need:
+            new_cap *= 2
+        self._anchor = grown(self._anchor, new_cap, NO_ANCHOR)
+        self._resize(new_cap)
+        self._names.extend([None] * (new_cap - cap))
+
+    def _alloc(self, user: str) -> int:
+        if self._free:
+            row = heapq.heappop(self._free)
+        else:
+            row = self._next
+            self._next += 1
+            self._grow(self._next)
+        self._index[user] = row
+        self._names[row] = user
+        return row
+
+    def _rows(self, users: Sequence[str]) -> np.ndarray:
+        """Row per event, allocating rows for new users (the only per-event Python work)."""
+        index = self._index
+        rows = np.fromiter((index.get(u, -1) for u in users), dtype=np.int64, count=len(users))
+        for i in np.flatnonzero(rows < 0).tolist():  # new users; repeats resolve via the dict
+            u = users[i]
+            r = index.get(u)
+            rows[i] = self._alloc(u) if r is None else r
+        return rows
+
+    def _live_rows(self) -> tuple[list[str], np.ndarray]:
+        """Live users (in the order they were last added) and their rows, for ``state()``."""
+        users = list(self._index)
+        rows = np.fromiter((self._index[u] for u in users), dtype=np.int64, count=len(users))
+        return users, rows
+
+    def _load_rows(self, users: list[str], anchors: np.ndarray) -> None:
+        """Fill rows ``[0, n)`` of a fresh table (capacity >= n) with ``users`` and anchors."""
+        n = len(users)
+        self._anchor[:n] = anchors
+        self._names[:n] = users
+        self._index = {u: i for i, u in enumerate(users)}
+        self._next = n
+
+    # -- public row API -------------------------------------------------------------------
+    def remove(self, user: str) -> bool:
+        """Forget a user and free its row for reuse; False when unknown."""
+        row = self._index.pop(user, None)
+        if row is None:
+            return False
+        self._names[row] = None
+        self._anchor[row] = NO_ANCHOR
+        self._clear(row)
+        heapq.heappush(self._free, row)
+        return True
+
+    def idle(self, cutoff_ts: int) -> list[str]:
+        """Users whose newest event (their anchor) is older than ``cutoff_ts`` (vectorised scan)."""
+        live = self._anchor[: self._next]
+        rows = np.flatnonzero((live != NO_ANCHOR) & (live < cutoff_ts))
+        names = self._names
+        return [name for r in rows.tolist() if (name := names[r]) is not None]
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def users(self) -> list[str]:
+        """Live users, in the order they were (last) added."""
+        return list(self._index)
