@@ -42,6 +42,9 @@ WORKER_METRICS = {
     "profiles_parked_events": "gauge",
     "profiles_parked_bytes": "gauge",
     "profiles_ingest_to_index_seconds": "histogram",
+    "profiles_stage_seconds": "histogram",
+    "profiles_parked_seconds": "histogram",
+    "profiles_gc_seconds": "histogram",
     "profiles_batch_size": "histogram",
     "profiles_encoder_seconds": "histogram",
     "profiles_encoder_texts": "counter",
@@ -73,6 +76,8 @@ WORKER_METRICS = {
     "profiles_candidates": "counter",
     "profiles_signals_published": "counter",
     "profiles_signals_received": "counter",
+    "profiles_segment_users": "gauge",
+    "profiles_interest_users": "gauge",
     # prometheus_client's ProcessCollector
     "process_cpu_seconds": "counter",
     "process_max_fds": "gauge",
@@ -415,7 +420,10 @@ def test_dashboard_has_the_agreed_panels(dashboard):
                    "profiles_bandit_impressions_total", "profiles_bandit_rewards_total",
                    "profiles_batch_size", "profiles_encoder_seconds_bucket",
                    "profiles_encoder_errors_total", "process_resident_memory_bytes",
-                   "process_cpu_seconds_total"):
+                   "process_cpu_seconds_total",
+                   # the latency budget, stacked (issue 14)
+                   "sum by (stage) (rate(profiles_stage_seconds_sum[$__rate_interval])) / "
+                   "sum by (stage) (rate(profiles_stage_seconds_count[$__rate_interval]))"):
         assert needle in exprs, needle
     for q in ("0.5", "0.95", "0.99"):
         assert (f"histogram_quantile({q}, sum by (le) "
