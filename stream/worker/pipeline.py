@@ -46,7 +46,6 @@ from stream.worker.classify import Accepted, classify, forget_cuts, rate_cap, sp
 from stream.worker.deadletter import DeadLetter, dead_letter
 from stream.worker.encoding import EncoderService
 from stream.worker.indexes import index_spec
-from stream.worker.interests import apply_interests, expire_interests
 from stream.worker.latency import BatchTiming, observe_applied, observe_parked
 from stream.worker.metrics import Metrics
 from stream.worker.ports import (
@@ -618,23 +617,24 @@ class Pipeline:
         """Bandit partials count every applied event (partition, event) with an arm; a parked
         event counts when it is applied, not when it parks, so one dead-lettered and replayed
         counts once."""
-        groups: dict[int, tuple[list[str], list[str], list[int], list[int | None]]] = {}
-        users: dict[int, list[Event]] = defaultdict(list)
+        groups: dict[int, tuple[list[str], list[str], list[int], list[object]]] = {}
+        by_segment = self.bp.context == "segment"
         for partition, ev in applied:
             arm = ev.arm or ev.item_id
             if arm is None:
                 continue
             arms, types, ts, ctx = groups.setdefault(partition, ([], [], [], []))
-            users[partition].append(ev)
             arms.append(arm)
             types.append(ev.type)
             ts.append(ev.ts)  # event time: discounted counts (bandit_half_life_ms)
-            ctx.append(ev.position)  # per-context arms (bandit_context=position)
+            # per-context arms: the position (bandit_context=position), or the user whose
+            # segment before this batch is the context (bandit_context=segment)
+            ctx.append(ev.user_id if by_segment else ev.position)
         for p, (arms, types, ts, ctx) in groups.items():
             st = self.profiles.states[p]
             contexts: Sequence[object] | None = ctx if self.bp.context == "position" else None
-            if self.bp.context == "segment":  # the user's segment before this batch
-                contexts = self.segments.contexts(st, [ev.user_id for ev in users[p]])
+            if by_segment:
+                contexts = self.segments.contexts(st, [str(u) for u in ctx])
             st.arms.update(arms, types, ts=ts, contexts=contexts)
 
     def _apply_profiles(self, work: dict[int, tuple[list[Event], np.ndarray, list[int]]]
@@ -644,7 +644,6 @@ class Pipeline:
         ingest -> index latency."""
         self.profiles.apply({p: (events, vectors) for p, (events, vectors, _) in work.items()},
                             self.catalog.category)
-        apply_interests(self.profiles.states, work, self.pp)  # same events, vectors, weights
         publish = self.send_signals is not None
         weight = self.sp.weights
         for p, (events, _vectors, _ts) in work.items():
@@ -686,7 +685,6 @@ class Pipeline:
                 if now is None:
                     continue
                 idle = self.profiles.expire(st, now - ttl)
-                expire_interests(st, idle)
                 if idle:
                     self.schedule.dirty.add(st.partition)
                     removed += len(idle)

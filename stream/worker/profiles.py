@@ -69,7 +69,10 @@ class ProfileStore:
             users = [e.user_id for e in events]
             types = [e.type for e in events]
             ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
-            touched = st.profiles.apply(users, ts, st.profiles.params.weight_array(types), vectors)
+            weights = st.profiles.params.weight_array(types)
+            touched = st.profiles.apply(users, ts, weights, vectors)
+            if st.interests is not None:  # the same events, weights and vectors, offset order
+                st.interests.apply(users, ts, weights, vectors)
             item_ids = [e.item_id for e in events]
             st.users.update(users, types, ts, [category(i) if i else None for i in item_ids],
                             item_ids)
@@ -92,6 +95,8 @@ class ProfileStore:
             st.users.remove(user)
             st.rate.forget(user)
             st.signals.erase(user)
+            if st.interests is not None:
+                st.interests.remove(user)
         if idle:
             self.index.remove(idle)
             st.expired += len(idle)
