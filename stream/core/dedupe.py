@@ -1,5 +1,5 @@
 """The dedupe window: the last ``capacity`` (user, event id) pairs a partition has seen (pure:
-stdlib only).
+stdlib and numpy).
 
 Re-sent events (new offsets, same user and ``event_id``) are ``duplicate`` while their pair is
 in the window; the same ``event_id`` of another user is a different event.  Each pair is held
@@ -14,9 +14,10 @@ leave the window like any entry.  Dropping them instead could apply an event twi
 
 from __future__ import annotations
 
-from collections import deque
 from hashlib import blake2b
 from typing import Any
+
+import numpy as np
 
 __all__ = ["DedupeWindow", "bare_key", "pair_key"]
 
@@ -37,6 +38,15 @@ def bare_key(event_id: str) -> bytes:
                    person=b"profiles-bare").digest()
 
 
+_EMPTY, _GONE = -1, -2  # slots of the membership table: never used, or a removed key
+_LE64 = np.dtype("<u8")
+_PAIR = np.dtype([("a", _LE64), ("b", _LE64)])  # a key as one sortable value
+
+
+def _halves(key: bytes) -> tuple[int, int]:
+    return int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+
+
 class DedupeWindow:
     """The pairs of the last ``capacity`` adds, less those discarded since, with O(1)
     membership.
@@ -44,37 +54,140 @@ class DedupeWindow:
     Memory is bounded by ``capacity`` entries: a discarded pair keeps its slot (as *stale*)
     until it leaves, and a pair added again is counted from its newest add (its older entry
     turns stale and no longer evicts it).
+
+    Compact (issue 12): the entries are a numpy ring of 16-byte keys, indexed by their sequence
+    number (``seq & mask``), and the live keys an open-addressing table (linear probing) of the
+    sequence number of each live key's newest entry: 16 bytes per entry plus 8 per table slot,
+    kept at most half full, about 32 bytes per entry instead of about 150 with a deque, a set
+    and their bytes objects.  The stale counts and bare keys (rare) stay small dicts and sets.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._order: deque[bytes] = deque()  # every entry, oldest first
-        self._live: set[bytes] = set()  # keys whose newest entry counts
+        self._ring = np.zeros((8, 2), dtype=_LE64)  # entry seq -> key halves at seq & mask
+        self._first = 0  # seq of the oldest entry
+        self._next = 0  # seq of the next entry
+        # live keys: where their newest entry is in the ring (int32: the ring holds < 2**31)
+        self._table = np.full(16, _EMPTY, dtype=np.int32)
+        self._used = 0  # table slots not empty (live keys and removed ones)
+        self._live_n = 0
         self._stale: dict[bytes, int] = {}  # key -> entries of it that no longer count
         self._bare: set[bytes] = set()  # live keys of bare ids (old snapshots; empties)
+        self.appended = 0  # entries added since this object was made (incremental snapshots)
 
+    # -- the membership table ----------------------------------------------------------
+    def _find(self, k0: int, k1: int) -> int:
+        """The table slot of a live key, -1 when it is not live."""
+        tab, ring = self._table, self._ring
+        mask = len(tab) - 1
+        h = k0 & mask
+        while True:
+            r = int(tab[h])
+            if r == _EMPTY:
+                return -1
+            if r >= 0 and int(ring[r, 0]) == k0 and int(ring[r, 1]) == k1:
+                return h
+            h = (h + 1) & mask
+
+    def _insert(self, k0: int, seq: int) -> None:
+        """Put a key that is not live (its entry ``seq`` is in the ring) into the table."""
+        if 2 * (self._used + 1) > len(self._table):
+            self._rebuild()
+        tab = self._table
+        mask = len(tab) - 1
+        h = k0 & mask
+        while tab[h] >= 0:
+            h = (h + 1) & mask
+        if tab[h] == _EMPTY:
+            self._used += 1
+        tab[h] = seq & (len(self._ring) - 1)
+        self._live_n += 1
+
+    def _remove(self, slot: int) -> None:
+        self._table[slot] = _GONE
+        self._live_n -= 1
+
+    def _rebuild(self, rows: np.ndarray | None = None) -> None:
+        """A fresh table (no removed slots) at most about a third full holding the ring rows
+        ``rows`` (default: the live keys'), filled in vectorised rounds of linear probing."""
+        seqs = (self._table[self._table >= 0] if rows is None else rows).astype(np.int32)
+        size = 16
+        while size < 3 * max(1, len(seqs)):
+            size *= 2
+        tab = np.full(size, _EMPTY, dtype=np.int32)
+        mask = size - 1
+        h = (self._ring[seqs, 0] & np.uint64(mask)).astype(np.int64)
+        pending = np.arange(len(seqs))
+        while pending.size:
+            slots = h[pending]
+            free = tab[slots] == _EMPTY
+            _, first = np.unique(slots[free], return_index=True)
+            win = pending[free][first]
+            tab[h[win]] = seqs[win]
+            placed = np.zeros(len(seqs), dtype=bool)
+            placed[win] = True
+            pending = pending[~placed[pending]]
+            h[pending] = (h[pending] + 1) & mask
+        self._table = tab
+        self._used = self._live_n = len(seqs)
+
+    # -- the ring -----------------------------------------------------------------------
+    def _push(self, k0: int, k1: int) -> int:
+        ring = self._ring
+        if self._next - self._first >= len(ring):  # full: twice the size, same seq -> key
+            seqs = np.arange(self._first, self._next, dtype=np.int64)
+            new = np.zeros((2 * len(ring), 2), dtype=_LE64)
+            new[seqs & (len(new) - 1)] = ring[seqs & (len(ring) - 1)]
+            # the table's rows move with their entries (its slots depend on the keys only)
+            live = self._table >= 0
+            old = self._table[live].astype(np.int64)
+            first_row = self._first & (len(ring) - 1)
+            seq_of = self._first + ((old - first_row) & (len(ring) - 1))
+            self._table[live] = (seq_of & (len(new) - 1)).astype(np.int32)
+            self._ring = ring = new
+        seq = self._next
+        r = seq & (len(ring) - 1)
+        ring[r, 0] = k0
+        ring[r, 1] = k1
+        self._next += 1
+        return seq
+
+    def _entries(self, start: int, stop: int) -> np.ndarray:
+        seqs = np.arange(start, stop, dtype=np.int64)
+        out: np.ndarray = self._ring[seqs & (len(self._ring) - 1)]
+        return out
+
+    # -- the window ---------------------------------------------------------------------
     def seen(self, user: str, event_id: str) -> bool:
         """Whether (user, event id) is in the window."""
-        if pair_key(user, event_id) in self._live:
+        if self._find(*_halves(pair_key(user, event_id))) >= 0:
             return True
         return bool(self._bare) and bare_key(event_id) in self._bare
 
     def __contains__(self, key: object) -> bool:
-        return key in self._live
+        return isinstance(key, bytes) and len(key) == _SIZE and self._find(*_halves(key)) >= 0
 
     def add(self, user: str, event_id: str) -> None:
         self._add(pair_key(user, event_id))
 
     def _add(self, key: bytes) -> None:
-        if key in self._live:  # its older entry no longer counts
+        k0, k1 = _halves(key)
+        slot = self._find(k0, k1)
+        seq = self._push(k0, k1)
+        if slot >= 0:  # its older entry no longer counts
             self._stale[key] = self._stale.get(key, 0) + 1
+            self._table[slot] = seq & (len(self._ring) - 1)
         else:
-            self._live.add(key)
-        self._order.append(key)
-        while len(self._order) > self.capacity:
-            self._evict(self._order.popleft())
+            self._insert(k0, seq)
+        self.appended += 1
+        while self._next - self._first > self.capacity:
+            self._evict()
 
-    def _evict(self, key: bytes) -> None:
+    def _evict(self) -> None:
+        r = self._first & (len(self._ring) - 1)
+        k0, k1 = int(self._ring[r, 0]), int(self._ring[r, 1])
+        self._first += 1
+        key = k0.to_bytes(8, "little") + k1.to_bytes(8, "little")
         n = self._stale.get(key)
         if n:  # the oldest entry of a key with stale entries is one of them
             if n == 1:
@@ -82,7 +195,9 @@ class DedupeWindow:
             else:
                 self._stale[key] = n - 1
             return
-        self._live.discard(key)
+        slot = self._find(k0, k1)
+        if slot >= 0:
+            self._remove(slot)
         if self._bare:
             self._bare.discard(key)
 
@@ -93,22 +208,55 @@ class DedupeWindow:
         if self._bare:
             keys.append(bare_key(event_id))
         for key in keys:
-            if key in self._live:
-                self._live.remove(key)
+            slot = self._find(*_halves(key))
+            if slot >= 0:
+                self._remove(slot)
                 self._bare.discard(key)
                 self._stale[key] = self._stale.get(key, 0) + 1
 
     def __len__(self) -> int:
-        return len(self._order)
+        return self._next - self._first
+
+    def newest(self, n: int) -> bytes:
+        """The keys of the newest ``n`` entries, oldest first (what an incremental snapshot
+        appends to the previous one's window)."""
+        n = max(0, min(n, len(self)))
+        return self._entries(self._next - n, self._next).tobytes()
 
     def state(self) -> dict[str, Any]:
         """Plain data: the entries' keys concatenated (16 bytes each, oldest first), the stale
         counts and the bare keys still live."""
-        out: dict[str, Any] = {"keys": b"".join(self._order)}
+        out: dict[str, Any] = {"keys": self._entries(self._first, self._next).tobytes()}
         if self._stale:
             out["stale"] = dict(self._stale)
         if self._bare:
             out["bare"] = b"".join(sorted(self._bare))
+        return out
+
+    def delta(self, n: int) -> dict[str, Any]:
+        """What an incremental snapshot holds of the window: the keys of the newest ``n``
+        entries (those appended since the last one), the length, stale counts and bare keys
+        (see :meth:`merge_delta`)."""
+        out: dict[str, Any] = {"len": len(self), "new": self.newest(n)}
+        if self._stale:
+            out["stale"] = dict(self._stale)
+        if self._bare:
+            out["bare"] = b"".join(sorted(self._bare))
+        return out
+
+    @staticmethod
+    def merge_delta(state: dict[str, Any] | list[str], delta: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`state` of a window whose state was ``state``, after :meth:`delta`: the
+        window is always the newest ``len`` entries of all it was ever given."""
+        if isinstance(state, list):  # an old snapshot's bare ids
+            state = DedupeWindow.from_state(state, len(state)).state()
+        keys = bytes(state["keys"]) + bytes(delta["new"])
+        n = int(delta["len"]) * _SIZE
+        out: dict[str, Any] = {"keys": keys[len(keys) - n:] if n else b""}
+        if delta.get("stale"):
+            out["stale"] = dict(delta["stale"])
+        if delta.get("bare"):
+            out["bare"] = bytes(delta["bare"])
         return out
 
     @classmethod
@@ -124,23 +272,44 @@ class DedupeWindow:
         blob = bytes(state["keys"])
         if len(blob) % _SIZE:
             raise ValueError(f"dedupe keys are {len(blob)} bytes, not a multiple of {_SIZE}")
-        keys = [blob[i:i + _SIZE] for i in range(0, len(blob), _SIZE)]
-        stale = {bytes(k): int(n) for k, n in dict(state.get("stale") or {}).items() if n > 0}
-        w._order = deque(keys)
-        w._live = set(keys)
+        n = len(blob) // _SIZE
+        keys = np.frombuffer(blob, dtype=_LE64).reshape(n, 2)
+        size = 8
+        while size <= n:
+            size *= 2
+        w._ring = np.zeros((size, 2), dtype=_LE64)
+        w._ring[:n] = keys
+        w._next = n
+        stale = {bytes(k): int(c) for k, c in dict(state.get("stale") or {}).items() if c > 0}
+        # each distinct key's newest entry (the one that counts if it is live) and its count
+        pairs = np.ascontiguousarray(keys).view(_PAIR).reshape(-1)
+        uniq, rev_first, counts = np.unique(pairs[::-1], return_index=True, return_counts=True)
+        newest = (n - 1 - rev_first).astype(np.int64)
         if stale:  # a key is live unless all its entries are stale
-            count: dict[bytes, int] = dict.fromkeys(stale, 0)
-            for k in keys:
-                if k in count:
-                    count[k] += 1
-            for k, n in count.items():
-                stale[k] = min(stale[k], n)
-                if n <= stale[k]:
-                    w._live.discard(k)
-            stale = {k: n for k, n in stale.items() if n > 0}
+            where = {a.to_bytes(8, "little") + b.to_bytes(8, "little"): i
+                     for i, (a, b) in enumerate(uniq.tolist())
+                     } if len(stale) * 8 > len(uniq) else None
+            live = np.ones(len(uniq), dtype=bool)
+            for k in list(stale):
+                i = where.get(k) if where is not None else _index_of(uniq, k)
+                c = 0 if i is None else int(counts[i])
+                stale[k] = min(stale[k], c)
+                if i is not None and c <= stale[k]:
+                    live[i] = False
+            newest = newest[live]
+            stale = {k: c for k, c in stale.items() if c > 0}
         w._stale = stale
+        w._rebuild(newest)
         bare = bytes(state.get("bare") or b"")
-        w._bare = {bare[i:i + _SIZE] for i in range(0, len(bare), _SIZE)} & w._live
-        while len(w._order) > capacity:  # the window was made smaller
-            w._evict(w._order.popleft())
+        w._bare = {k for k in (bare[i:i + _SIZE] for i in range(0, len(bare), _SIZE))
+                   if k in w}
+        while len(w) > capacity:  # the window was made smaller
+            w._evict()
         return w
+
+
+def _index_of(uniq: np.ndarray, key: bytes) -> int | None:
+    """Where ``key`` is in the sorted distinct keys ``uniq`` (None: absent)."""
+    probe = np.frombuffer(key, dtype=_LE64).reshape(1, 2).copy().view(_PAIR).reshape(-1)
+    i = int(np.searchsorted(uniq, probe[0]))
+    return i if i < len(uniq) and uniq[i] == probe[0] else None

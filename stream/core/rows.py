@@ -12,7 +12,8 @@ are built on it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,10 @@ NO_ANCHOR = np.iinfo(np.int64).min
 
 
 def grown(old: np.ndarray, new_cap: int, fill: float | int = 0) -> np.ndarray:
-    """``old`` with its first axis extended to ``new_cap`` rows of ``fill`` (same dtype)."""
-    out = np.full((new_cap, *old.shape[1:]), fill, dtype=old.dtype)
+    """``old`` with its first axis extended to ``new_cap`` rows of ``fill`` (same dtype).
+    Zero fill comes from calloc: spare rows cost no resident memory until first written."""
+    shape = (new_cap, *old.shape[1:])
+    out = np.zeros(shape, dtype=old.dtype) if fill == 0 else np.full(shape, fill, dtype=old.dtype)
     out[: old.shape[0]] = old
     return out
 
@@ -101,8 +104,10 @@ class UserRows:
         return rows
 
     def _live_rows(self) -> tuple[list[str], np.ndarray]:
-        """Live users (in the order they were last added) and their rows, for ``state()``."""
-        users = list(self._index)
+        """Live users (in the order they were last added) and their rows, for ``state()``;
+        only those of :meth:`state_of` while it runs."""
+        only: list[str] | None = getattr(self, "_only", None)
+        users = list(self._index) if only is None else [u for u in only if u in self._index]
         rows = np.fromiter((self._index[u] for u in users), dtype=np.int64, count=len(users))
         return users, rows
 
@@ -113,6 +118,20 @@ class UserRows:
         self._names[:n] = users
         self._index = {u: i for i, u in enumerate(users)}
         self._next = n
+
+    def state_of(self, users: Sequence[str]) -> dict[str, Any]:
+        """``state()`` (the subclass's format) of only those of ``users`` that are live, in
+        that order: an incremental snapshot's rows (``stream.worker.deltas``)."""
+        self._only: list[str] | None = list(users)
+        try:
+            out: dict[str, Any] = getattr(self, "state")()  # noqa: B009 (the subclass's)
+        finally:
+            self._only = None
+        return out
+
+    def keys_newest_first(self) -> Iterator[str]:
+        """Live users, the most recently added first (reversed ``users()``, lazily)."""
+        return reversed(self._index)
 
     # -- public row API -------------------------------------------------------------------
     def remove(self, user: str) -> bool:

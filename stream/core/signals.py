@@ -61,7 +61,7 @@ import bisect
 import heapq
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -101,6 +101,7 @@ class ItemPopularity:
         self._index: dict[str, int] = {}
         self._names: list[str] = []
         self._changed: set[str] = set()
+        self.dirty: set[str] = set()  # changed since the last snapshot (stream.worker.deltas)
 
     def _grow(self, need: int) -> None:
         cap = len(self._anchor)
@@ -161,6 +162,7 @@ class ItemPopularity:
         self._anchor[uniq] = new
         names = self._names
         self._changed.update(names[r] for r in uniq.tolist())
+        self.dirty.update(names[r] for r in uniq.tolist())
 
     def get(self, items: Sequence[str], now: float) -> tuple[np.ndarray, np.ndarray]:
         """(short, long) decayed to ``now`` for each item (0 for unknown items)."""
@@ -185,11 +187,23 @@ class ItemPopularity:
     def __len__(self) -> int:
         return len(self._names)
 
-    def state(self) -> dict[str, Any]:
+    def state(self, only: Sequence[str] | None = None) -> dict[str, Any]:
+        """Every item, or ``only`` those known (in that order: an incremental snapshot's)."""
+        if only is not None:
+            items = [i for i in only if i in self._index]
+            rows = np.fromiter((self._index[i] for i in items), np.int64, len(items))
+            return {"items": items, "anchors": self._anchor[rows], "short": self._short[rows],
+                    "long": self._long[rows], "count": self._count[rows]}
         n = len(self._names)
         return {"items": list(self._names), "anchors": self._anchor[:n].copy(),
                 "short": self._short[:n].copy(), "long": self._long[:n].copy(),
                 "count": self._count[:n].copy()}
+
+    def keys_newest_first(self) -> Iterator[str]:
+        return reversed(self._names)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._index
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: SignalParams) -> ItemPopularity:
@@ -386,8 +400,12 @@ class RecentItems:
     def users(self) -> list[str]:
         return list(self._ev)
 
-    def state(self) -> dict[str, Any]:
-        users = list(self._ev)
+    def keys_newest_first(self) -> Iterator[str]:
+        return reversed(self._ev)
+
+    def state(self, only: Sequence[str] | None = None) -> dict[str, Any]:
+        """Every user, or ``only`` those known (in that order: an incremental snapshot's)."""
+        users = list(self._ev) if only is None else [u for u in only if u in self._ev]
         flat = [e for u in users for e in self._ev[u]]
         return {"users": users,
                 "lengths": np.fromiter((len(self._ev[u]) for u in users), np.int64, len(users)),
@@ -426,6 +444,7 @@ class CoVisitation:
         self._rows: dict[str, dict[str, float]] = {}
         self._anchor: dict[str, int] = {}
         self._changed: set[str] = set()
+        self.dirty: set[str] = set()  # changed since the last snapshot (stream.worker.deltas)
 
     def add(self, pairs: Pairs) -> None:
         """Add each pair to both rows, then prune rows over capacity (weakest out)."""
@@ -469,6 +488,7 @@ class CoVisitation:
             if len(row) > cap:
                 rows[x] = dict(sorted(row.items(), key=get, reverse=True)[:keep])
         self._changed |= touched
+        self.dirty |= touched
 
     def _rebase(self, item: str, t: int) -> None:
         """Move a row's reference time to ``t`` (rescaling its values)."""
@@ -509,8 +529,15 @@ class CoVisitation:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def state(self) -> dict[str, Any]:
-        items = list(self._rows)
+    def keys_newest_first(self) -> Iterator[str]:
+        return reversed(self._rows)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._rows
+
+    def state(self, only: Sequence[str] | None = None) -> dict[str, Any]:
+        """Every row, or ``only`` those known (in that order: an incremental snapshot's)."""
+        items = list(self._rows) if only is None else [i for i in only if i in self._rows]
         nbs = [k for it in items for k in self._rows[it]]
         return {"items": items,
                 "anchors": np.fromiter((self._anchor[i] for i in items), np.int64, len(items)),

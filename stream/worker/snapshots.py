@@ -1,31 +1,47 @@
-"""Snapshots: the state files (``SnapshotStore``) and when they are written (``Scheduler``).
+"""Snapshots: a partition's durable state (``SnapshotStore``) and when it is written
+(``Scheduler``).
 
-A file is ``PSNAP2`` + the 8-byte ``next_offset`` it covers + an ``.npz`` archive (numpy's
-zip of ``.npy`` arrays, written and read with ``allow_pickle=False``).  The archive holds one
-JSON document (member ``doc``, UTF-8 as a uint8 array) for the strings, numbers and small dicts,
+Layout (issue 12).  A partition's state is blobs in a :class:`~stream.worker.blobs.BlobStore`
+(the state folder, or the Kafka changelog with the folder as its cache): one *base* (the whole
+state), zero or more *deltas* (what changed since the blob before, ``stream.worker.deltas``)
+and a *manifest* (``<topic>-<p>/manifest``, JSON) listing them in order with their sha256,
+size and the ``next_offset`` each covers.  A snapshot writes its blob, then the manifest: the
+manifest is the commit point, so a crash anywhere leaves the previous manifest and every blob
+it lists intact; blobs no manifest lists any more are deleted once the new one is written.  A
+snapshot costs what changed since the last one; a new base is written when the deltas add up
+to more than the base (or ``PROFILES_SNAPSHOT_MAX_DELTAS`` of them), after a forget (so the
+user's bytes leave the durable state), and whenever a delta would not continue the committed
+blob (a failed write), so loading reads at most about twice a full snapshot.
+
+A blob is ``PSNAP2`` (a base) or ``PDELT2`` (a delta, followed by the 32-byte sha256 of the
+blob it continues) + the 8-byte ``next_offset`` it covers + an ``.npz`` archive (numpy's zip
+of ``.npy`` arrays, written and read with ``allow_pickle=False``).  The archive holds one JSON
+document (member ``doc``, UTF-8 as a uint8 array) for the strings, numbers and small dicts,
 every numpy array of the state as its own member (``a0``, ``a1``, ...), and one uint8 member
 (``heap``) with every ``bytes`` value and the long lists of names (user and item ids,
 NUL-joined, UTF-8: decoding them is a split, not a JSON parse).  Reading it never runs code:
 JSON and ``.npy`` are data, and the few types JSON lacks are tagged, one-key objects whose key
-starts with NUL (see :func:`pack`), which the reader maps onto plain data types only.  A file
+starts with NUL (see :func:`pack`), which the reader maps onto plain data types only.  A blob
 of another format fails with one ``StateError``: the pickle files of earlier versions
 (``PSNAP1``) are refused, not unpickled (a pickle can run any code; the README says how to
-migrate).  Writes are atomic (temp file, fsync, rename, fsync the folder) and fenced: with a
-shared state folder, a stalled former owner of a partition cannot replace a newer snapshot.
+migrate).  The single-file snapshots of the version before (``<topic>-<p>.snap``, a PSNAP2
+base) load while a partition has no manifest; its first snapshot replaces them.  Writes are
+fenced: with a shared state folder or changelog, a stalled former owner of a partition cannot
+replace a snapshot covering more offsets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import math
 import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +50,20 @@ import orjson
 
 from stream.core.errors import StateError
 from stream.core.events import Event
+from stream.worker.blobs import BlobStore, LocalBlobStore
+from stream.worker.deltas import delta_doc, mark_serialised, merge
 from stream.worker.state import PartitionState
 
-__all__ = ["Scheduler", "SnapshotStore", "pack", "unpack"]
+__all__ = ["MAX_DELTAS", "Manifest", "Scheduler", "SnapshotStore", "pack", "snapshot_kind",
+           "unpack"]
 
 log = logging.getLogger(__name__)
 
 _MAGIC = b"PSNAP2"
+_DELTA = b"PDELT2"  # a delta: header, then the sha256 of the blob it continues, then the archive
+_MANIFEST = "profiles-manifest-1"
+#: deltas after which a snapshot is a base again, whatever their size
+MAX_DELTAS = 16
 _LEGACY = b"PSNAP1"  # the pickle format before issue 10: refused, never unpickled
 _HEADER = len(_MAGIC) + 8
 
@@ -211,16 +234,82 @@ def unpack(payload: bytes) -> Any:
     return _Unpacker(arrays, heap.tobytes()).walk(tree)
 
 
-class SnapshotStore:
-    """Snapshot files ``<dir>/<topic>-<partition>.snap``, written atomically and fenced."""
+@dataclass(frozen=True)
+class Entry:
+    """One blob of a partition's durable state, as its manifest lists it."""
 
-    def __init__(self, directory: str | os.PathLike[str], topic: str) -> None:
+    name: str
+    sha256: str
+    size: int
+    next_offset: int
+    kind: str  # "base" or "delta"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A partition's durable state: one base blob and the deltas on it, in order.  Writing it
+    commits a snapshot: a crash before leaves the previous manifest (and its blobs) valid."""
+
+    seq: int  # blobs written so far for the partition (names them; orders garbage)
+    next_offset: int
+    entries: tuple[Entry, ...]
+
+    @property
+    def tip(self) -> str:
+        return self.entries[-1].sha256
+
+    def delta_bytes(self) -> int:
+        return sum(e.size for e in self.entries[1:])
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"format": _MANIFEST, "seq": self.seq,
+                             "next_offset": self.next_offset,
+                             "entries": [e.__dict__ for e in self.entries]})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Manifest:
+        d = orjson.loads(raw)
+        if not isinstance(d, dict) or d.get("format") != _MANIFEST:
+            raise ValueError("not a snapshot manifest")
+        entries = tuple(Entry(str(e["name"]), str(e["sha256"]), int(e["size"]),
+                              int(e["next_offset"]), str(e["kind"])) for e in d["entries"])
+        if not entries or entries[0].kind != "base" or any(e.kind != "delta"
+                                                           for e in entries[1:]):
+            raise ValueError("a manifest lists one base then deltas")
+        return cls(int(d["seq"]), int(d["next_offset"]), entries)
+
+
+class SnapshotStore:
+    """A topic's partition snapshots in a :class:`~stream.worker.blobs.BlobStore`: per
+    partition ``<topic>-<p>/manifest`` listing a base blob and the deltas since it
+    (``<topic>-<p>/base-<seq>-<sha>``, ``.../delta-<seq>-<sha>``), written blobs first and the
+    manifest last, fenced; a single-file snapshot of earlier versions (``<topic>-<p>.snap``)
+    still loads, as a base, while no manifest exists.
+
+    :meth:`dumps` writes a delta (``stream.worker.deltas``) when the state's last serialised
+    blob is the committed tip, no user was erased since (so a forgotten user's bytes leave the
+    durable state at the next snapshot) and the deltas since the base add up to less than the
+    base (and fewer than ``max_deltas``): loading stays within about twice a full snapshot.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], topic: str,
+                 blobs: BlobStore | None = None, max_deltas: int = MAX_DELTAS) -> None:
         self.dir = Path(directory)
         self.topic = topic
+        self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(self.dir)
+        self.max_deltas = max_deltas
         self._write_lock = threading.Lock()
+        self._manifests: dict[str, Manifest] = {}  # partition -> the last one read or written
 
     def path(self, partition: int | str) -> Path:
-        return self.dir / f"{self.topic}-{partition}.snap"
+        """The single-file snapshot of earlier versions (loaded while no manifest exists)."""
+        return self.dir / self._legacy(partition)
+
+    def _legacy(self, partition: int | str) -> str:
+        return f"{self.topic}-{partition}.snap"
+
+    def _prefix(self, partition: int | str) -> str:
+        return f"{self.topic}-{partition}/"
 
     def model_path(self) -> Path:
         return self.dir / f"{self.topic}.model"
@@ -243,13 +332,46 @@ class SnapshotStore:
             self.dir.mkdir(parents=True, exist_ok=True)
             path.write_text(fingerprint + "\n")
 
+    # -- manifests ---------------------------------------------------------------------
+    def manifest(self, partition: int | str) -> Manifest | None:
+        """The partition's committed manifest, read from the blob store (None: none)."""
+        raw = self.blobs.get(self._prefix(partition) + "manifest")
+        if raw is None:
+            return None
+        try:
+            m = Manifest.decode(raw)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            raise StateError(f"snapshot manifest of {self.topic}-{partition} is corrupt "
+                             f"({type(exc).__name__}: {exc}): run `profiles rebuild`") from exc
+        self._manifests[str(partition)] = m
+        return m
+
+    def tip(self, partition: int | str) -> str | None:
+        """sha256 of the newest blob of the manifest last read or written here (what a state
+        loaded by :meth:`read` continues from); None when there is none."""
+        m = self._manifests.get(str(partition))
+        return None if m is None else m.tip
+
+    # -- writing ----------------------------------------------------------------------
     def dumps(self, state: PartitionState) -> bytes:
-        """Serialise (the state must not change while this runs)."""
-        return self.encode(state.to_dict(), state.next_offset)
+        """Serialise, a delta when it can be (the state must not change while this runs).
+        The state's journal then starts again from this blob."""
+        j = state.journal
+        m = self._manifests.get(str(state.partition))
+        base = (j.parent is None or j.erased or m is None or m.tip != j.parent
+                or len(m.entries) > self.max_deltas or m.delta_bytes() > m.entries[0].size)
+        if base:
+            blob = self.encode(state.to_dict(), state.next_offset)
+        else:
+            assert j.parent is not None
+            blob = (_DELTA + state.next_offset.to_bytes(8, "big", signed=True)
+                    + bytes.fromhex(j.parent) + pack(delta_doc(state)))
+        mark_serialised(state, hashlib.sha256(blob).hexdigest())
+        return blob
 
     @classmethod
     def encode(cls, data: dict[str, Any], next_offset: int = -1) -> bytes:
-        """A file's bytes for ``data`` (see :func:`pack`), covering ``next_offset``."""
+        """A base blob's bytes for ``data`` (see :func:`pack`), covering ``next_offset``."""
         return cls.frame(pack(data), next_offset)
 
     @staticmethod
@@ -257,59 +379,98 @@ class SnapshotStore:
         return _MAGIC + next_offset.to_bytes(8, "big", signed=True) + payload
 
     def covered(self, partition: int | str) -> int | None:
-        """The ``next_offset`` of the snapshot on disk (None when there is none)."""
-        try:
-            with open(self.path(partition), "rb") as f:
-                head = f.read(_HEADER)
-        except FileNotFoundError:
-            return None
+        """The ``next_offset`` of the committed snapshot (None when there is none)."""
+        m = self.manifest(partition)
+        if m is not None:
+            return m.next_offset
+        head = (self.blobs.get(self._legacy(partition)) or b"")[:_HEADER]
         # a legacy file's header is data too: it still fences (it is never loaded)
         if len(head) < _HEADER or not head.startswith((_MAGIC, _LEGACY)):
             return None
         return int.from_bytes(head[len(_MAGIC):], "big", signed=True)
 
     def write(self, partition: int | str, blob: bytes) -> bool:
-        """Durable atomic replace (temp, fsync, rename, fsync the directory), unless the file
-        on disk already covers more offsets; returns whether it was written.  Thread-safe: the
-        check and the replace are one step (writes run on executor threads)."""
+        """Commit ``blob`` (of :meth:`dumps` or :meth:`encode`): its blob, then the manifest,
+        then delete what no manifest lists any more.  Not written (False) when the committed
+        snapshot covers more offsets (another worker owns the partition now) or, for a delta,
+        when it does not continue the committed tip (a base follows).  Thread-safe."""
         with self._write_lock:
             return self._write(partition, blob)
 
     def _write(self, partition: int | str, blob: bytes) -> bool:
+        kind = "base" if blob.startswith(_MAGIC) else "delta" if blob.startswith(_DELTA) else ""
+        if not kind:
+            raise ValueError("not a snapshot blob")
         mine = int.from_bytes(blob[len(_MAGIC):_HEADER], "big", signed=True)
-        on_disk = self.covered(partition)
+        m = self.manifest(partition)
+        on_disk = m.next_offset if m is not None else self.covered(partition)
         if mine >= 0 and on_disk is not None and on_disk > mine:
-            log.warning("snapshot %s covers offsets up to %d, beyond this worker's %d: not "
-                        "overwritten (another worker owns the partition now)",
-                        self.path(partition), on_disk, mine)
+            log.warning("snapshot %s-%s covers offsets up to %d, beyond this worker's %d: not "
+                        "overwritten (another worker owns the partition now)", self.topic,
+                        partition, on_disk, mine)
             return False
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{self.topic}-{partition}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(partition))
-            dfd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        if kind == "delta" and (m is None or blob[_HEADER:_HEADER + 32].hex() != m.tip):
+            log.info("snapshot delta of %s-%s does not continue the committed one: dropped "
+                     "(the next snapshot is a base)", self.topic, partition)
+            return False
+        sha = hashlib.sha256(blob).hexdigest()
+        seq = 1 if m is None else m.seq + 1
+        name = f"{self._prefix(partition)}{kind}-{seq:010d}-{sha[:16]}"
+        entry = Entry(name, sha, len(blob), mine, kind)
+        entries = (entry,) if kind == "base" or m is None else (*m.entries, entry)
+        new = Manifest(seq, mine, entries)
+        self.blobs.put(name, blob)
+        self.blobs.put(self._prefix(partition) + "manifest", new.encode())
+        self._manifests[str(partition)] = new
+        self._collect(partition, new, m)
         return True
 
+    def _collect(self, partition: int | str, new: Manifest, old: Manifest | None) -> None:
+        """Delete the blobs the committed manifest ``new`` no longer lists: those ``old``
+        listed, and on a new base every unlisted one up to its number (left by a crash
+        between a blob and its manifest; a higher number may be another writer's, in
+        flight)."""
+        keep = {e.name for e in new.entries}
+        gone = [e.name for e in old.entries if e.name not in keep] if old is not None else []
+        if new.entries[-1].kind == "base":
+            prefix = self._prefix(partition)
+            for name in self.blobs.names(prefix):
+                rest = name[len(prefix):]
+                if rest != "manifest" and name not in keep and _seq(rest) <= new.seq:
+                    gone.append(name)
+            if old is None:
+                gone.append(self._legacy(partition))  # upgraded: the manifest replaces it
+        for name in dict.fromkeys(gone):
+            self.blobs.delete(name)
+
+    # -- reading ----------------------------------------------------------------------
     def read(self, partition: int | str) -> dict[str, Any] | None:
-        """The snapshot's data, None when there is none; StateError when it cannot be used."""
-        path = self.path(partition)
+        """The snapshot's data (base + deltas), None when there is none; StateError when it
+        cannot be used."""
+        m = self.manifest(partition)
+        if m is None:
+            self._manifests.pop(str(partition), None)
+            return self._read_legacy(partition)
+        docs = []
+        for e in m.entries:
+            blob = self.blobs.get(e.name)
+            where = f"snapshot {self.topic}-{partition} blob {e.name}"
+            if blob is None:
+                raise StateError(f"{where} is missing: run `profiles rebuild`")
+            if hashlib.sha256(blob).hexdigest() != e.sha256:
+                raise StateError(f"{where} is corrupt (sha256 mismatch): run `profiles rebuild`")
+            skip = _HEADER + (32 if e.kind == "delta" else 0)
+            docs.append(self._unpack(blob[skip:], where))
         try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
+            return merge(docs[0], docs[1:])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StateError(f"snapshot {self.topic}-{partition} cannot be merged "
+                             f"({type(exc).__name__}: {exc}): run `profiles rebuild`") from exc
+
+    def _read_legacy(self, partition: int | str) -> dict[str, Any] | None:
+        path = self.path(partition)
+        blob = self.blobs.get(self._legacy(partition))
+        if blob is None:
             return None
         if blob.startswith(_LEGACY):
             raise StateError(
@@ -319,15 +480,30 @@ class SnapshotStore:
         if not blob.startswith(_MAGIC):
             raise StateError(f"snapshot {path} is not a profiles snapshot (bad header): run "
                              "`profiles rebuild` to recompute the state")
+        return self._unpack(blob[_HEADER:], f"snapshot {path}")
+
+    @staticmethod
+    def _unpack(payload: bytes, where: str) -> dict[str, Any]:
         try:
-            data = unpack(blob[_HEADER:])
+            data = unpack(payload)
         except Exception as exc:  # any malformed archive or document: data, never code
-            raise StateError(f"snapshot {path} is corrupt ({type(exc).__name__}: {exc}): run "
+            raise StateError(f"{where} is corrupt ({type(exc).__name__}: {exc}): run "
                              "`profiles rebuild` to recompute the state") from exc
         if not isinstance(data, dict):
-            raise StateError(f"snapshot {path} holds a {type(data).__name__}, not a state: run "
+            raise StateError(f"{where} holds a {type(data).__name__}, not a state: run "
                              "`profiles rebuild`")
         return data
+
+
+def snapshot_kind(blob: bytes) -> str:
+    """``base`` or ``delta``: what a blob of :meth:`SnapshotStore.dumps` is."""
+    return "delta" if blob.startswith(_DELTA) else "base"
+
+
+def _seq(rest: str) -> int:
+    """The number in a blob name ``base-<seq>-<sha>`` (a huge one when it has none: kept)."""
+    parts = rest.split("-")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 1 << 62
 
 
 class Scheduler:

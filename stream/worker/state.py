@@ -14,6 +14,7 @@ exactly-once effect without Kafka transactions (which Tansu lacks) and without t
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,7 +34,8 @@ from stream.core.ratelimit import RateCap
 from stream.core.segments import Centroids
 from stream.core.signals import SignalParams, Signals
 
-__all__ = ["PARKED_OVERHEAD", "SNAPSHOT_VERSION", "DedupeWindow", "Parked", "PartitionState"]
+__all__ = ["PARKED_OVERHEAD", "SNAPSHOT_VERSION", "DedupeWindow", "Journal", "Parked",
+           "PartitionState"]
 
 # Additions that old snapshots lack load with an empty default (``signals``: a snapshot written
 # before the collaborative signals loads with none; they grow from the next events), so the
@@ -88,6 +90,24 @@ class Parked:
 
 
 @dataclass
+class Journal:
+    """What changed since this state's last serialised snapshot (in memory only, never in a
+    snapshot): what an incremental snapshot (``stream.worker.deltas``) writes.  The batch
+    paths mark the users they touch; item signals mark their own items (``dirty``)."""
+
+    users: set[str] = field(default_factory=set)
+    # sha256 (hex) of the last blob serialised from this state; None: the next one is a base
+    parent: str | None = None
+    dedupe_mark: int = 0  # ``dedupe.appended`` when it was serialised
+    # a user was erased (forget): the next snapshot is a base, so their bytes leave the
+    # durable state then (a delta would leave them in the older blobs)
+    erased: bool = False
+
+    def touch(self, users: Iterable[str]) -> None:
+        self.users.update(users)
+
+
+@dataclass
 class PartitionState:
     """One partition's state and ``next_offset``, the first offset it does not cover."""
 
@@ -114,6 +134,7 @@ class PartitionState:
     segments: Centroids | None = None
     # multi-interest profiles (stream.core.interests; None: PROFILES_INTERESTS_K=0)
     interests: InterestTable | None = None
+    journal: Journal = field(default_factory=Journal, compare=False, repr=False)
 
     @classmethod
     def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
@@ -128,6 +149,8 @@ class PartitionState:
 
     def erase(self, user: str) -> None:
         """Remove every trace of ``user`` from this partition's state (not the tombstone)."""
+        self.journal.users.add(user)
+        self.journal.erased = True
         self.profiles.remove(user)
         self.users.remove(user)
         self.rate.forget(user)

@@ -75,9 +75,11 @@ def test_forget_erases_the_user_everywhere(broker, topics, dataset, start_worker
         hits = worker.json(f"/users/{other}/similar?k=1000")["similar"]
         assert user not in {h["user_id"] for h in hits}
     # gone from the snapshot files once the next snapshot is written (a tombstone keeps a hash)
-    def snapshots_clean() -> bool:
-        snaps = list(Path(worker.settings.state_dir).glob(f"{topics['events_topic']}-*.snap"))
-        return len(snaps) == 4 and not any(user.encode() in f.read_bytes() for f in snaps)
+    def snapshots_clean() -> bool:  # issue 12: per partition a manifest, a base and deltas
+        state = Path(worker.settings.state_dir)
+        snaps = [f for f in state.glob(f"{topics['events_topic']}-*/*") if f.is_file()]
+        manifests = [f for f in snaps if f.name == "manifest"]
+        return len(manifests) == 4 and not any(user.encode() in f.read_bytes() for f in snaps)
 
     worker.wait_for(snapshots_clean, 30, "the user to leave the snapshot files")
     # the audit line names the hash and the offset, not the user
@@ -124,7 +126,7 @@ def test_pseudonymous_ids_never_store_raw_ids(broker, topics, dataset, start_wor
 
     pattern = re.compile(rb"u\d{5}")  # the generator's raw user ids
 
-    for snap in Path(worker.settings.state_dir).glob("*.snap"):
+    for snap in (f for f in Path(worker.settings.state_dir).rglob("*") if f.is_file()):
         assert not pattern.search(snap.read_bytes()), f"raw id in {snap}"
     assert not pattern.search(worker.log_path.read_bytes()), "raw id in the worker log"
     records, _ = _dlq_records(broker, topics["dlq_topic"])
