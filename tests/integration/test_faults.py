@@ -13,6 +13,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from stream.kafka.changelog import KafkaBlobStore
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.tools.replay import load_items, replay
@@ -115,7 +116,10 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
                                 kwargs=dict(s=kafka(broker.bootstrap), topic=topics["events_topic"],
                                             rate=2500, progress=False))
     producer.start()
-    store = SnapshotStore(worker.settings.state_dir, topics["events_topic"])
+    # the snapshots the restart will load: the changelog's (written before the folder's)
+    changelog = KafkaBlobStore(kafka(broker.bootstrap, events_topic=topics["events_topic"]),
+                               keep_bytes=False, namespace="*")
+    store = SnapshotStore(worker.settings.state_dir, topics["events_topic"], changelog)
     worker.wait_for(lambda: worker.stats().get("events_applied", 0) >= 0.3 * n, 300, "30% applied",
                     interval=0.05)
     while True:
@@ -131,6 +135,7 @@ def test_sigkill_mid_stream_then_restart_equals_oracle(broker, topics, dataset, 
         os.killpg(worker.proc.pid, signal.SIGCONT)  # a snapshot landed in between: try again
         time.sleep(0.05)
     worker.kill()
+    changelog.close()
     assert 0.3 * n <= applied <= 0.7 * n, f"killed outside 30-70 %: {applied} of {n} applied"
 
     worker2 = start_worker(snapshot_interval_s=1.0)

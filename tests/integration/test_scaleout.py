@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.kafka.changelog import KafkaBlobStore
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.tools.replay import load_items, replay
@@ -88,7 +89,10 @@ def test_two_workers_one_sigkilled_midway_equals_oracle(broker, topics, dataset,
         return int(victim.stats().get("events_applied", 0) + survivor.stats().get("events_applied", 0))
 
     victim.wait_for(lambda: applied_total() >= 0.3 * n, 300, "30% applied", interval=0.05)
-    store = SnapshotStore(victim.settings.state_dir, topics["events_topic"])
+    # the snapshots the survivor will load: the changelog's (written before the folder's)
+    changelog = KafkaBlobStore(kafka(broker.bootstrap, events_topic=topics["events_topic"]),
+                               keep_bytes=False, namespace="*")
+    store = SnapshotStore(victim.settings.state_dir, topics["events_topic"], changelog)
     while True:
         # The victim's applied offsets (a lower bound), then freeze it and read its snapshots:
         # if a snapshot lags an applied offset, the survivor must re-read that offset.
@@ -104,6 +108,7 @@ def test_two_workers_one_sigkilled_midway_equals_oracle(broker, topics, dataset,
     log_mark = survivor.log_path.stat().st_size
     victim.kill()
     t_kill = time.monotonic()
+    changelog.close()
     assert set(offsets) == victim_parts
     assert 0.3 * n <= applied <= 0.7 * n, f"killed outside 30-70 %: {applied} of {n} applied"
 
