@@ -5,7 +5,8 @@ a snapshot; :class:`IndexSpec` carries a kind and its options (from settings) to
 
 - ``flat``: exact inner product (``faiss.IndexFlatIP``), :class:`FlatIndex`;
 - ``auto``: exact below ``exact_below`` vectors, IVF with an HNSW coarse quantiser and live
-  updates/removals above it, :class:`IvfIndex`;
+  updates/removals above it, :class:`IvfIndex`; each vector is stored once (the IVF's ``Flat``
+  lists, or compressed ``codes`` re-ranked from a ``source`` such as the profile tables);
 - ``ivf``: the same, IVF from the smallest size k-means can train on.
 """
 
@@ -16,11 +17,12 @@ from typing import Any
 
 from index.base import VectorIndex
 from index.flat import FlatIndex
-from index.ivf import DEFAULT_EXACT_BELOW, MIN_POINTS_PER_LIST, IvfIndex
+from index.ivf import CODES, DEFAULT_EXACT_BELOW, MIN_POINTS_PER_LIST, IvfIndex, VectorSource
 from stream.core.errors import IndexShapeError
 
-__all__ = ["DEFAULT_EXACT_BELOW", "INDEX_KINDS", "FlatIndex", "IndexShapeError", "IndexSpec",
-           "IvfIndex", "VectorIndex", "factory_of", "index_from_state", "make_index"]
+__all__ = ["CODES", "DEFAULT_EXACT_BELOW", "INDEX_KINDS", "FlatIndex", "IndexShapeError",
+           "IndexSpec", "IvfIndex", "VectorIndex", "VectorSource", "factory_of",
+           "index_from_state", "make_index"]
 
 INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "ivf")
 
@@ -33,20 +35,25 @@ class IndexSpec:
     exact_below: int = DEFAULT_EXACT_BELOW
     nprobe: int = 0  # 0: chosen from the number of lists
     background: bool = True  # train IVF centroids off the caller's thread
+    codes: str = "Flat"  # the IVF's codes: Flat (the IVF is the store) or SQ* (re-ranked)
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {self.kind!r}; expected one of {INDEX_KINDS}")
+        if self.codes not in CODES:
+            raise ValueError(f"unknown IVF codes {self.codes!r}; expected one of {CODES}")
 
     def _options(self) -> dict[str, Any]:
         below = 2 * MIN_POINTS_PER_LIST if self.kind == "ivf" else self.exact_below
-        return {"exact_below": below, "nprobe": self.nprobe, "background": self.background}
+        return {"exact_below": below, "nprobe": self.nprobe, "background": self.background,
+                "codes": self.codes}
 
-    def make(self, dim: int, name: str = "") -> VectorIndex:
-        """A new, empty index."""
+    def make(self, dim: int, name: str = "", source: VectorSource | None = None) -> VectorIndex:
+        """A new, empty index; ``source``: where an IVF with lossy codes re-ranks from (the
+        exact vectors live there, so the index keeps no float32 copy above the threshold)."""
         if self.kind == "flat":
             return FlatIndex(dim, name=name)
-        return IvfIndex(dim, name=name, **self._options())
+        return IvfIndex(dim, name=name, source=source, **self._options())
 
     def from_state(self, state: dict[str, Any]) -> VectorIndex:
         """Rebuild from :meth:`VectorIndex.state` (ids and vectors; no pickle)."""

@@ -11,7 +11,8 @@ profile-like: decayed mixtures of a few item vectors, never a stored vector.  Fo
   plus a search) while the centroids train and catch up, i.e. how long the loop is blocked;
 - users: ``n`` profiles, then churn of 10x ``n`` (batches of 500: 90% drift updates, 5%
   forgets, 5% new users), upsert cost per vector, recall@10 against exact after the churn,
-  rows held by the IVF (must equal the live count: memory does not grow with churn).
+  rows held by the IVF (must equal the live count: memory does not grow with churn); the IVF
+  has ``--user-codes`` (SQ8, as the worker) re-ranked from the profiles, as in the worker.
 """
 
 from __future__ import annotations
@@ -153,17 +154,19 @@ def bench_items(n: int, dim: int, queries: int, exact_below: int) -> dict[str, A
     return out
 
 
-def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float
-                ) -> dict[str, Any]:
+def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float,
+                codes: str = "SQ8") -> dict[str, Any]:
     g = Gen(dim, seed=11)
     items = g.items(20_000)
-    idx = IvfIndex(dim, name="users", exact_below=exact_below, background=False)
-    live: dict[str, np.ndarray] = {}
+    live: dict[str, np.ndarray] = {}  # the profiles: the index re-ranks from them (its source)
+    zero = np.zeros(dim, dtype=np.float32)
+    idx = IvfIndex(dim, name="users", exact_below=exact_below, background=False, codes=codes,
+                   source=lambda ids: np.stack([live.get(u, zero) for u in ids]))
     first = g.profiles(items, n)
     ids = [f"u{j}" for j in range(n)]
     for s in range(0, n, 5000):
+        live.update(zip(ids[s:s + 5000], first[s:s + 5000]))
         idx.upsert(ids[s:s + 5000], first[s:s + 5000])
-    live.update(zip(ids, first))
     rss0 = _rss_mb()
     total = int(churn * n)
     next_id, done, upsert_s, upserted, batches = n, 0, 0.0, 0, 0
@@ -182,15 +185,15 @@ def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float
         moved = 0.9 * old + 0.3 * step  # a decayed profile takes in one more item
         moved /= np.linalg.norm(moved, axis=1, keepdims=True)
         fresh = g.profiles(items, len(new))
+        for u in gone:  # the profiles change first, then the index (as ProfileStore does)
+            del live[u]
+        live.update(zip(upd, [r.copy() for r in moved]))  # no views: old batches are freed
+        live.update(zip(new, [r.copy() for r in fresh]))
         t = time.perf_counter()
         idx.remove(gone)
         idx.upsert(upd + new, np.concatenate([moved, fresh]))
         upsert_s += time.perf_counter() - t
         upserted += len(upd) + len(new) + len(gone)
-        for u in gone:
-            del live[u]
-        live.update(zip(upd, [r.copy() for r in moved]))  # no views: old batches are freed
-        live.update(zip(new, [r.copy() for r in fresh]))
         done += b
         batches += 1
         for u in gone:  # swap-remove from the sampling list
@@ -215,7 +218,8 @@ def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float
            "search_p50_ms": round(p50, 3), "search_p99_ms": round(p99, 3),
            "exact_p50_ms": round(e50, 3), "exact_p99_ms": round(e99, 3),
            "live": len(idx), "ivf_rows": int(idx._ivf.ntotal) if idx._ivf is not None else None,
-           "trainings": idx.trainings, "rss_growth_mb_during_churn": round(rss1 - rss0, 1)}
+           "trainings": idx.trainings, "rss_growth_mb_during_churn": round(rss1 - rss0, 1),
+           "index_bytes_per_vector": round(idx.nbytes() / max(len(idx), 1), 1)}
     _log(f"users n={n}: {out}")
     return out
 
@@ -274,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topics", type=int, default=TOPICS,
                     help="topic centres of the generator (more topics: a harder data set)")
     ap.add_argument("--parts", nargs="+", choices=("items", "users"), default=["items", "users"])
+    ap.add_argument("--user-codes", default="SQ8",
+                    help="users IVF codes (PROFILES_INDEX_USER_CODES), re-ranked from the profiles")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
     _SETUP["topics"] = a.topics
@@ -285,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         if "items" in a.parts:
             report["items"].append(bench_items(n, a.dim, a.queries, a.exact_below))
         if "users" in a.parts:
-            report["users"].append(bench_users(n, a.dim, a.queries, a.exact_below, a.churn))
+            report["users"].append(bench_users(n, a.dim, a.queries, a.exact_below, a.churn,
+                                               a.user_codes))
     if a.json:
         print(json.dumps(report))
     else:

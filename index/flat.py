@@ -11,6 +11,27 @@ import numpy as np
 from stream.core.errors import IndexShapeError
 
 
+def checked(arr: np.ndarray, dim: int, name: str, what: str, allow_1d: bool = False
+            ) -> np.ndarray:
+    """``arr`` as contiguous float32 [n, dim]; an IndexShapeError naming the expected and
+    actual shape, a non-numeric dtype or the first row with NaN/inf."""
+    a = np.asarray(arr)
+    label = name or "index"
+    given = list(a.shape)  # report the caller's shape, not our reshaped one
+    if allow_1d and a.ndim == 1:
+        a = a.reshape(1, -1)
+    if a.ndim != 2 or a.shape[1] != dim:
+        expected = f"[n, {dim}]" + (f" or [{dim}]" if allow_1d else "")
+        raise IndexShapeError(f"{label}: {what} must have shape {expected}, got {given}")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise IndexShapeError(f"{label}: {what} must be real numbers, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).any(axis=1).argmax())
+        raise IndexShapeError(f"{label}: {what} row {bad} has NaN or inf (after float32 cast)")
+    return a
+
+
 class FlatIndex:
     """`faiss.IndexFlatIP` plus a string-id <-> int64-slot map.
 
@@ -32,6 +53,15 @@ class FlatIndex:
         self._free: list[int] = []
         self._view = np.empty((0, dim), dtype=np.float32)
 
+    @property
+    def factory(self) -> str:
+        """The FAISS factory string searches use (always exact)."""
+        return "Flat"
+
+    def nbytes(self) -> int:
+        """Bytes of the stored vectors (all slots, free ones included)."""
+        return int(self._index.ntotal) * self.dim * 4
+
     # -- storage ---------------------------------------------------------------
     def _refresh_view(self) -> None:
         """Writable view of the flat codes; must be re-taken after add() (realloc)."""
@@ -43,21 +73,7 @@ class FlatIndex:
             self._view = flat.reshape(n, self.dim)
 
     def _check(self, arr: np.ndarray, what: str, allow_1d: bool = False) -> np.ndarray:
-        a = np.asarray(arr)
-        label = self.name or "index"
-        given = list(a.shape)  # report the caller's shape, not our reshaped one
-        if allow_1d and a.ndim == 1:
-            a = a.reshape(1, -1)
-        if a.ndim != 2 or a.shape[1] != self.dim:
-            expected = f"[n, {self.dim}]" + (f" or [{self.dim}]" if allow_1d else "")
-            raise IndexShapeError(f"{label}: {what} must have shape {expected}, got {given}")
-        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-            raise IndexShapeError(f"{label}: {what} must be real numbers, got dtype {a.dtype}")
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        if not np.isfinite(a).all():
-            bad = int((~np.isfinite(a)).any(axis=1).argmax())
-            raise IndexShapeError(f"{label}: {what} row {bad} has NaN or inf (after float32 cast)")
-        return a
+        return checked(arr, self.dim, self.name, what, allow_1d)
 
     # -- mutation --------------------------------------------------------------
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:

@@ -1,22 +1,30 @@
 """The ``auto`` and ``ivf`` index kinds: exact below a size threshold, FAISS IVF above it.
 
-:class:`IvfIndex` keeps every live vector in a :class:`FlatIndex` (string ids, slots, ``get``,
-``state``, the exact search) and, once the index holds ``exact_below`` vectors, also an
-``IndexIVFFlat`` with an HNSW coarse quantiser (factory string ``IVF{nlist}_HNSW32,Flat``,
-inner product) whose labels are the flat slots.  The IVF has a hashtable direct map, so an
-update is ``remove_ids`` + ``add_with_ids`` of that one slot and a removal is ``remove_ids``:
-both touch only the id's own list (O(1) per id), nothing is tombstoned, and memory does not
-grow with churn.  A removed or changed vector is therefore never returned stale.
+:class:`IvfIndex` maps string ids to int64 slots and keeps each live vector in **one** store:
+
+- below ``exact_below`` vectors, a float32 matrix (row = slot), searched exactly;
+- from ``exact_below`` on, an IVF with an HNSW coarse quantiser (inner product) whose labels are
+  the slots, with a hashtable direct map.  With ``codes="Flat"`` (factory string
+  ``IVF{nlist}_HNSW32,Flat``) the IVF's lists *are* the store: ``get`` reconstructs from them
+  and the matrix is dropped once the IVF is installed.  With compressed codes (``"SQ8"``,
+  ``"SQ4"``, ...) and a ``source`` (a callable giving the exact current vectors of ids, such as
+  the profile tables for the users index) the IVF holds only the codes, candidates are re-ranked
+  exactly from ``source``, and again no second float32 copy is kept (issue 12: one copy of each
+  vector).  Compressed codes without a source keep the matrix for the re-rank.
+
+An update is ``remove_ids`` + ``add_with_ids`` of that one slot and a removal is ``remove_ids``:
+both touch only the id's own list (O(1) per id), nothing is tombstoned, and memory does not grow
+with churn.  A removed or changed vector is therefore never returned stale.
 
 Training the coarse centroids (k-means) is the only "rebuild".  It happens when the index
 first reaches ``exact_below`` vectors and again when it has grown 4x since the last training.
 With ``background=True`` it runs on a copy of the live vectors (taken ``COPY_CHUNK`` rows per
-call, each row with its version) in a daemon thread (FAISS releases the GIL; the thread uses
-one OpenMP thread) while searches keep using the previous
+call, each row with its version; the only time a second copy exists) in a daemon thread (FAISS
+releases the GIL; the thread uses one OpenMP thread) while searches keep using the previous
 structure (exact search, or the old IVF kept up to date); then the calls on the owner thread
 re-apply every slot whose version changed since the copy, ``CATCH_UP`` rows per call, and
 install the new IVF once it is current.  The index answers correctly at every moment; only
-its speed changes.
+its speed changes.  Below ``exact_below // 2`` vectors it goes back to the exact matrix.
 
 Not thread-safe for callers: the worker calls it from a single event loop.
 """
@@ -27,18 +35,20 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import faiss as _faiss_typed
 import numpy as np
 
-from index.flat import FlatIndex
+from index.flat import checked
+from stream.core.errors import IndexShapeError
 
 # FAISS's partial type stubs lack the IVF/HNSW search parameters and the direct map
 faiss: Any = _faiss_typed
 
-__all__ = ["DEFAULT_EXACT_BELOW", "IvfIndex", "auto_nprobe", "choose_nlist"]
+__all__ = ["CODES", "DEFAULT_EXACT_BELOW", "IvfIndex", "VectorSource", "auto_nprobe",
+           "choose_nlist"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,11 @@ HNSW_M = 32
 CATCH_UP = 1024
 #: rows copied per call for a background training (the copy of all would block the loop)
 COPY_CHUNK = 8192
+#: the IVF's code kinds: exact float32 ("Flat") or scalar-quantised (re-ranked exactly)
+CODES: tuple[str, ...] = ("Flat", "SQfp16", "SQ8", "SQ6", "SQ4")
+
+#: the exact current vectors of ids (float32 [n, dim]; zero rows for ids it does not know)
+VectorSource = Callable[[Sequence[str]], np.ndarray]
 
 
 def choose_nlist(n: int) -> int:
@@ -88,18 +103,31 @@ class IvfIndex:
     removals above it; the :class:`index.base.VectorIndex` protocol either way."""
 
     def __init__(self, dim: int, name: str = "", *, exact_below: int = DEFAULT_EXACT_BELOW,
-                 nprobe: int = 0, background: bool = True, seed: int = 0) -> None:
-        self._exact = FlatIndex(dim, name=name)
+                 nprobe: int = 0, background: bool = True, seed: int = 0,
+                 codes: str = "Flat", source: VectorSource | None = None) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        if codes not in CODES:
+            raise ValueError(f"unknown IVF codes {codes!r}; expected one of {CODES}")
         self.dim = dim
         self.name = name
         self.exact_below = max(int(exact_below), 2 * MIN_POINTS_PER_LIST)
         self.nprobe = int(nprobe)
         self.background = background
         self.seed = seed
-        self._ivf: Any = None  # faiss.IndexIVFFlat once trained
+        self.codes = codes
+        self.source = source
+        # the IVF replaces the matrix as the store unless its codes are lossy with no source
+        self._ivf_is_store = codes == "Flat" or source is not None
+        self._slot_of: dict[str, int] = {}
+        self._id_at: list[str | None] = []  # slot -> id, None for free slots
+        self._free: list[int] = []
+        self._live = np.zeros(0, dtype=bool)  # slot -> live
+        self._ver = np.zeros(0, dtype=np.uint32)  # slot -> change counter
+        self._mat: np.ndarray | None = np.zeros((0, dim), dtype=np.float32)  # exact store
+        self._ivf: Any = None  # faiss.IndexIVF* once trained
         self._nlist = 0
         self._trained_n = 0
-        self._ver = np.zeros(0, dtype=np.uint32)  # slot -> change counter
         self._job: _Build | None = None
         self.trainings = 0  # installed trainings (a figure for the bench and tests)
 
@@ -107,12 +135,20 @@ class IvfIndex:
     @property
     def factory(self) -> str:
         """The FAISS factory string of the structure searches use now."""
-        return "Flat" if self._ivf is None else f"IVF{self._nlist}_HNSW{HNSW_M},Flat"
+        return "Flat" if self._ivf is None else f"IVF{self._nlist}_HNSW{HNSW_M},{self.codes}"
 
     @property
     def building(self) -> bool:
         """Whether a background training is in progress."""
         return self._job is not None
+
+    def nbytes(self) -> int:
+        """Bytes of the stored vectors and codes (exact matrix, IVF codes and labels; not the
+        id maps, the quantiser or a training's copy)."""
+        n = 0 if self._mat is None else self._mat.nbytes
+        if self._ivf is not None:
+            n += int(self._ivf.ntotal) * (int(self._ivf.code_size) + 8)
+        return n
 
     def wait_built(self, timeout: float | None = None) -> bool:
         """Wait for a background training and install it; returns False on timeout."""
@@ -126,23 +162,81 @@ class IvfIndex:
             self._poll()
         return True
 
+    # -- storage ---------------------------------------------------------------------------
+    def _ensure(self, top: int) -> None:
+        """Per-slot arrays (and the exact matrix) cover slots ``[0, top)``."""
+        if top <= self._ver.size:
+            return
+        cap = max(top, 2 * self._ver.size, 64)
+        for attr in ("_ver", "_live"):
+            old = getattr(self, attr)
+            new = np.zeros(cap, dtype=old.dtype)
+            new[: old.size] = old
+            setattr(self, attr, new)
+        if self._mat is not None:
+            mat = np.zeros((cap, self.dim), dtype=np.float32)
+            mat[: self._mat.shape[0]] = self._mat
+            self._mat = mat
+
+    def _read(self, slots: np.ndarray) -> np.ndarray:
+        """float32 [n, dim] current vectors of live ``slots``, from the one store."""
+        if slots.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self._mat is not None:
+            out: np.ndarray = self._mat[slots]
+            return out
+        if self.source is not None:
+            id_at = self._id_at
+            got = np.asarray(self.source([id_at[s] or "" for s in slots.tolist()]),
+                             dtype=np.float32)
+            return got.reshape(slots.size, self.dim)
+        return np.asarray(self._ivf.reconstruct_batch(np.ascontiguousarray(slots, np.int64)),
+                          dtype=np.float32)
+
+    def _live_of(self, slots: np.ndarray) -> np.ndarray:
+        return slots[self._live[slots]]
+
     # -- mutation --------------------------------------------------------------------------
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite; within one call the last duplicate id wins."""
         self._poll()
-        self._exact.upsert(ids, vectors)  # validates; raises before changing anything
-        slot_of = self._exact._slot_of
-        slots = np.fromiter((slot_of[i] for i in dict.fromkeys(ids)), dtype=np.int64)
-        if slots.size:
-            top = int(slots.max()) + 1
-            if top > self._ver.size:
-                grown = np.zeros(max(top, 2 * self._ver.size), dtype=np.uint32)
-                grown[: self._ver.size] = self._ver
-                self._ver = grown
-            self._ver[slots] += 1
-            if self._ivf is not None:
-                self._ivf_remove(self._ivf, slots)
-                self._ivf.add_with_ids(self._exact._view[slots], slots)
+        if isinstance(ids, str):
+            raise TypeError("ids must be a sequence of str, not a single str")
+        ids = list(ids)
+        vecs = checked(vectors, self.dim, self.name, "vectors")
+        if len(ids) != vecs.shape[0]:
+            raise IndexShapeError(
+                f"{self.name or 'index'}: {len(ids)} ids but vectors has shape {list(vecs.shape)}"
+            )
+        last: dict[str, int] = {}
+        for row, id_ in enumerate(ids):
+            if not isinstance(id_, str):
+                raise TypeError(f"id at position {row} is {type(id_).__name__}, expected str")
+            last[id_] = row  # later duplicates overwrite earlier ones
+        if not last:
+            return
+        slot_of, id_at, free = self._slot_of, self._id_at, self._free
+        slots = np.empty(len(last), dtype=np.int64)
+        for j, id_ in enumerate(last):
+            slot = slot_of.get(id_)
+            if slot is None:
+                if free:
+                    slot = free.pop()
+                    id_at[slot] = id_
+                else:
+                    slot = len(id_at)
+                    id_at.append(id_)
+                slot_of[id_] = slot
+            slots[j] = slot
+        vals = vecs[np.fromiter(last.values(), dtype=np.int64, count=len(last))]
+        self._ensure(int(slots.max()) + 1)
+        self._ver[slots] += 1
+        self._live[slots] = True
+        if self._mat is not None:
+            self._mat[slots] = vals
+        if self._ivf is not None:
+            self._ivf_remove(self._ivf, slots)
+            self._ivf.add_with_ids(vals, slots)
         self._maybe_train()
 
     def remove(self, ids: Iterable[str]) -> int:
@@ -150,16 +244,23 @@ class IvfIndex:
         self._poll()
         if isinstance(ids, str):
             raise TypeError("ids must be an iterable of str, not a single str")
-        ids = list(ids)
-        slot_of = self._exact._slot_of
-        slots = np.fromiter({slot_of[i] for i in ids if i in slot_of}, dtype=np.int64)
-        removed = self._exact.remove(ids)
-        if slots.size:
+        gone: list[int] = []
+        for id_ in ids:
+            slot = self._slot_of.pop(id_, None)
+            if slot is not None:
+                self._id_at[slot] = None
+                self._free.append(slot)
+                gone.append(slot)
+        if gone:
+            slots = np.array(gone, dtype=np.int64)
             self._ver[slots] += 1
+            self._live[slots] = False
+            if self._mat is not None:
+                self._mat[slots] = 0.0
             if self._ivf is not None:
                 self._ivf_remove(self._ivf, slots)
         self._maybe_train()
-        return removed
+        return len(gone)
 
     @staticmethod
     def _ivf_remove(ivf: Any, slots: np.ndarray) -> None:
@@ -172,83 +273,160 @@ class IvfIndex:
                ) -> list[list[tuple[str, float]]]:
         """Per query, up to ``k`` (id, inner product) pairs, best first, never excluded."""
         self._poll()
-        ivf = self._ivf
-        if ivf is None:
-            return self._exact.search(queries, k, exclude)
-        q = self._exact._check(queries, "queries", allow_1d=True)
+        q = checked(queries, self.dim, self.name, "queries", allow_1d=True)
         m = q.shape[0]
         if exclude is not None and len(exclude) != m:
             raise ValueError(f"exclude has {len(exclude)} sets for {m} queries")
-        n = len(self._exact)
+        n = len(self._slot_of)
         if k <= 0 or n == 0 or m == 0:
             return [[] for _ in range(m)]
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         fetch = min(n, k + extra)
-        nprobe = min(self._nlist, self.nprobe or auto_nprobe(self._nlist))
-        params = faiss.SearchParametersIVF(
-            nprobe=nprobe, quantizer_params=faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe)))
-        scores, labels = ivf.search(q, fetch, params=params)
-        id_at = self._exact._id_at
+        if self._ivf is None:
+            return self._search_exact(q, k, fetch, exclude)
         results: list[list[tuple[str, float]]] = []
+        nprobe = min(self._nlist, self.nprobe or auto_nprobe(self._nlist))
+        scores, labels = self._ivf_search(q, fetch, nprobe)
         for qi in range(m):
             skip = exclude[qi] if exclude is not None else None
+            hits = self._hits(q[qi], scores[qi], labels[qi], k, skip)
+            want = min(k, n - (len(skip & self._slot_of.keys()) if skip else 0))
+            if len(hits) < want:
+                # the probed lists held too few vectors: probe every list (exhaustive)
+                sc, lab = self._ivf_search(q[qi : qi + 1], fetch, self._nlist)
+                hits = self._hits(q[qi], sc[0], lab[0], k, skip)
+            results.append(hits)
+        return results
+
+    def _ivf_search(self, q: np.ndarray, fetch: int, nprobe: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, slots) of candidates per query; lossy codes fetch more, to be re-ranked."""
+        if self.codes != "Flat":
+            fetch = min(len(self._slot_of), 2 * fetch + 16)
+        params = faiss.SearchParametersIVF(
+            nprobe=nprobe, quantizer_params=faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe)))
+        scores, labels = self._ivf.search(q, fetch, params=params)
+        return scores, labels
+
+    def _hits(self, q: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int,
+              skip: set[str] | None) -> list[tuple[str, float]]:
+        """The best ``k`` candidates; lossy codes are re-scored exactly from the store."""
+        keep = labels >= 0
+        slots, scores = labels[keep], scores[keep]
+        if self.codes != "Flat":
+            slots = self._live_of(slots)
+            if slots.size == 0:
+                return []
+            scores = self._read(slots) @ q
+        order = np.argsort(-scores, kind="stable")
+        id_at = self._id_at
+        hits: list[tuple[str, float]] = []
+        for j in order.tolist():
+            id_ = id_at[int(slots[j])]
+            if id_ is None or (skip and id_ in skip):
+                continue
+            hits.append((id_, float(scores[j])))
+            if len(hits) == k:
+                break
+        return hits
+
+    def _search_exact(self, q: np.ndarray, k: int, fetch: int,
+                      exclude: Sequence[set[str]] | None) -> list[list[tuple[str, float]]]:
+        assert self._mat is not None
+        top = len(self._id_at)
+        scores = q @ self._mat[:top].T
+        scores[:, ~self._live[:top]] = -np.inf  # free slots never rank
+        if fetch < top:
+            part = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch]
+        else:
+            part = np.broadcast_to(np.arange(top), (q.shape[0], top))
+        id_at = self._id_at
+        results: list[list[tuple[str, float]]] = []
+        for qi in range(q.shape[0]):
+            cand = part[qi]
+            sc = scores[qi, cand]
+            order = np.lexsort((cand, -sc))  # best first, lower slot on ties
+            skip = exclude[qi] if exclude is not None else None
             hits: list[tuple[str, float]] = []
-            for score, slot in zip(scores[qi].tolist(), labels[qi].tolist()):
-                if slot < 0:
+            for j in order.tolist():
+                if not np.isfinite(sc[j]):
                     break
-                id_ = id_at[slot]
+                id_ = id_at[int(cand[j])]
                 if id_ is None or (skip and id_ in skip):
                     continue
-                hits.append((id_, score))
+                hits.append((id_, float(sc[j])))
                 if len(hits) == k:
                     break
-            if len(hits) < k and len(hits) < n - (len(skip) if skip else 0):
-                # the probed lists held too few vectors: answer this query exactly
-                hits = self._exact.search(q[qi], k, None if skip is None else [skip])[0]
             results.append(hits)
         return results
 
     def get(self, id: str) -> np.ndarray | None:
-        return self._exact.get(id)
+        """A copy of the stored vector, or None if the id is not live."""
+        slot = self._slot_of.get(id)
+        if slot is None:
+            return None
+        return np.array(self._read(np.array([slot], dtype=np.int64))[0], dtype=np.float32)
 
     def get_many(self, ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        return self._exact.get_many(ids)
+        """Vectors of ``ids`` (zero rows for unknown ids) and the positions that are unknown."""
+        slot_of = self._slot_of
+        slots = [slot_of.get(i, -1) for i in ids]
+        missing = [pos for pos, slot in enumerate(slots) if slot < 0]
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        known = [pos for pos, slot in enumerate(slots) if slot >= 0]
+        if known:
+            out[known] = self._read(np.array([slots[p] for p in known], dtype=np.int64))
+        return out, missing
 
     def __len__(self) -> int:
-        return len(self._exact)
+        return len(self._slot_of)
 
     def __contains__(self, id: object) -> bool:
-        return id in self._exact
+        return id in self._slot_of
 
     def ids(self) -> list[str]:
-        return self._exact.ids()
+        """Live ids in slot order."""
+        return [i for i in self._id_at if i is not None]
 
     # -- snapshots ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Live rows only (ids and vectors): the IVF is rebuilt from them on load."""
-        return self._exact.state()
+        live = np.flatnonzero(self._live[: len(self._id_at)])
+        return {"dim": self.dim, "name": self.name,
+                "ids": [self._id_at[s] for s in live.tolist()],
+                "vectors": self._read(live).copy()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], **options: Any) -> IvfIndex:
-        flat = FlatIndex.from_state(state)  # validates
-        idx = cls(flat.dim, name=flat.name, **options)
-        st = flat.state()
-        if st["ids"]:
-            idx.upsert(st["ids"], st["vectors"])
+        """Rebuild from :meth:`state` (validated like :meth:`FlatIndex.from_state`)."""
+        dim = int(state["dim"])
+        idx = cls(dim, name=str(state.get("name", "")), **options)
+        ids = list(state["ids"])
+        if ids:
+            idx.upsert(ids, state["vectors"])
+        elif np.asarray(state["vectors"]).size:
+            shape = list(np.shape(state["vectors"]))
+            raise IndexShapeError(f"state has no ids but vectors of shape {shape}")
         return idx
 
     # -- training ------------------------------------------------------------------------------
     def _maybe_train(self) -> None:
         if self._job is not None:
             return
-        n = len(self._exact)
+        n = len(self._slot_of)
         if self._ivf is not None and n < self.exact_below // 2:
             log.info("%s index: %d vectors, back to exact search", self.name or "an", n)
+            if self._mat is None:
+                top = len(self._id_at)
+                live = np.flatnonzero(self._live[:top])
+                mat = np.zeros((self._ver.size, self.dim), dtype=np.float32)
+                mat[live] = self._read(live)
+                self._mat = mat
             self._ivf, self._nlist, self._trained_n = None, 0, 0
             return
         if n < self.exact_below or (self._ivf is not None and n < REGROW * self._trained_n):
             return
-        slots = np.fromiter(self._exact._slot_of.values(), dtype=np.int64, count=n)
+        slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=n)
         job = _Build(slots, self.dim)
         self._job = job
         if self.background:
@@ -265,11 +443,10 @@ class IvfIndex:
         lo = job.copied
         hi = min(lo + rows, job.slots.size)
         part = job.slots[lo:hi]
-        job.vectors[lo:hi] = self._exact._view[part]
+        live = self._live[part]
+        job.live[lo:hi] = live
+        job.vectors[lo:hi][live] = self._read(part[live])
         job.versions[lo:hi] = self._ver[part]
-        id_at = self._exact._id_at
-        job.live[lo:hi] = np.fromiter((id_at[s] is not None for s in part.tolist()),
-                                      dtype=bool, count=part.size)
         job.copied = hi
         if hi == job.slots.size and self.background:
             job.thread = threading.Thread(target=self._build, args=(job, True), daemon=True,
@@ -290,7 +467,7 @@ class IvfIndex:
                 vectors, slots = vectors[job.live], slots[job.live]
             n = slots.size
             nlist = choose_nlist(n)
-            ivf = faiss.index_factory(self.dim, f"IVF{nlist}_HNSW{HNSW_M},Flat",
+            ivf = faiss.index_factory(self.dim, f"IVF{nlist}_HNSW{HNSW_M},{self.codes}",
                                       faiss.METRIC_INNER_PRODUCT)
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             ivf.cp.seed = self.seed
@@ -303,6 +480,7 @@ class IvfIndex:
                 sample = vectors[np.sort(pick)]
             ivf.train(sample)
             ivf.add_with_ids(vectors, slots)
+            job.vectors = np.zeros((0, self.dim), dtype=np.float32)  # the copy is no longer needed
             job.index, job.nlist = ivf, nlist
         except BaseException as exc:  # reported by _poll on the owner thread
             job.error = exc
@@ -338,15 +516,15 @@ class IvfIndex:
         chunk = diff[:CATCH_UP]
         if chunk.size:
             self._ivf_remove(ivf, chunk)
-            id_at = self._exact._id_at
-            live = chunk[np.fromiter((id_at[s] is not None for s in chunk.tolist()),
-                                     dtype=bool, count=chunk.size)]
+            live = self._live_of(chunk)
             if live.size:
-                ivf.add_with_ids(self._exact._view[live], live)
+                ivf.add_with_ids(self._read(live), live)
             job.held[chunk] = self._ver[chunk]
         if diff.size > CATCH_UP:
             return  # the rest on the next calls: no call blocks for long
         self._job = None
         self._ivf, self._nlist, self._trained_n = ivf, job.nlist, job.slots.size
+        if self._ivf_is_store:
+            self._mat = None  # the IVF (or the source) holds the vectors now: one copy
         self.trainings += 1
         log.info("%s index: %s over %d vectors", self.name or "an", self.factory, len(self))

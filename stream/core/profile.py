@@ -1,11 +1,19 @@
 """Time-decayed user profiles held in contiguous numpy arrays (pure: stdlib + numpy).
 
-A profile is ``sum_e weight[type_e] * 2**((ts_e - anchor) / H) * embedding_e``, stored per
-user as ``(anchor_ts, float64 sum)`` with ``anchor = max ts seen``.  Keeping the exponent
-relative to the newest event means it is always <= 0, so epoch-ms timestamps never overflow
-(a naive ``2**(ts/H)`` overflows float64 for ts ~ 1.7e12 ms and H = 7 days); when a newer
-event moves the anchor forward the old sum is rescaled by ``2**((old - new) / H)``.  The
-result depends only on the *set* of events, so late and out-of-order events are exact.
+A profile is ``sum_e weight[type_e] * 2**((ts_e - anchor) / H) * embedding_e`` with
+``anchor = max ts seen``.  Keeping the exponent relative to the newest event means it is always
+<= 0, so epoch-ms timestamps never overflow (a naive ``2**(ts/H)`` overflows float64 for
+ts ~ 1.7e12 ms and H = 7 days); when a newer event moves the anchor forward the old sum is
+rescaled by ``2**((old - new) / H)``.  The result depends only on the *set* of events, so late
+and out-of-order events are exact (up to rounding).
+
+The sum is stored once per user as ``(anchor int64, norm float64, unit float32 [dim])``: its
+length and its direction, the served (L2-normalised) vector itself (issue 12: one copy of each
+vector, 1.5 KB at dim 384 instead of a 3 KB float64 sum).  A batch rebuilds the float64 sum
+``norm * unit * scale + contributions`` for the users it touches and splits it again; the
+float32 rounding of the direction at each batch stays within 1e-5 of the float64 oracle after
+10^6 decayed updates (tests/unit/test_profile_precision.py).  The snapshot holds the same
+three arrays, so a restart continues from bit-identical state.
 
 Micro-benchmark (not a test)::
 
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +46,8 @@ __all__ = [
     "ProfileParams",
     "ProfileTable",
     "UserStats",
+    "split_sums",
+    "upgraded_state",
 ]
 
 DEFAULT_HALF_LIFE_MS: float = 7 * 24 * 3600 * 1000
@@ -67,7 +77,10 @@ class ProfileParams:
 
 class ProfileTable(UserRows):
     """Profiles of many users in contiguous arrays: row per user, capacity doubling (row
-    bookkeeping, ``remove``/``idle``/``users``: :class:`stream.core.rows.UserRows`)."""
+    bookkeeping, ``remove``/``idle``/``users``: :class:`stream.core.rows.UserRows`).
+
+    Per row: ``anchor`` (int64, in UserRows), ``norm`` (float64, ``||sum||``) and ``unit``
+    (float32 [dim], ``sum / ||sum||``; zero when the sum is zero)."""
 
     def __init__(self, dim: int, params: ProfileParams, capacity: int = 1024) -> None:
         if dim <= 0:
@@ -75,13 +88,16 @@ class ProfileTable(UserRows):
         super().__init__(capacity)
         self.dim = int(dim)
         self.params = params
-        self._sum = np.zeros((len(self._anchor), self.dim), dtype=np.float64)
+        self._norm = np.zeros(len(self._anchor), dtype=np.float64)
+        self._unit = np.zeros((len(self._anchor), self.dim), dtype=np.float32)
 
     def _resize(self, new_cap: int) -> None:
-        self._sum = grown(self._sum, new_cap)
+        self._norm = grown(self._norm, new_cap)
+        self._unit = grown(self._unit, new_cap)
 
     def _clear(self, row: int) -> None:
-        self._sum[row] = 0.0
+        self._norm[row] = 0.0
+        self._unit[row] = 0.0
 
     # -- updates --------------------------------------------------------------------------
     def apply(
@@ -121,77 +137,131 @@ class ProfileTable(UserRows):
         starts = np.searchsorted(inv[order], np.arange(uniq.shape[0]))
         agg = np.add.reduceat(contrib[order], starts, axis=0)
 
-        self._sum[uniq] = self._sum[uniq] * scale[:, None] + agg
+        sums = self._unit[uniq].astype(np.float64)
+        sums *= (self._norm[uniq] * scale)[:, None]
+        sums += agg
+        self._norm[uniq], self._unit[uniq] = split_sums(sums)
         self._anchor[uniq] = new
 
         names = self._names
         return [names[r] for r in uniq[np.argsort(first, kind="stable")].tolist()]
 
     # -- reads ----------------------------------------------------------------------------
-    @staticmethod
-    def _normalise(sums: np.ndarray) -> np.ndarray:
-        # Divide by the max |component| first so sums made only of tiny (even subnormal)
-        # decayed contributions still normalise accurately.
-        m = np.abs(sums).max(axis=1, keepdims=True)
-        safe = np.where(m > 0, m, 1.0)
-        s = sums / safe
-        norm = np.linalg.norm(s, axis=1, keepdims=True)
-        out = np.where(norm > 0, s / np.where(norm > 0, norm, 1.0), 0.0)
-        return out.astype(np.float32)
-
     def vectors(self, users: Sequence[str]) -> np.ndarray:
         """float32 [n, dim] L2-normalised profiles; zero-sum and unknown users give zero rows."""
         index = self._index
         rows = np.fromiter((index.get(u, -1) for u in users), dtype=np.int64, count=len(users))
         known = rows >= 0
+        if known.all():
+            out: np.ndarray = self._unit[rows]
+            return out
         out = np.zeros((len(users), self.dim), dtype=np.float32)
         if known.any():
-            out[known] = self._normalise(self._sum[rows[known]])
+            out[known] = self._unit[rows[known]]
         return out
 
     def vector(self, user: str) -> np.ndarray | None:
-        """L2-normalised float32 profile, or None for an unknown user."""
+        """L2-normalised float32 profile (a copy), or None for an unknown user."""
         row = self._index.get(user)
         if row is None:
             return None
-        vec: np.ndarray = self._normalise(self._sum[row : row + 1])[0]
+        vec: np.ndarray = self._unit[row].copy()
         return vec
 
-    def raw(self, user: str) -> tuple[int, np.ndarray] | None:
-        """(anchor_ts, copy of float64 sum) for tests and debugging."""
+    def parts(self, user: str) -> tuple[int, float, np.ndarray] | None:
+        """(anchor_ts, norm, copy of the float32 unit vector), or None for an unknown user."""
         row = self._index.get(user)
         if row is None:
             return None
-        return int(self._anchor[row]), self._sum[row].copy()
+        return int(self._anchor[row]), float(self._norm[row]), self._unit[row].copy()
+
+    def raw(self, user: str) -> tuple[int, np.ndarray] | None:
+        """(anchor_ts, float64 sum ``norm * unit``) for tests, explanations and debugging."""
+        row = self._index.get(user)
+        if row is None:
+            return None
+        return int(self._anchor[row]), self._unit[row].astype(np.float64) * self._norm[row]
+
+    def nbytes(self) -> int:
+        """Bytes of the per-row arrays (capacity, not only live rows)."""
+        return int(self._anchor.nbytes + self._norm.nbytes + self._unit.nbytes)
 
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, np.ndarray | list[str]]:
-        """Compact snapshot of live rows only (np.savez / pickle friendly)."""
+        """Compact snapshot of live rows only (data-only: lists and numpy arrays)."""
         users, rows = self._live_rows()
         return {
             "users": users,
             "anchors": self._anchor[rows].copy(),
-            "sums": self._sum[rows].copy(),
+            "norms": self._norm[rows].copy(),
+            "units": self._unit[rows].copy(),
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], dim: int, params: ProfileParams) -> ProfileTable:
-        """Rebuild a table from :meth:`state` (users may come back as a numpy str array)."""
+        """Rebuild a table from :meth:`state` (users may come back as a numpy str array).  A
+        state written before issue 12 holds float64 ``sums`` instead of ``norms`` and
+        ``units``: they are split on load (the same split a batch makes)."""
+        state = upgraded_state(state, dim)
         users = [str(u) for u in state["users"]]
         anchors = np.asarray(state["anchors"], dtype=np.int64).reshape(-1)
-        sums = np.asarray(state["sums"], dtype=np.float64)
         n = len(users)
-        if anchors.shape != (n,) or sums.shape != (n, dim):
+        norms = np.asarray(state["norms"], dtype=np.float64).reshape(-1)
+        units = np.asarray(state["units"], dtype=np.float32)
+        if anchors.shape != (n,) or norms.shape != (n,) or units.shape != (n, dim):
             raise ValueError(
                 f"state does not match dim {dim}: {n} users, anchors {anchors.shape}, "
-                f"sums {sums.shape}"
+                f"norms {norms.shape}, units {units.shape}"
             )
+        if not (np.isfinite(norms).all() and (norms >= 0).all() and np.isfinite(units).all()):
+            raise ValueError("state has a non-finite profile or a negative norm")
         if len(set(users)) != n:
             raise ValueError("state has duplicate users")
         table = cls(dim, params, capacity=max(n, 1))
         table._load_rows(users, anchors)
-        table._sum[:n] = sums
+        table._norm[:n] = norms
+        table._unit[:n] = units
         return table
+
+
+def upgraded_state(state: Mapping[str, Any], dim: int) -> Mapping[str, Any]:
+    """A :meth:`ProfileTable.state` in this version's fields: one written before issue 12
+    (float64 ``sums``) gets ``norms`` and ``units`` instead; any other is returned as is.  For
+    code that merges states field by field before loading them (incremental snapshots)."""
+    if "sums" not in state or "units" in state:
+        return state
+    sums = np.asarray(state["sums"], dtype=np.float64)
+    n = len(state["users"])
+    if sums.shape != (n, dim):
+        raise ValueError(f"state does not match dim {dim}: {n} users, sums {sums.shape}")
+    norms, units = split_sums(sums) if n else (np.zeros(0), np.zeros((0, dim), np.float32))
+    out = {k: v for k, v in state.items() if k != "sums"}
+    out.update(norms=norms, units=units)
+    return out
+
+
+def split_sums(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 sums [n, dim] as (norms float64 [n], unit float32 [n, dim]); zero rows stay zero.
+
+    Rows whose squared norm is tiny (it may have underflowed: sums made only of subnormal
+    decayed contributions) or not finite are divided by their max |component| first, so they
+    still normalise accurately; the others take one pass."""
+    sq = np.einsum("ij,ij->i", sums, sums)
+    norms = np.sqrt(sq)
+    odd = ~((sq > 1e-280) & np.isfinite(sq))
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=~odd)
+    unit = (sums * inv[:, None]).astype(np.float32)
+    if odd.any():
+        rows = np.flatnonzero(odd)
+        part = sums[rows]
+        m = np.abs(part).max(axis=1)
+        safe = np.where(m > 0, m, 1.0)
+        scaled = part / safe[:, None]
+        nn = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+        ok = nn > 0
+        unit[rows] = np.where(ok[:, None], scaled / np.where(ok, nn, 1.0)[:, None], 0.0)
+        norms[rows] = np.where(ok, m * nn, 0.0)
+    return norms, unit
 
 
 #: events that must share a time before the TTL watermark reaches it (PROFILES_TTL_WATERMARK_RANK)
@@ -316,9 +386,14 @@ class UserStats:
     def users(self) -> list[str]:
         return list(self._events)
 
-    def state(self) -> dict[str, list[Any]]:
-        """Pickle/JSON friendly snapshot (parallel lists keyed by position)."""
-        users = list(self._events)
+    def keys_newest_first(self) -> Iterator[str]:
+        """Known users, the most recently added first (lazily)."""
+        return reversed(self._events)
+
+    def state(self, only: Sequence[str] | None = None) -> dict[str, list[Any]]:
+        """Pickle/JSON friendly snapshot (parallel lists keyed by position); ``only``: just
+        those known users, in that order (an incremental snapshot's rows)."""
+        users = list(self._events) if only is None else [u for u in only if u in self._events]
         return {
             "users": users,
             "events": [self._events[u] for u in users],

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from index import VectorIndex, make_index
+from index import IndexSpec, VectorIndex, make_index
 from stream.core.events import Event
 from stream.worker.state import PartitionState
 
@@ -19,11 +19,19 @@ __all__ = ["ProfileStore"]
 
 
 class ProfileStore:
-    """Owned partition states plus the ``users`` index of their profile vectors."""
+    """Owned partition states plus the ``users`` index of their profile vectors.
 
-    def __init__(self, dim: int, index: VectorIndex | None = None) -> None:
-        self.index: VectorIndex = index if index is not None else make_index(dim, name="users")
+    Given an :class:`IndexSpec`, the index is made with the profile tables as its ``source``:
+    an IVF with compressed codes then re-ranks from the tables' float32 unit vectors and keeps
+    no copy of its own (issue 12: one copy of each vector; below the exact threshold it keeps
+    an exact matrix, at most ``exact_below`` rows)."""
+
+    def __init__(self, dim: int, index: VectorIndex | IndexSpec | None = None) -> None:
+        self.dim = dim
         self._states: dict[int, PartitionState] = {}
+        if isinstance(index, IndexSpec):
+            index = index.make(dim, "users", source=self.exact_vectors)
+        self.index: VectorIndex = index if index is not None else make_index(dim, name="users")
 
     # -- partitions --------------------------------------------------------------------
     @property
@@ -43,10 +51,10 @@ class ProfileStore:
 
     def add(self, st: PartitionState) -> None:
         """Own a loaded partition: its users become searchable."""
+        self._states[st.partition] = st  # first: the index may read its vectors (source)
         users = st.profiles.users()
         if users:
             self.index.upsert(users, st.profiles.vectors(users))
-        self._states[st.partition] = st
 
     def drop(self, partition: int) -> PartitionState | None:
         """Stop owning a partition: its users leave the index."""
@@ -70,6 +78,7 @@ class ProfileStore:
             types = [e.type for e in events]
             ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
             weights = st.profiles.params.weight_array(types)
+            st.journal.touch(users)  # rows the next (incremental) snapshot writes
             touched = st.profiles.apply(users, ts, weights, vectors)
             if st.interests is not None:  # the same events, weights and vectors, offset order
                 st.interests.apply(users, ts, weights, vectors)
@@ -90,6 +99,7 @@ class ProfileStore:
     def expire(self, st: PartitionState, cutoff_ts: int) -> list[str]:
         """Remove the partition's profiles idle since before ``cutoff_ts`` (event time)."""
         idle = st.profiles.idle(cutoff_ts)
+        st.journal.touch(idle)
         for user in idle:
             st.profiles.remove(user)
             st.users.remove(user)
@@ -109,6 +119,24 @@ class ProfileStore:
             if user in st.profiles:
                 return st
         return None
+
+    def exact_vectors(self, users: Sequence[str]) -> np.ndarray:
+        """float32 [n, dim] profile vectors of owned ``users`` (zero rows for others): the
+        users index's ``source``, read from the partitions' tables (no copy kept)."""
+        out = np.zeros((len(users), self.dim), dtype=np.float32)
+        states = list(self._states.values())
+        if len(states) == 1:
+            out[:] = states[0].profiles.vectors(users)
+            return out
+        by_state: dict[int, list[int]] = {}
+        for pos, user in enumerate(users):
+            for j, st in enumerate(states):
+                if user in st.profiles:
+                    by_state.setdefault(j, []).append(pos)
+                    break
+        for j, where in by_state.items():
+            out[where] = states[j].profiles.vectors([users[i] for i in where])
+        return out
 
     def vector(self, user: str) -> np.ndarray | None:
         """The user's profile vector as indexed (None when not owned here)."""

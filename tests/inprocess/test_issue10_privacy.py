@@ -270,7 +270,9 @@ def _same(a: Any, b: Any, where: str = "") -> None:
         for i, (x, y) in enumerate(zip(a, b)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (where, a, b)
+        # a profile's direction is float32 (issue 12): batching moves it by float32 rounding
+        tol = 1e-6 if "/profiles/" in where else 1e-9
+        assert math.isclose(a, b, rel_tol=tol, abs_tol=tol), (where, a, b)
     else:
         assert a == b, (where, a, b)
 

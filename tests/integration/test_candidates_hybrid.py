@@ -87,7 +87,7 @@ def test_two_workers_serve_the_offline_candidate_lists(broker, topics, start_wor
         # sum their state batch by batch, the offline state is built in one step)
         assert [c["item_id"] for c in got["candidates"]] == [i for i, _ in want], user
         np.testing.assert_allclose([c["score"] for c in got["candidates"]],
-                                   [v for _, v in want], rtol=1e-12, atol=0)
+                                   [v for _, v in want], rtol=1e-6, atol=0)
     assert forwarded > 0  # some of the users were answered by the other worker
     by_source: dict[str, float] = {}
     for w in (a, b):
@@ -151,4 +151,4 @@ def test_signals_survive_a_sigkilled_worker(broker, topics, start_worker, tmp_pa
         want = offline.candidates(user, 20)
         assert [c["item_id"] for c in got["candidates"]] == [i for i, _ in want], user
         np.testing.assert_allclose([c["score"] for c in got["candidates"]],
-                                   [v for _, v in want], rtol=1e-12, atol=0)
+                                   [v for _, v in want], rtol=1e-6, atol=0)

@@ -188,7 +188,7 @@ def test_background_training_reconciles_changes_made_meanwhile() -> None:
     assert idx.wait_built(timeout=0)
     ivf = idx._ivf
     assert ivf.ntotal == len(live) == len(idx)
-    slot_of = idx._exact._slot_of
+    slot_of = idx._slot_of
     for i, vec in live.items():  # the IVF holds exactly the current vector of every live id
         np.testing.assert_array_equal(ivf.reconstruct(slot_of[i]), vec)
     _check_no_stale(idx, live, q, 20, set(ids[500:1000]))
@@ -203,7 +203,7 @@ def test_the_copy_for_a_training_is_taken_in_chunks_across_calls(monkeypatch) ->
     job = idx._job
     assert job is not None and job.copied == 500 and job.thread is None  # one chunk per call
     live = dict(zip(ids[:2000], v[:2000]))
-    slot_of = idx._exact._slot_of
+    slot_of = idx._slot_of
     order = [i for i, _ in sorted(slot_of.items(), key=lambda t: t[1])]
     late = order[1500:1600]  # not copied yet: removed before their copy
     early = order[:100]  # copied already: changed after their copy

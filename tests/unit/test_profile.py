@@ -16,6 +16,7 @@ from stream.core.profile import (
     ProfileParams,
     ProfileTable,
     UserStats,
+    upgraded_state,
 )
 from tests.oracle import oracle_profiles
 
@@ -158,9 +159,11 @@ def test_incremental_equals_one_batch():
     users = sorted(one.users())
     np.testing.assert_allclose(inc.vectors(users), one.vectors(users), atol=1e-5, rtol=0)
     for u in users:
-        (a1, s1), (a2, s2) = one.raw(u), inc.raw(u)
+        (a1, n1, v1), (a2, n2, v2) = one.parts(u), inc.parts(u)
         assert a1 == a2
-        np.testing.assert_allclose(s1, s2, rtol=1e-9, atol=1e-12)
+        # the float64 norm is rebuilt from a float32 direction at every batch
+        assert n1 == pytest.approx(n2, rel=1e-6)
+        np.testing.assert_allclose(v1, v2, rtol=0, atol=1e-6)
 
 
 def test_remove_then_readd_reuses_row():
@@ -202,7 +205,8 @@ def test_state_round_trip(tmp_path):
     table.apply(*to_batch(events, items, queries, params))
     table.remove(events[0]["user_id"])  # state must hold live rows only
     st_ = table.state()
-    assert len(st_["users"]) == len(table) == st_["sums"].shape[0]
+    assert len(st_["users"]) == len(table) == st_["units"].shape[0] == st_["norms"].shape[0]
+    assert st_["units"].dtype == np.float32 and st_["norms"].dtype == np.float64
     users = table.users()
     for restored in (
         ProfileTable.from_state(st_, DIM, params),
@@ -211,6 +215,8 @@ def test_state_round_trip(tmp_path):
     ):
         assert restored.users() == users
         np.testing.assert_array_equal(restored.vectors(users), table.vectors(users))
+        for u in users[:5]:  # bit-identical: a restart continues from the same numbers
+            assert restored.parts(u)[:2] == table.parts(u)[:2]
         # and it keeps working after restore
         more = make_log(10, n=50, n_users=25, base_ts=1.7e12, span_ms=YEAR_MS)
         restored.apply(*to_batch(more, items, queries, params))
@@ -288,3 +294,31 @@ def test_user_stats_basics():
         assert restored.get(u) == s.get(u)
         assert restored.purchased(u) == s.purchased(u)
     assert s.remove("a") and not s.remove("a") and s.get("a") is None and len(s) == 2
+
+
+def test_old_float64_sums_state_loads_and_matches_the_new_representation() -> None:
+    # a snapshot written before issue 12 holds float64 sums: split on load
+    items, queries = make_world(11)
+    params = ProfileParams()
+    events = make_log(11, n=300, n_users=15, base_ts=1.7e12, span_ms=YEAR_MS)
+    table = ProfileTable(DIM, params)
+    table.apply(*to_batch(events, items, queries, params))
+    users = table.users()
+    sums = np.stack([table.raw(u)[1] for u in users]) * 3.0  # a sum of the same direction
+    old = {"users": users, "anchors": table.state()["anchors"], "sums": sums}
+    restored = ProfileTable.from_state(old, DIM, params)
+    up = upgraded_state(old, DIM)  # what code merging states field by field gets
+    assert set(up) == {"users", "anchors", "norms", "units"} and up["units"].dtype == np.float32
+    assert upgraded_state(table.state(), DIM).keys() == table.state().keys()
+    np.testing.assert_allclose(restored.vectors(users), table.vectors(users), atol=1e-7)
+    for u in users:
+        assert restored.parts(u)[1] == pytest.approx(3.0 * table.parts(u)[1], rel=1e-6)
+    want = oracle_profiles(events, items, queries, params.weights, params.half_life_ms)
+    assert_matches_oracle(restored, want)
+    with pytest.raises(ValueError, match="does not match dim"):
+        ProfileTable.from_state({**old, "sums": sums[:, :-1]}, DIM, params)
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = table.state()
+        bad["norms"] = bad["norms"].copy()
+        bad["norms"][0] = np.nan
+        ProfileTable.from_state(bad, DIM, params)
