@@ -27,6 +27,13 @@ timed: aiokafka's first fetch alone can hold ~1 MB per partition, i.e. most of a
 F0 from the first message delivered to the agent (faust hands messages over one at a time, so
 little is read before that); all until the Nth; events/s is N divided by that time.
 
+Then the process scaling: for each N of ``--processes`` (default 1,2) the same backlog on a
+fresh topic, drained by ``profiles worker --processes N`` (N consumer-group members behind one
+port, ``stream.worker.supervisor``); ``--processes 1`` is the plain worker in its own process by
+construction, so P1 against P is the run-to-run noise.  These rates are timed from the first
+/stats poll with every process ready and an event applied (a second member joining is a
+rebalance: start-up, not drain), P's too, so the table compares like with like.
+
 Then the latency run: a fresh topic and a fresh worker (same items), a kafka-python producer
 (``stream.tools.replay.replay`` with ``rate``: a fixed monotonic schedule, independent of the worker)
 sending at 0.5 x P's rate for ``--latency-seconds``; p50/p99 of
@@ -143,15 +150,14 @@ def _outcomes(stats: dict) -> int:
 
 
 def _hist(metrics: dict, name: str) -> dict[str, float]:
-    """{"le" or "_sum"/"_count": value} of a histogram from WorkerProcess.metrics()."""
+    """{"le" or "_sum"/"_count": value} of a histogram from WorkerProcess.metrics(), summed
+    over its series (``--processes N``: one per process)."""
     out: dict[str, float] = {}
     for s in metrics.get(name, []):
-        if s.name.endswith("_bucket"):
-            out[s.labels["le"]] = s.value
-        elif s.name.endswith("_sum"):
-            out["_sum"] = s.value
-        elif s.name.endswith("_count"):
-            out["_count"] = s.value
+        key = s.labels["le"] if s.name.endswith("_bucket") else (
+            "_sum" if s.name.endswith("_sum") else "_count" if s.name.endswith("_count") else None)
+        if key is not None:
+            out[key] = out.get(key, 0.0) + s.value
     return out
 
 
@@ -170,10 +176,12 @@ def _worker_settings(base: Settings, workdir: Path, tag: str, items_topic: str) 
                         http_port=free_port())
 
 
-def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float) -> dict:
-    w = WorkerProcess(settings, workdir / "worker-P.log").start()
+def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float,
+             name: str = "P") -> dict:
+    w = WorkerProcess(settings, workdir / f"worker-{name}.log").start()
     try:
         t_first = None
+        t_ready, n_ready = None, 0  # first poll with every process ready and an event applied
         t_start = time.monotonic()
         while True:
             if not w.alive():
@@ -190,6 +198,8 @@ def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float) -> dic
             now = time.perf_counter()
             if done and t_first is None:
                 t_first, n_first = now, done
+            if done and st.get("ready") and t_ready is None:
+                t_ready, n_ready = now, done
             if done >= n:
                 t_end = now
                 break
@@ -198,7 +208,11 @@ def _stage_p(settings: Settings, n: int, workdir: Path, timeout_s: float) -> dic
         bs = _hist(m, "profiles_batch_size")
         snaps = sum(s.value for s in m.get("profiles_snapshots", []) if s.name.endswith("_total"))
         assert t_first is not None
+        if t_ready is None or n_ready >= done:  # drained before every process was in
+            t_ready, n_ready = t_first, 0
         return {"count": done, "n_first": n_first, "seconds": t_end - t_first,
+                "ready_count": done - n_ready, "ready_seconds": t_end - t_ready,
+                "processes": settings.processes or 1,
                 "applied": int(st.get("events_applied", 0)),
                 "duplicate": int(st.get("events_duplicate", 0)),
                 "rejected": int(st.get("events_rejected", 0)), "parked": int(st.get("parked", 0)),
@@ -403,6 +417,44 @@ def _check(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def _print_scaling(plain: dict, scaling: dict[int, dict], raw: dict, partitions: int) -> None:
+    """The process-scaling table: drain rates of the same backlog, P and each --processes N,
+    timed from the first /stats poll with every process ready and an event applied (a second
+    process joining is a rebalance, which is start-up, not drain)."""
+    def rate(r: dict) -> float:
+        return float(r["ready_count"] / r["ready_seconds"])
+
+    p = rate(plain)
+    one = rate(scaling[1]) if 1 in scaling else None
+    print("process scaling: the same pre-produced backlog, drained by `profiles worker "
+          "--processes N` (one consumer-group member per process; timed from the first "
+          "/stats poll with every process ready and an event applied)")
+    print(f"{'run':<28} {'events/s':>10} {'x P':>6} {'x N=1':>6}  goal")
+    print(f"{'P  plain worker':<28} {p:>10,.0f} {1.0:>6.2f} {'':>6}")
+    for procs, r in sorted(scaling.items()):
+        v = rate(r)
+        vs1 = f"{v / one:>6.2f}" if one else f"{'':>6}"
+        if procs == 1:
+            goal = f">= 0.95 x P    {_check(v / p >= 0.95)}"
+        elif procs == 2 and one:
+            goal = f">= 1.5 x N=1   {_check(v / one >= 1.5)}"
+        else:
+            goal = ""
+        print(f"{f'P{procs} --processes {procs}':<28} {v:>10,.0f} {v / p:>6.2f} {vs1}  {goal}")
+    if one and len(scaling) > 1:
+        top = max(scaling)
+        eff = rate(scaling[top]) / (top * one)  # per-process efficiency at the largest N
+        raw_eps = raw["count"] / raw["seconds"]
+        busy = min(16, partitions)
+        print(f"16-core projection: at most min(16 cores, {partitions} partitions) = {busy} busy "
+              f"processes (a member without a partition idles); at the measured {eff:.2f} "
+              f"efficiency per process ({top} processes) ~{busy * one * eff:,.0f} events/s; "
+              f"with 16 partitions ~{16 * one * eff:,.0f} events/s, "
+              f"{16 * one * eff / raw_eps:.2f} x what one raw consumer drew from this broker "
+              f"(R {raw_eps:,.0f}/s). Limits: the partition count, then the broker (one Tansu "
+              f"process here, sharing the cores with the workers).")
+
+
 def bench_pipeline(args: Any) -> int:
     n = int(args.events)
     if n < 200_000:
@@ -456,6 +508,13 @@ def bench_pipeline(args: Any) -> int:
              f"starting worker (log {workdir / 'worker-P.log'})")
         results["P"] = _stage_p(ps, n, workdir, timeout)
         _say(f"P: {results['P']}")
+        scaling: dict[int, dict] = {}
+        for procs in args.processes:  # `profiles worker --processes N`, the same backlog
+            ns = _worker_settings(base, workdir, f"P{procs}", items_topic).replace(processes=procs)
+            _say(f"--processes {procs}: producing {n} events "
+                 f"({_produce(base, ns.events_topic, ns.partitions, keys, values):.1f}s)")
+            scaling[procs] = _stage_p(ns, n, workdir, timeout, name=f"P{procs}")
+            _say(f"--processes {procs}: {scaling[procs]}")
 
         p_rate = results["P"]["count"] / results["P"]["seconds"]
         _say(f"latency: {0.5 * p_rate:,.0f} events/s for {args.latency_seconds:g}s on a fresh topic")
@@ -503,6 +562,8 @@ def bench_pipeline(args: Any) -> int:
         print(f"  P/F  = {r['P'] / r['F']:.2f}   target >= 0.8   {_check(r['P'] / r['F'] >= 0.8)}")
         print(f"  C/R  = {r['C'] / r['R']:.2f}   target >= 0.5   {_check(r['C'] / r['R'] >= 0.5)}")
         print(f"  F/F0 = {r['F'] / r['F0']:.2f}   target >= 2     {_check(r['F'] / r['F0'] >= 2)}")
+        print()
+        _print_scaling(results["P"], scaling, results["R"], base.partitions)
         print()
 
         def ms(x):

@@ -34,7 +34,10 @@ class WorkerProcess:
         return f"http://{self.settings.http_host}:{self.settings.http_port}"
 
     def start(self) -> WorkerProcess:
-        env = self.settings.child_env({"PYTHONUNBUFFERED": "1", **self.extra_env})
+        # one worker process unless asked for more: the demo, the benchmark and the tests
+        # must not start one per core behind each worker they run (``processes`` 0)
+        s = self.settings if self.settings.processes else self.settings.replace(processes=1)
+        env = s.child_env({"PYTHONUNBUFFERED": "1", **self.extra_env})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
