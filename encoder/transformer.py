@@ -16,6 +16,10 @@ from encoder.base import EncoderError, check_texts
 # a few hundred ms, so do it once per process even if several encoders are built.
 _WEIGHT_HASHES: dict[tuple[str, int, int], str] = {}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+DTYPES = ("auto", "fp32", "bf16")
+# CPU features with native bf16 dot products (AVX-512 BF16: vdpbf16ps; AMX tiles); without
+# them torch emulates bf16 and autocast runs slower than fp32.
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def default_model_path() -> str:
@@ -59,6 +63,43 @@ def _read_pooling(folder: Path) -> dict:
     return cfg
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read: not Linux)."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                key, _, val = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(val.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_supports_bf16(flags: frozenset[str] | None = None) -> bool:
+    return any(f in (cpu_flags() if flags is None else flags) for f in _CPU_BF16_FLAGS)
+
+
+def resolve_dtype(dtype: str, device_type: str, flags: frozenset[str] | None = None) -> str:
+    """``auto`` -> ``bf16`` (autocast) on CUDA and on CPUs with native bf16 (AVX512_BF16 or
+    AMX), else ``fp32``; ``fp32`` and ``bf16`` are taken as given."""
+    if dtype not in DTYPES:
+        raise EncoderError(f"encoder dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if device_type == "cuda":
+        return "bf16"
+    return "bf16" if device_type == "cpu" and cpu_supports_bf16(flags) else "fp32"
+
+
+def vectors_fingerprint(model_fingerprint: str, dtype: str) -> str:
+    """The id of the vectors an encoder makes: its model's fingerprint, plus ``-bf16`` when it
+    runs bf16 autocast (those vectors differ from fp32's by ~1e-3 cosine, so an index, a snapshot
+    or a state directory must never mix the two). fp32 keeps the plain model fingerprint, so
+    states written before dtypes existed stay valid for fp32 workers."""
+    return model_fingerprint if dtype == "fp32" else f"{model_fingerprint}-{dtype}"
+
+
 def compute_fingerprint(weights: Path, pooling: dict, max_length: int) -> str:
     """16 hex digits of sha256(weights) + pooling config + max_length (the model's identity)."""
     # Truncation length changes vectors of long texts, so it is part of the id.
@@ -72,7 +113,10 @@ def compute_fingerprint(weights: Path, pooling: dict, max_length: int) -> str:
 class TransformerEncoder:
     """Mean-pooled, L2-normalised transformer embeddings with length-bucketed batching.
 
-    CPU runs fp32; CUDA runs bf16 autocast (pooling and normalisation stay fp32).
+    ``dtype``: ``fp32``, or ``bf16`` autocast of the transformer (weights stay fp32; pooling and
+    normalisation run fp32), or ``auto`` (``resolve_dtype``: bf16 on CUDA and on CPUs with
+    native bf16, else fp32). ``fingerprint`` names the vectors (model + dtype);
+    ``model_fingerprint`` the weights alone (what ``profiles_model.json`` records).
     Not thread-safe: one encode() at a time per instance.
     """
 
@@ -84,6 +128,7 @@ class TransformerEncoder:
         max_batch: int = 128,
         max_tokens: int = 16384,
         threads: int | None = None,
+        dtype: str = "auto",
     ) -> None:
         if max_length < 2 or max_batch < 1 or max_tokens < max_length:
             raise ValueError(
@@ -113,6 +158,7 @@ class TransformerEncoder:
             raise EncoderError(f"invalid encoder device {device!r}") from exc
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise EncoderError(f"encoder device {device!r} requested but CUDA is not available")
+        self.dtype: str = resolve_dtype(dtype, self.device.type)
         if threads is not None:
             # Only when asked: the process may share cores with other workers.
             torch.set_num_threads(threads)
@@ -123,7 +169,7 @@ class TransformerEncoder:
         except Exception as exc:  # transformers raises OSError/ValueError/KeyError/...
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EncoderError(f"cannot load encoder from {folder}: {first}") from exc
-        # Weights stay fp32; bf16 comes only from autocast so CPU results are exact fp32.
+        # Weights stay fp32; bf16 comes only from autocast (fp32 runs are exact fp32).
         self.model = model.float().to(self.device).eval()
 
         cfg = model.config
@@ -137,7 +183,8 @@ class TransformerEncoder:
         self.name: str = folder.name if path is not None else "all-MiniLM-L6-v2"
         self.weights_path = weights
         self.metadata: dict | None = None  # profiles_model.json of a fine-tuned directory
-        self.fingerprint: str = compute_fingerprint(weights, pooling, self.max_length)
+        self.model_fingerprint: str = compute_fingerprint(weights, pooling, self.max_length)
+        self.fingerprint: str = vectors_fingerprint(self.model_fingerprint, self.dtype)
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices grouped longest-first so padding is small and token budget holds."""
@@ -165,7 +212,7 @@ class TransformerEncoder:
             return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
-        on_cuda = self.device.type == "cuda"
+        bf16 = self.dtype == "bf16"
         with torch.inference_mode():
             for batch in self._batches([len(x) for x in ids]):
                 width = len(ids[batch[0]])
@@ -177,7 +224,8 @@ class TransformerEncoder:
                     mask[row, : len(seq)] = 1
                 t_ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 t_mask = torch.from_numpy(mask).to(self.device, non_blocking=True)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on_cuda):
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                                    enabled=bf16):
                     hidden = self.model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
                 hidden = hidden.float()
                 m = t_mask.unsqueeze(-1).to(hidden.dtype)

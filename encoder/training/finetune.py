@@ -303,7 +303,7 @@ def finetune(events: Path | str, items: Path | str, out: Path | str, cfg: Finetu
     meta = {
         "base_model": {"name": "all-MiniLM-L6-v2" if base is None else Path(base).name,
                        "path": str(base_folder), "sha256": _hash_file(enc.weights_path),
-                       "fingerprint": enc.fingerprint},
+                       "fingerprint": enc.model_fingerprint},
         "training_data": {"fingerprint": log.fingerprint, "events_file": Path(events).name,
                           "items_file": Path(items).name, "users": len(log.users),
                           "items": log.n_items, "events": n_split, "split": sp.params()},

@@ -5,8 +5,11 @@ Two modes per (tokens, batch size, dtype):
 * ``model``: pre-tokenised ``[batch, tokens]`` tensors already on the device, every token real
   (no padding): forward + mean pooling + normalisation under ``torch.inference_mode``.
 * ``encode``: ``TransformerEncoder.encode`` on texts of exactly ``tokens`` tokens: tokenisation,
-  length-sorted batching, host->device copy, forward, pooling and the copy back.  It runs the
-  encoder's own dtype (fp32 on CPU, bf16 autocast on CUDA).
+  length-sorted batching, host->device copy, forward, pooling and the copy back, once per
+  dtype asked (``TransformerEncoder(dtype=...)``: fp32, or bf16 autocast).
+
+Default dtypes: fp32 and bf16 on CUDA and on CPUs with native bf16 (AVX512_BF16 or AMX, what
+``PROFILES_ENCODER_DTYPE=auto`` picks bf16 for), else fp32 alone.
 
 FLOPs are counted on real (non-padding) tokens only, 2 per multiply-add, for a BERT encoder:
 per layer ``2 L (4 h^2 + 2 h i) + 4 L^2 h`` (projections, feed-forward, attention scores and
@@ -90,6 +93,18 @@ def _texts(tokenizer: Any, n: int, tokens: int) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(tokens - 2)) for _ in range(n)]
 
 
+def _with_dtype(enc: Any, dtype: str) -> Any:
+    """A shallow copy of ``enc`` (same model, tokenizer, budgets) that runs ``dtype``."""
+    import copy
+
+    from encoder.transformer import vectors_fingerprint
+
+    out = copy.copy(enc)
+    out.dtype = dtype
+    out.fingerprint = vectors_fingerprint(enc.model_fingerprint, dtype)
+    return out
+
+
 def _time(fn, seconds: float, sync) -> tuple[int, float]:
     fn()
     sync()  # warm-up (and compile) outside the clock
@@ -105,17 +120,23 @@ def _time(fn, seconds: float, sync) -> tuple[int, float]:
 
 def bench_encoder(device: str = "auto", batch_sizes=(1, 4, 16, 64, 256, 1024), tokens=(32, 128),
                   dtypes=None, seconds: float = 1.0, peak_tflops: float | None = None,
-                  compile: bool = False, path: str | None = None, report=print) -> list[dict]:
+                  compile: bool = False, path: str | None = None, report=print,
+                  threads: int = 0) -> list[dict]:
     import torch
 
-    from encoder.transformer import TransformerEncoder
+    if threads > 0:  # the worker runs PROFILES_ENCODER_THREADS (default 1)
+        torch.set_num_threads(threads)
+
+    from encoder.transformer import TransformerEncoder, resolve_dtype
 
     enc = TransformerEncoder(path, device=device, max_batch=max(batch_sizes),
                              max_tokens=max(batch_sizes) * max(tokens))
     dev = enc.device
     cfg = enc.model.config
     if dtypes is None:
-        dtypes = ("fp32", "bf16") if dev.type == "cuda" else ("fp32",)
+        dtypes = ("fp32", "bf16") if resolve_dtype("auto", dev.type) == "bf16" else ("fp32",)
+    # One encoder per dtype sharing the weights: ``encode`` rows run the encoder's own path.
+    encoders = {dt: _with_dtype(enc, dt) for dt in dtypes}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     models = {"eager": enc.model}
     if compile:
@@ -131,13 +152,14 @@ def bench_encoder(device: str = "auto", batch_sizes=(1, 4, 16, 64, 256, 1024), t
         for B in batch_sizes:
             ids = ids_all[:B].to(dev)
             mask = torch.ones_like(ids)
-            cases = [(f"model-{k}", dt, m) for k, m in models.items() for dt in dtypes]
-            cases.append(("encode", "bf16" if dev.type == "cuda" else "fp32", None))
+            cases: list[tuple[str, str, Any]] = [
+                (f"model-{k}", dt, m) for k, m in models.items() for dt in dtypes]
+            cases += [("encode", dt, None) for dt in dtypes]
             for mode, dt, model in cases:
                 fn: Callable[[], None]
                 if model is None:
-                    def encode_fn(B: int = B, texts: list[str] = texts) -> None:
-                        enc.encode(texts[:B])
+                    def encode_fn(B: int = B, texts: list[str] = texts, e: Any = encoders[dt]) -> None:
+                        e.encode(texts[:B])
                     fn = encode_fn
                 else:
                     def model_fn(model: Any = model, dt: str = dt, ids: Any = ids,
@@ -174,6 +196,8 @@ def bench_encoder_cli(args: Any) -> int:
             raise ConfigError(f"{flag}: need positive integers, got {text!r}")
         return vals
 
+    if getattr(args, "threads", 0) < 0:
+        raise ConfigError(f"--threads: need >= 0 (0: torch's default), got {args.threads}")
     tokens = ints(args.tokens, "--tokens")
     if min(tokens) < 3:
         raise ConfigError("--tokens: each length must be >= 3 (CLS + SEP + a word)")
@@ -183,7 +207,8 @@ def bench_encoder_cli(args: Any) -> int:
         if set(dtypes) - {"fp32", "bf16"}:
             raise ConfigError(f"--dtypes: fp32 and/or bf16, got {args.dtypes!r}")
     rows = bench_encoder(args.device, ints(args.batch_sizes, "--batch-sizes"), tokens, dtypes,
-                         args.seconds, args.peak_tflops, args.compile)
+                         args.seconds, args.peak_tflops, args.compile,
+                         threads=getattr(args, "threads", 0))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 async def rebuild_state(s: Settings, link: Path) -> dict[str, Any]:
     """Build the snapshots of ``s.events_topic`` with ``s``'s encoder into ``<link>-<model>``."""
-    enc = load_encoder(s.encoder_path or None, device=s.encoder_device, kind=s.encoder_kind)
+    enc = load_encoder(s.encoder_path or None, device=s.encoder_device, kind=s.encoder_kind,
+                       dtype=s.encoder_dtype)
     out_dir = link.with_name(f"{link.name}-{enc.fingerprint}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise StateError(f"{out_dir} is not empty: remove it to rebuild for model {enc.fingerprint}")

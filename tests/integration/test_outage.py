@@ -68,7 +68,8 @@ def test_worker_recovers_from_a_20s_broker_outage(mode, dataset, oracle_vectors,
         proxy = broker.proxy
         settings = Settings.from_env(
             {}, bootstrap_servers=broker.bootstrap, state_dir=str(tmp_path / "state"),
-            http_port=free_port(), session_timeout_s=6.0, events_topic=f"events-{tag}",
+            http_port=free_port(), session_timeout_s=6.0, encoder_dtype="fp32",  # oracle: fp32
+            events_topic=f"events-{tag}",
             items_topic=f"items-{tag}", dlq_topic=f"events.dlq-{tag}", group_id=f"profiles-{tag}")
         create_topics(kafka(broker.bootstrap), {settings.events_topic: settings.partitions,
                                          settings.items_topic: 1, settings.dlq_topic: 1})

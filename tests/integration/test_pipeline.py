@@ -35,7 +35,7 @@ def replayed(broker, dataset, tmp_path_factory):
     tag = uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("replayed")
     settings = Settings.from_env({}, bootstrap_servers=broker.bootstrap, state_dir=str(tmp / "state"),
-                                 http_port=free_port(), session_timeout_s=6.0,
+                                 http_port=free_port(), session_timeout_s=6.0, encoder_dtype="fp32",
                                  events_topic=f"events-{tag}", items_topic=f"items-{tag}",
                                  dlq_topic=f"dlq-{tag}", group_id=f"g-{tag}")
     create_topics(kafka(broker.bootstrap), {settings.events_topic: settings.partitions,

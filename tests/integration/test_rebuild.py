@@ -54,7 +54,7 @@ def test_rebuild_with_a_new_model_then_swap(broker, topics, dataset, oracle_vect
     # rebuild with the real model, then swap
     env = dict(os.environ)
     env.update(Settings.from_env({}, bootstrap_servers=broker.bootstrap, state_dir=str(link),
-                                 **topics).to_env())
+                                 encoder_dtype="fp32", **topics).to_env())  # as start_worker
     out = subprocess.run([sys.executable, "-m", "stream.cli", "rebuild", "--swap"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -124,7 +124,7 @@ def test_rolling_restart_with_a_worker_running_during_the_rebuild(
     # rebuild with the real model and swap, while the old worker runs and receives events
     env = dict(os.environ)
     env.update(Settings.from_env({}, bootstrap_servers=broker.bootstrap, state_dir=str(link),
-                                 **topics).to_env())
+                                 encoder_dtype="fp32", **topics).to_env())  # as start_worker
     rebuild = subprocess.Popen([sys.executable, "-m", "stream.cli", "rebuild", "--swap"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     send(during)

@@ -59,7 +59,7 @@ def test_batched_equals_one_by_one(real_encoder: TransformerEncoder) -> None:
     texts = _texts_of_varied_length()
     assert len(texts) >= 40
     # Small budgets force many uneven batches; results must not depend on batching.
-    small = TransformerEncoder(device="cpu", max_batch=7, max_tokens=600)
+    small = TransformerEncoder(device="cpu", max_batch=7, max_tokens=600, dtype="fp32")
     batched = small.encode(texts)
     default = real_encoder.encode(texts)
     single = np.vstack([real_encoder.encode([t]) for t in texts])

@@ -94,7 +94,7 @@ def test_finetune_lowers_loss_and_writes_model_dir(tmp_path, tiny_model) -> None
     for name in ("config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"):
         assert (out / name).is_file()
     enc = load_encoder(str(out), device="cpu")
-    assert enc.fingerprint == meta["fingerprint"] and enc.metadata["fingerprint"] == enc.fingerprint
+    assert enc.model_fingerprint == meta["fingerprint"] == enc.metadata["fingerprint"]
     # Seeded: the same run gives the same weights.
     out2 = tmp_path / "model2"
     finetune(ep, ip, out2, cfg, base=str(tiny_model), progress=False)
@@ -114,12 +114,12 @@ def test_save_load_identical_embeddings(tmp_path, tiny_model) -> None:
         "base_model": {"name": "tiny"}, "hyperparameters": {"lr": 1.0}}, enc.max_length)
     got = load_encoder(str(tmp_path / "m"), device="cpu")
     np.testing.assert_array_equal(got.encode(texts), want)
-    assert got.fingerprint == meta["fingerprint"] != enc.fingerprint
+    assert got.model_fingerprint == meta["fingerprint"] != enc.model_fingerprint
     assert read_metadata(tmp_path / "m")["hyperparameters"] == {"lr": 1.0}
     # Saving again over our own model directory replaces it atomically.
     save_model_dir(enc.model, enc.tokenizer, tiny_model, tmp_path / "m", {
         "base_model": {"name": "tiny"}}, enc.max_length)
-    assert load_encoder(str(tmp_path / "m"), device="cpu").fingerprint == meta["fingerprint"]
+    assert load_encoder(str(tmp_path / "m"), device="cpu").model_fingerprint == meta["fingerprint"]
     with pytest.raises(EncoderError, match="not a model directory"):
         save_model_dir(enc.model, enc.tokenizer, tiny_model, tiny_model, {}, enc.max_length)
 
@@ -195,7 +195,7 @@ def test_real_model_two_steps_change_weights(tmp_path) -> None:
     assert meta["base_model"]["sha256"] == (
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
     assert meta["weights_sha256"] != meta["base_model"]["sha256"]
-    assert load_encoder(str(tmp_path / "m"), device="cpu").fingerprint == meta["fingerprint"]
+    assert load_encoder(str(tmp_path / "m"), device="cpu").model_fingerprint == meta["fingerprint"]
 
 
 def test_cli_eval_json_and_corrupt_model(tmp_path, saved, capsys) -> None:
