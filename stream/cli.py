@@ -64,6 +64,17 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _process_list(text: str) -> list[int]:
+    """``1,2,4``: worker process counts, each in 1..1024, at least one."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or not all(1 <= n <= 1024 for n in out):
+        raise argparse.ArgumentTypeError(f"each must be in 1..1024, got {text!r}")
+    return out
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
@@ -139,19 +150,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=_positive(int), default=2_000)
     p.add_argument("--bootstrap", default=None)
     p.add_argument("--latency-seconds", type=_positive(float), default=20.0)
+    p.add_argument("--processes", type=_process_list, default=[1, 2],
+                   help="`profiles worker --processes N` runs to drain the same backlog, next to "
+                        "the plain worker P: comma-separated N (default 1,2)")
     p.set_defaults(func=cmd_bench_pipeline)
 
     p = bsub.add_parser("encoder", help="encoder sentences/s and FLOP/s by batch size, dtype, length")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-sizes", default="1,4,16,64,256,1024", help="comma-separated")
     p.add_argument("--tokens", default="32,128", help="comma-separated sequence lengths")
-    p.add_argument("--dtypes", default=None, help="fp32,bf16 (default: fp32 on CPU, fp32,bf16 on CUDA)")
+    p.add_argument("--dtypes", default=None, help="fp32,bf16 (default: fp32,bf16 on CUDA and on CPUs with "
+                        "avx512_bf16/amx_bf16, else fp32)")
     p.add_argument("--seconds", type=_positive(float), default=1.0, help="time per measurement")
     p.add_argument("--peak-tflops", type=_positive(float), default=None,
                    help="device peak TFLOP/s for the dtype (default: known GPU table / CPU estimate)")
     p.add_argument("--compile", action="store_true", help="also torch.compile the model")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default; the worker runs PROFILES_ENCODER_THREADS)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.set_defaults(func=cmd_bench_encoder)
+    _add_bench_scale(bsub)
 
     encp = sub.add_parser("encoder", help="fine-tune and evaluate the encoder on a behaviour log")
     esub = encp.add_subparsers(dest="encoder_command", required=True, metavar="ACTION")
@@ -512,10 +530,10 @@ def cmd_broker(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from stream.service import run_worker
+    from stream.service import run
 
-    run_worker(_settings(args))  # a corrupt PROFILES_ENCODER_PATH: EncoderError, one line
-    return 0
+    # --processes N (PROFILES_PROCESSES; 0: one per core): N supervised worker processes
+    return run(_settings(args))  # a corrupt PROFILES_ENCODER_PATH: EncoderError, one line
 
 
 def cmd_items_load(args) -> int:
@@ -577,6 +595,37 @@ def cmd_bench_encoder(args) -> int:
     from stream.bench.encoder import bench_encoder_cli
 
     return bench_encoder_cli(args)
+
+
+def _add_bench_scale(bsub) -> None:
+    """``profiles bench scale`` (stream/bench/scale.py): cost per user and speed as users grow."""
+    p = bsub.add_parser("scale", help="bytes per user, index recall, recovery and latency at "
+                                      "N users and M items (issue 12)")
+    p.add_argument("--users", type=_positive(int), required=True)
+    p.add_argument("--items", type=_positive(int), required=True)
+    p.add_argument("--dim", type=_positive(int), default=384)
+    p.add_argument("--events-per-user", type=_positive(int), default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-recovery", action="store_true",
+                   help="skip the SIGKILL recovery run on a real broker and worker")
+    p.add_argument("--bootstrap", default=None, help="broker (default: an embedded one)")
+    p.add_argument("--steady-seconds", type=_positive(float), default=15.0,
+                   help="length of the steady 5,000 events/s ingest with probes")
+    p.add_argument("--churn", type=_positive(float), default=10.0,
+                   help="users-index churn as a multiple of --users")
+    p.add_argument("--child-timeout", type=_positive(float), default=3600.0,
+                   help="seconds one measuring process may take")
+    p.add_argument("--resume", type=Path, default=None, metavar="WORKDIR",
+                   help="the work folder of an interrupted run with the same arguments: keep "
+                        "the measuring processes it finished, run the rest")
+    p.set_defaults(func=cmd_bench_scale)
+
+
+def cmd_bench_scale(args) -> int:
+    from stream.bench.scale import bench_scale
+
+    return bench_scale(args)
 
 
 def cmd_data_movielens(args) -> int:

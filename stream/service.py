@@ -12,6 +12,7 @@ made.  This is the only module that knows every layer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from encoder import load_encoder
 from encoder.base import Encoder
 from encoder.sequence import SEQUENCE_META, SequenceModel
 from stream.kafka.app import FaustIO, quiet_client_logs, run_app, wire, worker_app
+from stream.kafka.changelog import changelog_store, changelog_topics
 from stream.kafka.clients import AsyncTopicProducer, create_topics
 from stream.kafka.membership import FaustMembership
 from stream.kafka.signals_feed import SIGNALS_TOPIC_CONFIG, SignalPublisher
@@ -32,10 +34,11 @@ from stream.serve.http import Api, check_exposure
 from stream.serve.queries import Queries
 from stream.serve.routing import Router
 from stream.settings import Settings
+from stream.worker.blobs import LocalBlobStore
 from stream.worker.latency import set_torch_threads
 from stream.worker.pipeline import Pipeline
 
-__all__ = ["Service", "build_service", "run_worker"]
+__all__ = ["Service", "build_service", "run", "run_worker"]
 
 log = logging.getLogger("stream.service")
 
@@ -68,6 +71,9 @@ class Service:
         await self.router.close()
         if self.signals is not None:  # after the shutdown publish (on_before_shutdown)
             await self.signals.close()
+        close = getattr(self.pipeline.blobs, "close", None)  # the changelog's clients, after
+        if close is not None:  # the shutdown snapshot
+            await asyncio.get_running_loop().run_in_executor(None, close)
 
 
 def load_sequence(s: Settings) -> SequenceModel | None:
@@ -84,7 +90,10 @@ def build_service(settings: Settings, encoder: Encoder) -> Service:
     app = worker_app(s)
     io = FaustIO(app, s)
     signals = SignalPublisher(s)
-    pipeline = Pipeline(s, encoder, dead_letters=io.send_dead_letter, signals=signals)
+    # partition state: in the Kafka changelog too (PROFILES_CHANGELOG), the folder a cache
+    pipeline = Pipeline(s, encoder, dead_letters=io.send_dead_letter, signals=signals,
+                        blob_store=lambda folder: changelog_store(s, LocalBlobStore(folder),
+                                                                  encoder.fingerprint))
 
     def ready() -> bool:
         return pipeline.ready() and not io.rebalancing()
@@ -110,7 +119,7 @@ def run_worker(settings: Settings) -> None:
     if settings.encoder_kind == "transformer":  # PROFILES_ENCODER_THREADS (issue 14: the tail)
         set_torch_threads(settings.encoder_threads)
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
-                       kind=settings.encoder_kind)
+                       kind=settings.encoder_kind, dtype=settings.encoder_dtype)
     log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,
              time.monotonic() - t0)
     service = build_service(settings, enc)
@@ -118,8 +127,23 @@ def run_worker(settings: Settings) -> None:
     # Reach the broker (and create missing topics) before faust starts: an unreachable broker
     # is one line (BrokerError), not a crash inside faust's services.
     signals_topic = settings.signals_topic_name()
+    changelog, changelog_configs = changelog_topics(settings)
     create_topics(settings, {settings.events_topic: settings.partitions,
-                             settings.items_topic: 1, settings.dlq_topic: 1, signals_topic: 1},
+                             settings.items_topic: 1, settings.dlq_topic: 1, signals_topic: 1,
+                             **changelog},
                   timeout_s=max(30.0, settings.session_timeout_s * 3),
-                  configs={signals_topic: SIGNALS_TOPIC_CONFIG})
+                  configs={signals_topic: SIGNALS_TOPIC_CONFIG, **changelog_configs})
     run_app(service.app, settings.log_level)
+
+
+def run(settings: Settings) -> int:
+    """``profiles worker``: the plain worker in this process when ``processes`` resolves to 1,
+    else that many supervised worker processes behind one port (``stream.serve.front``)."""
+    from stream.serve.front import run_supervised
+    from stream.worker.supervisor import process_count
+
+    n = process_count(settings)
+    if n == 1:  # no parent, no hop: exactly the plain worker
+        run_worker(settings)
+        return 0
+    return run_supervised(settings, n)

@@ -69,10 +69,19 @@ class Settings:
     partitions: int = field(default=4, metadata={"help": "partitions of the events topic when created"})
     group_id: str = field(default="profiles", metadata={"help": "consumer group / faust app id"})
     state_dir: str = field(default="./state", metadata={"help": "where partition snapshots live"})
+    changelog: bool = field(default=True, metadata={
+        "help": "write partition state to a compacted Kafka changelog topic too, so any worker "
+                "restores a partition it gains from Kafka (the state folder is then a cache)"})
+    changelog_topic: str = field(default="", metadata={
+        "help": "the changelog topic ('' = <events topic>-changelog; compacted, one partition "
+                "per events partition)"})
     snapshot_interval_s: float = field(default=2.0, metadata={
         "help": "a changed partition is snapshotted once its last snapshot is this old"})
     snapshot_budget: float = field(default=0.05, metadata={
         "help": "most share of the event loop's time spent serialising snapshots (stretches the interval)"})
+    snapshot_max_deltas: int = field(default=16, metadata={
+        "help": "incremental snapshots (deltas) on a partition's base before the next full one; "
+                "one comes sooner once the deltas outgrow the base (0 = every snapshot full)"})
     half_life_ms: float = field(default=7 * 24 * 3600 * 1000.0, metadata={"help": "profile half-life in event time (ms)"})
     event_weights: str = field(
         default=format_weights(DEFAULT_WEIGHTS),  # the event-type table's weights
@@ -104,6 +113,10 @@ class Settings:
     encoder_path: str = field(default="", metadata={"help": "model folder (empty: the bundled all-MiniLM-L6-v2)"})
     encoder_device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     encoder_kind: str = field(default="transformer", metadata={"help": "transformer, or hashing (tests only)"})
+    encoder_dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 autocast on CUDA and on CPUs with avx512_bf16 or amx_bf16, else "
+                "fp32), fp32 or bf16; the vectors' fingerprint says bf16, so a switch needs "
+                "`profiles rebuild`"})
     encoder_batch: int = field(default=128, metadata={"help": "max texts per encoder batch"})
     encoder_threads: int = field(default=1, metadata={
         "help": "torch threads of the worker's encoder (0: torch's default, one per core); "
@@ -113,6 +126,10 @@ class Settings:
         "help": "bytes of query vectors (with their texts) kept in the LRU query cache (0: none)"})
     http_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
     http_port: int = field(default=8080, metadata={"help": "HTTP port (API + /metrics)"})
+    processes: int = field(default=0, metadata={
+        "help": "worker processes of `profiles worker` on this host, one consumer-group member "
+                "each, supervised behind http_port (0: one per core, at most `partitions`; 1: "
+                "the plain worker, no supervisor)"})
     min_ts: int = field(default=0, metadata={"help": "reject events with ts (epoch ms) below this"})
     max_future_ms: int = field(default=86_400_000, metadata={
         "help": "reject ts (ts_in_future) beyond the earlier of the Kafka timestamp and the "
@@ -221,6 +238,9 @@ class Settings:
         "help": "auto index kind: vectors below which search is exact (>= 78)"})
     index_nprobe: int = field(default=0, metadata={
         "help": "IVF lists probed per search (0: a tenth of the lists, 32 to 256)"})
+    index_user_codes: str = field(default="SQ8", metadata={
+        "help": "users IVF codes above index_exact_below: SQ8/SQ6/SQ4/SQfp16 (compressed, re-ranked "
+                "exactly from the profiles: no float32 copy) or Flat"})
     explain_events: int = field(default=5, metadata={
         "help": "recent events and co-visited items listed per candidate by /candidates?explain=1 "
                 "(1..100; the rest are summed)"})
@@ -298,6 +318,10 @@ class Settings:
         events topic, e.g. a test's, has its own)."""
         return self.signals_topic or f"{self.events_topic}.signals"
 
+    def changelog_topic_name(self) -> str:
+        """The state changelog topic: ``changelog_topic``, else ``<events topic>-changelog``."""
+        return self.changelog_topic or f"{self.events_topic}-changelog"
+
     def cache_path(self) -> Path:
         """Folder for downloaded data sets (``cache_dir``, else the XDG cache folder)."""
         if self.cache_dir:
@@ -318,6 +342,8 @@ class Settings:
                 problems.append(f"{name} must be > 0, got {value}")
         if self.snapshot_budget > 1:
             problems.append(f"snapshot_budget is a share of time, at most 1, got {self.snapshot_budget}")
+        if self.snapshot_max_deltas < 0:
+            problems.append(f"snapshot_max_deltas must be >= 0, got {self.snapshot_max_deltas}")
         for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes",
                      "fetch_max_bytes", "max_id_bytes", "parked_max_bytes", "batch_attempts"):
             if getattr(self, name) < 1:
@@ -358,8 +384,12 @@ class Settings:
             problems.append(f"explore_weight must be in [0, 1], got {self.explore_weight}")
         if not 0 < self.http_port < 65536:
             problems.append(f"http_port must be in 1..65535, got {self.http_port}")
+        if not 0 <= self.processes <= 1024:
+            problems.append(f"processes must be in 0..1024 (0: one per core), got {self.processes}")
         if self.encoder_device not in ("auto", "cpu", "cuda"):
             problems.append(f"encoder_device must be auto, cpu or cuda, got {self.encoder_device!r}")
+        if self.encoder_dtype not in ("auto", "fp32", "bf16"):
+            problems.append(f"encoder_dtype must be auto, fp32 or bf16, got {self.encoder_dtype!r}")
         if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             problems.append(f"security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "
                             f"got {self.security_protocol!r}")
@@ -375,6 +405,11 @@ class Settings:
             problems.append(f"ttl_watermark_rank must be >= 1, got {self.ttl_watermark_rank}")
         if self.max_future_ms < 0:
             problems.append(f"max_future_ms must be >= 0, got {self.max_future_ms}")
+        topic = self.changelog_topic
+        if topic and (len(topic) > 249 or topic in (".", "..") or not all(
+                c.isascii() and (c.isalnum() or c in "._-") for c in topic)):
+            problems.append(f"changelog_topic must be a Kafka topic name (letters, digits, '.', "
+                            f"'_', '-'; at most 249), got {topic!r}")
         if self.rate_limit_window_ms < 1:
             problems.append(f"rate_limit_window_ms must be >= 1, got {self.rate_limit_window_ms}")
         for name in ("signals_publish_ms", "signals_recent_n", "signals_covis_top_m",
@@ -405,6 +440,9 @@ class Settings:
             problems.append(f"index_exact_below must be >= 78, got {self.index_exact_below}")
         if self.index_nprobe < 0:
             problems.append(f"index_nprobe must be >= 0 (0: auto), got {self.index_nprobe}")
+        if self.index_user_codes not in ("Flat", "SQfp16", "SQ8", "SQ6", "SQ4"):
+            problems.append("index_user_codes must be Flat, SQfp16, SQ8, SQ6 or SQ4, got "
+                            f"{self.index_user_codes!r}")
         try:
             self.search_params()
         except ValueError as exc:

@@ -19,7 +19,7 @@ def real_encoder():
     """The bundled all-MiniLM-L6-v2 on CPU, fp32, loaded once per test session."""
     from encoder import TransformerEncoder
 
-    return TransformerEncoder(device="cpu")
+    return TransformerEncoder(device="cpu", dtype="fp32")  # auto is bf16 on AVX512_BF16 CPUs
 
 
 # ---------------------------------------------------------------------------- integration
@@ -110,7 +110,8 @@ def start_worker(broker, topics, tmp_path):
 
     def start(**overrides):
         values = {"bootstrap_servers": broker.bootstrap, "state_dir": str(state_dir),
-                  "http_port": free_port(), "session_timeout_s": 6.0, **topics, **overrides}
+                  "http_port": free_port(), "session_timeout_s": 6.0,
+                  "encoder_dtype": "fp32", **topics, **overrides}  # the oracles are fp32
         settings = Settings.from_env({}, **values)
         w = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log").start()
         workers.append(w)

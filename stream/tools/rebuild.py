@@ -22,8 +22,10 @@ from typing import Any
 
 from encoder import load_encoder
 from stream.core.errors import ConfigError, StateError
+from stream.kafka.changelog import changelog_store
 from stream.kafka.highwater import read_to_high_watermark
 from stream.settings import Settings
+from stream.worker.blobs import LocalBlobStore
 from stream.worker.pipeline import Pipeline
 from stream.worker.ports import Header
 from stream.worker.records import Record
@@ -46,7 +48,11 @@ async def rebuild_state(s: Settings, link: Path) -> dict[str, Any]:
                                 headers: list[Header]) -> None:
         dead["n"] += 1  # already dead-lettered when the live worker first saw them
 
-    pipe = Pipeline(s.replace(state_dir=str(out_dir)), enc, dead_letters=count_dead_letter)
+    # written where the workers read it: through the changelog (PROFILES_CHANGELOG) in the
+    # model's namespace, else a worker restoring from Kafka would never see the rebuilt state
+    pipe = Pipeline(s.replace(state_dir=str(out_dir)), enc, dead_letters=count_dead_letter,
+                    blob_store=lambda folder: changelog_store(s, LocalBlobStore(folder),
+                                                              enc.fingerprint))
     pipe.encoder_service.start()
     t0 = time.monotonic()
     try:
@@ -67,6 +73,9 @@ async def rebuild_state(s: Settings, link: Path) -> dict[str, Any]:
         await pipe.snapshot(everything=True)
     finally:
         await pipe.encoder_service.stop()
+        close = getattr(pipe.blobs, "close", None)  # the changelog's clients
+        if close is not None:
+            await asyncio.get_running_loop().run_in_executor(None, close)
     summary = pipe.summary()
     return {"model": pipe.model, "items": items, "events": events, "state_dir": str(out_dir),
             "offsets": {p: st.next_offset for p, st in sorted(pipe.states.items())},

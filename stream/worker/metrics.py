@@ -24,7 +24,7 @@ from stream.worker.latency import StageHistograms
 from stream.worker.state import PartitionState
 
 __all__ = ["LATENCY_BUCKETS", "BanditArmsCollector", "BatchHistogram", "Metrics",
-           "StateCollector"]
+           "StateCollector", "SupervisorMetrics"]
 
 States = Callable[[], Iterable[PartitionState]]
 # Prometheus's own float formatting of bucket bounds ("0.005", "10.0", "+Inf"); untyped upstream.
@@ -221,6 +221,9 @@ class Metrics:
             "Items of the items topic left out of the catalogue, by reason (bad_json, "
             "non_finite_vector, encoder_error, ...)", ["reason"], registry=r)
         self.index_vectors = Gauge("profiles_index_vectors", "Vectors in each FAISS index", ["index"], registry=r)
+        self.index_info = Gauge(
+            "profiles_index_info", "1 for the FAISS factory string each index searches with now "
+            "(Flat: exact)", ["index", "kind"], registry=r)
         self.lag = Gauge(
             "profiles_consumer_lag", "Fetch high watermark minus next offset to apply",
             ["topic", "partition"], registry=r,
@@ -257,6 +260,11 @@ class Metrics:
         self.snapshot_seconds = Histogram(
             "profiles_snapshot_seconds", "Wall time to write a state snapshot",
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        # issue 12: kind = base (the whole partition) or delta (what changed since the last)
+        self.snapshot_bytes = Counter(
+            "profiles_snapshot_bytes", "Bytes of state snapshots written, by kind",
+            ["kind"], registry=r,
         )
         self.ready = Gauge("profiles_ready", "1 when state recovery has finished", registry=r)
         self.candidates = Counter(
@@ -296,3 +304,23 @@ class Metrics:
                 gauge.remove(topic, str(partition))
             except KeyError:
                 pass
+
+
+class SupervisorMetrics:
+    """The parent's own metrics under ``profiles worker --processes N``
+    (``stream.worker.supervisor``; served merged with the children's by ``stream.serve.front``,
+    where each child's series get a ``process`` label, its slot).  ``own`` holds the parent's
+    process collector (its series get ``process="supervisor"``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.restarts = Counter(
+            "profiles_supervisor_restarts",
+            "Worker processes started again after they exited, by process slot",
+            ["process"], registry=self.registry)
+        self.process_up = Gauge(
+            "profiles_supervisor_process_up",
+            "1 when the worker process runs and its /metrics answered the parent's last scrape",
+            ["process"], registry=self.registry)
+        self.own = CollectorRegistry()
+        ProcessCollector(registry=self.own)

@@ -41,11 +41,13 @@ from stream.core.events import Event
 from stream.core.eventtypes import EVENT_TYPES, QUERY_TYPES
 from stream.core.signals import Signals
 from stream.settings import Settings
+from stream.worker.blobs import BlobStore, LocalBlobStore
 from stream.worker.catalog import ItemCatalog
 from stream.worker.classify import Accepted, classify, forget_cuts, rate_cap, split_forgets
 from stream.worker.deadletter import DeadLetter, dead_letter
+from stream.worker.deltas import continues
 from stream.worker.encoding import EncoderService
-from stream.worker.indexes import index_spec
+from stream.worker.indexes import index_spec, publish_index_info, users_index_spec
 from stream.worker.latency import BatchTiming, observe_applied, observe_parked
 from stream.worker.metrics import Metrics
 from stream.worker.ports import (
@@ -62,7 +64,7 @@ from stream.worker.profiles import ProfileStore
 from stream.worker.records import Record
 from stream.worker.segments import Segments
 from stream.worker.sharing import SharedSignals
-from stream.worker.snapshots import Scheduler, SnapshotStore
+from stream.worker.snapshots import Scheduler, SnapshotStore, snapshot_kind
 from stream.worker.state import Parked, PartitionState
 
 __all__ = ["PUBLISH_CHUNK", "Pipeline"]
@@ -97,7 +99,8 @@ class Pipeline:
     """One worker's state and the batch step that changes it."""
 
     def __init__(self, settings: Settings, encoder: Encoder, *, dead_letters: DeadLetterSink,
-                 clock: Clock | None = None, signals: SignalSink | None = None) -> None:
+                 clock: Clock | None = None, signals: SignalSink | None = None,
+                 blob_store: Callable[[Path], BlobStore] | None = None) -> None:
         self.s = settings
         self.limits = settings.limits()
         self.pp = settings.profile_params()
@@ -109,7 +112,7 @@ class Pipeline:
         self.model: str = encoder.fingerprint
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.send_dlq = _guarded(dead_letters)
-        self.profiles = ProfileStore(self.dim, index_spec(settings).make(self.dim, "users"))
+        self.profiles = ProfileStore(self.dim, users_index_spec(settings))
         self.metrics = Metrics(self.profiles.partitions, top_arms=settings.bandit_top_arms)
         # signals=None (rebuild, tools): the view is kept, nothing is published
         self.send_signals = signals
@@ -128,7 +131,11 @@ class Pipeline:
         # another model's directory, and a worker still on the old model must keep writing into
         # the directory it started with (issue 10, point 9)
         state_dir = Path(settings.state_dir).resolve()
-        self.store = SnapshotStore(state_dir, settings.events_topic)
+        # where the snapshots' blobs go: the folder, or (the worker) the Kafka changelog with
+        # the folder as its cache (``blob_store``, stream.kafka.changelog)
+        self.blobs: BlobStore = (blob_store or LocalBlobStore)(state_dir)
+        self.store = SnapshotStore(state_dir, settings.events_topic, self.blobs,
+                                   max_deltas=settings.snapshot_max_deltas)
         self.items_store = SnapshotStore(state_dir, settings.items_topic)
         self.schedule = Scheduler(settings.snapshot_interval_s, settings.snapshot_budget,
                                   self.clock.monotonic)
@@ -139,6 +146,7 @@ class Pipeline:
         self.broken: str | None = None
         self._applying = False
         self.assigned_once = asyncio.Event()
+        self.loading = 0  # partitions being read (restored) right now: not ready meanwhile
         self._catalog_saved = 0
         self._catalog_version_seen = 0
         # parked events: the last tick of each partition's park clock (the state it was for,
@@ -153,13 +161,19 @@ class Pipeline:
 
     def ready(self) -> bool:
         """The catalogue and the signals topic are caught up and the first assignment is
-        loaded."""
+        loaded (and no partition is being loaded now)."""
         return (self.catalog.caught_up.is_set() and self.sharing.caught_up.is_set()
-                and self.assigned_once.is_set())
+                and self.assigned_once.is_set() and not self.loading)
 
     # ------------------------------------------------------------------ assignment
     def load_partition(self, partition: int) -> PartitionState:
         """Load a partition's snapshot (or start empty) and index its users."""
+        return self.adopt(*self.read_partition(partition))
+
+    def read_partition(self, partition: int) -> tuple[PartitionState, bool]:
+        """A partition's state from its snapshot (or empty) and whether there was one; blocks
+        (the store may restore it from Kafka) and touches nothing the worker serves, so it
+        runs on an executor thread (:meth:`assign`)."""
         d = self.store.read(partition)
         s = self.s
         if d is None:
@@ -175,20 +189,34 @@ class Pipeline:
             st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, s.dedupe_window,
                                           s.rate_limit_events, s.rate_limit_window_ms, self.sp,
                                           ttl_rank=s.ttl_watermark_rank, ip=self.ip)
+            if continues(d, st):  # the next snapshot: a delta on what was loaded
+                st.journal.parent = self.store.tip(partition)
+        return st, d is not None
+
+    def adopt(self, st: PartitionState, from_snapshot: bool) -> PartitionState:
+        """Own ``st`` (of :meth:`read_partition`): index its users, serve it (on the loop)."""
+        partition = st.partition
         self.profiles.add(st)
         self.segments.loaded(st)
         self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None)
         log.info("partition %d: resumed at offset %d from %s (%d users, %d parked)", partition,
-                 st.next_offset, "snapshot" if d is not None else "empty state",
+                 st.next_offset, "snapshot" if from_snapshot else "empty state",
                  len(st.profiles), len(st.parked))
         self._refresh_sizes()
         return st
 
     async def assign(self, partitions: Iterable[int]) -> None:
+        loop = asyncio.get_running_loop()
         async with self.lock:
             for p in partitions:
                 if p not in self.profiles:
-                    self.load_partition(p)
+                    # reading may restore from the changelog (seconds): off the loop, which
+                    # answers requests meanwhile (/readyz: 503 until the assignment is loaded)
+                    self.loading += 1
+                    try:
+                        self.adopt(*await loop.run_in_executor(None, self.read_partition, p))
+                    finally:
+                        self.loading -= 1
         self.assigned_once.set()
 
     async def revoke(self, partitions: Iterable[int]) -> None:
@@ -294,9 +322,12 @@ class Pipeline:
 
     async def _store(self, partition: int, blob: bytes, t0: float) -> None:
         """The durable write, on an executor thread; ``t0``: when serialising began."""
-        await asyncio.get_running_loop().run_in_executor(None, self.store.write, partition, blob)
+        written = await asyncio.get_running_loop().run_in_executor(None, self.store.write,
+                                                                   partition, blob)
         self.metrics.snapshots.inc()
         self.metrics.snapshot_seconds.observe(time.perf_counter() - t0)
+        if written:
+            self.metrics.snapshot_bytes.labels(snapshot_kind(blob)).inc(len(blob))
 
     async def _write_snapshot(self, st: PartitionState) -> None:
         if self.broken is not None:
@@ -470,6 +501,7 @@ class Pipeline:
                     st.outcomes[(r.etype, "rejected")] += 1
                     if r.user is not None:
                         st.dlq_keys.setdefault(r.user, []).append(r.dlq_key)
+                        st.journal.users.add(r.user)
                     st.next_offset = rec.offset + 1
                     self.schedule.dirty.add(st.partition)
                     self.metrics.applied_offset.labels(self.s.events_topic,
@@ -541,6 +573,11 @@ class Pipeline:
 
         # ---- apply: synchronous from here on -------------------------------------
         self._applying = True
+        for a in c.accepted:  # the users whose rows the next (incremental) snapshot writes
+            a.st.journal.users.add(a.ev.user_id)
+        for r in rejects:
+            if r.user is not None:
+                r.st.journal.users.add(r.user)
         applying = timing.clock() if timing is not None else 0.0
         now = self.clock.wall()
         for r in rejects:
@@ -759,6 +796,7 @@ class Pipeline:
                         dead: list[DeadLetter], ready: dict[int, list[Parked]]) -> None:
         gone = {id(pk) for _, pk, _ in expired} | {id(pk) for pks in ready.values() for pk in pks}
         for r, (st, pk, reason) in zip(dead, expired):
+            st.journal.users.add(pk.event.user_id)
             st.dedupe.discard(pk.event.user_id, pk.event.event_id)
             st.rate.refund(pk.event.user_id, pk.rate_window)
             if pk.counted:
@@ -864,6 +902,8 @@ class Pipeline:
     def _refresh_sizes(self) -> None:
         self.metrics.index_vectors.labels("users").set(self.profiles.indexed())
         self.metrics.index_vectors.labels("items").set(len(self.catalog.index))
+        publish_index_info(self.metrics.index_info, users=self.profiles.index,
+                           items=self.catalog.index)
 
     def update_lag(self, highwater: Callable[[int], int | None]) -> None:
         topic = self.s.events_topic

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from stream.core.errors import ProfilesError
+from stream.kafka.changelog import KafkaBlobStore
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.tools.replay import load_items
@@ -61,6 +62,15 @@ def test_rebuild_with_a_new_model_then_swap(broker, topics, dataset, oracle_vect
     result = json.loads(out.stdout)
     assert result["events"] == len(events) and result["events_applied"] == len(events)
     assert os.readlink(link) == os.path.basename(result["state_dir"]) != "state-v1"
+    # the rebuilt state is in the changelog too, in the new model's namespace: a worker on
+    # another host (an empty folder) restores it, not the state before the rebuild
+    rebuilt = Settings.from_env({}, bootstrap_servers=broker.bootstrap, **topics)
+    log = KafkaBlobStore(rebuilt, namespace=result["model"])
+    try:
+        manifests = log.names(f"{topics['events_topic']}-")
+        assert [n for n in manifests if n.endswith("/manifest")], manifests
+    finally:
+        log.close()
 
     new = start_worker(state_dir=str(link))
     new.wait_ready(240)

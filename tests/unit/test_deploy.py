@@ -35,6 +35,7 @@ GRAFANA_PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 # exposed sample names follow from the type; test_worker_metrics_constant_is_current keeps
 # this list honest against the real registry.
 WORKER_METRICS = {
+    "profiles_snapshot_bytes": "counter",
     "profiles_events": "counter",
     "profiles_dlq": "counter",
     "profiles_bandit_impressions": "counter",
@@ -50,6 +51,7 @@ WORKER_METRICS = {
     "profiles_encoder_texts": "counter",
     "profiles_encoder_errors": "counter",
     "profiles_index_vectors": "gauge",
+    "profiles_index_info": "gauge",
     "profiles_consumer_lag": "gauge",
     "profiles_next_offset": "gauge",
     "profiles_redelivered": "counter",
