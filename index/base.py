@@ -2,7 +2,9 @@
 
 The worker keeps two indexes: ``items`` (the catalogue) and ``users`` (look-alikes).  Both are
 made by :func:`index.make_index`; a new kind (HNSW, IVF, ...) is a new module next to
-``flat.py`` implementing this protocol, plus a branch in ``make_index``.  Vectors are
+``flat.py`` implementing this protocol, plus a branch in ``make_index``.  The id bookkeeping
+(string ids <-> int64 slots, reused after removals, and the read side: ``get``, ``state``, ...)
+is :class:`index.slots.SlotIndex`, which ``flat.py`` and ``ivf.py`` subclass.  Vectors are
 L2-normalised float32 rows of the encoder's dimension; scores are inner products.
 """
 

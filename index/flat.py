@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import faiss
 import numpy as np
 
-from stream.core.errors import IndexShapeError
+from index.slots import SlotIndex, checked
 
 
-def checked(arr: np.ndarray, dim: int, name: str, what: str, allow_1d: bool = False
-            ) -> np.ndarray:
-    """``arr`` as contiguous float32 [n, dim]; an IndexShapeError naming the expected and
-    actual shape, a non-numeric dtype or the first row with NaN/inf."""
-    a = np.asarray(arr)
-    label = name or "index"
-    given = list(a.shape)  # report the caller's shape, not our reshaped one
-    if allow_1d and a.ndim == 1:
-        a = a.reshape(1, -1)
-    if a.ndim != 2 or a.shape[1] != dim:
-        expected = f"[n, {dim}]" + (f" or [{dim}]" if allow_1d else "")
-        raise IndexShapeError(f"{label}: {what} must have shape {expected}, got {given}")
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-        raise IndexShapeError(f"{label}: {what} must be real numbers, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(a).all():
-        bad = int((~np.isfinite(a)).any(axis=1).argmax())
-        raise IndexShapeError(f"{label}: {what} row {bad} has NaN or inf (after float32 cast)")
-    return a
-
-
-class FlatIndex:
-    """`faiss.IndexFlatIP` plus a string-id <-> int64-slot map.
+class FlatIndex(SlotIndex):
+    """`faiss.IndexFlatIP` over the string-id <-> slot map of :class:`index.slots.SlotIndex`
+    (a slot is a row of FAISS's storage).
 
     Upserts of known ids overwrite their row in FAISS storage in place (no rebuild);
     removed rows are zeroed and their slots reused by later inserts. Search over-fetches
@@ -43,14 +22,8 @@ class FlatIndex:
     """
 
     def __init__(self, dim: int, name: str = "") -> None:
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
-        self.dim = dim
-        self.name = name
+        super().__init__(dim, name)
         self._index = faiss.IndexFlatIP(dim)
-        self._slot_of: dict[str, int] = {}
-        self._id_at: list[str | None] = []  # slot -> id, None for free slots
-        self._free: list[int] = []
         self._view = np.empty((0, dim), dtype=np.float32)
 
     @property
@@ -72,66 +45,37 @@ class FlatIndex:
             flat = faiss.rev_swig_ptr(self._index.get_xb(), n * self.dim)
             self._view = flat.reshape(n, self.dim)
 
+    def _read(self, slots: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self._view[slots]  # fancy indexing: a copy
+        return out
+
+    def _row(self, slot: int) -> np.ndarray:
+        return self._view[slot].copy()
+
     def _check(self, arr: np.ndarray, what: str, allow_1d: bool = False) -> np.ndarray:
         return checked(arr, self.dim, self.name, what, allow_1d)
 
     # -- mutation --------------------------------------------------------------
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite vectors; within one call the last duplicate id wins."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a sequence of str, not a single str")
-        ids = list(ids)
-        vecs = self._check(vectors, "vectors")
-        if len(ids) != vecs.shape[0]:
-            raise IndexShapeError(
-                f"{self.name or 'index'}: {len(ids)} ids but vectors has shape {list(vecs.shape)}"
-            )
-        last: dict[str, int] = {}
-        for row, id_ in enumerate(ids):
-            if not isinstance(id_, str):
-                raise TypeError(f"id at position {row} is {type(id_).__name__}, expected str")
-            last[id_] = row  # later duplicates overwrite earlier ones
-        new_rows: list[int] = []
-        new_ids: list[str] = []
-        old_slots: list[int] = []
-        old_rows: list[int] = []
-        slot_of = self._slot_of
-        for id_, row in last.items():
-            slot = slot_of.get(id_)
-            if slot is None and self._free:
-                slot = self._free.pop()
-                slot_of[id_] = slot
-                self._id_at[slot] = id_
-            if slot is None:
-                new_ids.append(id_)
-                new_rows.append(row)
-            else:
-                old_slots.append(slot)
-                old_rows.append(row)
-        if old_slots:  # one vectorised scatter into FAISS's storage
-            self._view[old_slots] = vecs[old_rows]
-        if new_ids:
-            start = self._index.ntotal
-            self._index.add(vecs[new_rows])
-            for offset, id_ in enumerate(new_ids):
-                self._slot_of[id_] = start + offset
-                self._id_at.append(id_)
+        last, vecs = self._rows_by_id(ids, vectors)
+        if not last:
+            return
+        slots = self._assign(last)
+        rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        old = slots < self._index.ntotal  # new slots past the end come in ascending order
+        if old.any():  # one vectorised scatter into FAISS's storage
+            self._view[slots[old]] = vecs[rows[old]]
+        if not old.all():
+            self._index.add(vecs[rows[~old]])
             self._refresh_view()
 
     def remove(self, ids: Iterable[str]) -> int:
         """Drop ids (unknown ones are ignored); returns how many were live."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be an iterable of str, not a single str")
-        removed = 0
-        for id_ in ids:
-            slot = self._slot_of.pop(id_, None)
-            if slot is None:
-                continue
-            self._view[slot] = 0.0  # scores 0 until reused; filtered in search anyway
-            self._id_at[slot] = None
-            self._free.append(slot)
-            removed += 1
-        return removed
+        gone = self._release(ids)
+        if gone:
+            self._view[gone] = 0.0  # scores 0 until reused; filtered in search anyway
+        return len(gone)
 
     # -- queries ---------------------------------------------------------------
     def search(
@@ -164,54 +108,3 @@ class FlatIndex:
                     break
             results.append(hits)
         return results
-
-    def get_many(self, ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """Vectors of ``ids`` (zero rows for unknown ids) and the positions that are unknown."""
-        slot_of = self._slot_of
-        slots = [slot_of.get(i, -1) for i in ids]
-        missing = [pos for pos, slot in enumerate(slots) if slot < 0]
-        if not missing:
-            return self._view[slots], missing
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        known = [pos for pos, slot in enumerate(slots) if slot >= 0]
-        if known:
-            out[known] = self._view[[slots[pos] for pos in known]]
-        return out, missing
-
-    def get(self, id: str) -> np.ndarray | None:
-        """Copy of the stored vector, or None if the id is not live."""
-        slot = self._slot_of.get(id)
-        return None if slot is None else self._view[slot].copy()
-
-    def __len__(self) -> int:
-        return len(self._slot_of)
-
-    def __contains__(self, id: object) -> bool:
-        return id in self._slot_of
-
-    def ids(self) -> list[str]:
-        """Live ids in slot order."""
-        return [i for i in self._id_at if i is not None]
-
-    # -- snapshots ---------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Compact snapshot of live rows: {"dim", "name", "ids", "vectors" [n, dim] float32}."""
-        live = [s for s, i in enumerate(self._id_at) if i is not None]
-        return {
-            "dim": self.dim,
-            "name": self.name,
-            "ids": [self._id_at[s] for s in live],
-            "vectors": self._view[live].copy() if live else np.empty((0, self.dim), np.float32),
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> FlatIndex:
-        """Rebuild from state(); the result has no free slots."""
-        idx = cls(int(state["dim"]), name=str(state.get("name", "")))
-        ids = list(state["ids"])
-        if ids:
-            idx.upsert(ids, state["vectors"])
-        elif np.asarray(state["vectors"]).size:
-            shape = list(np.shape(state["vectors"]))
-            raise IndexShapeError(f"state has no ids but vectors of shape {shape}")
-        return idx

@@ -41,8 +41,7 @@ from typing import Any
 import faiss as _faiss_typed
 import numpy as np
 
-from index.flat import checked
-from stream.core.errors import IndexShapeError
+from index.slots import SlotIndex, checked
 
 # FAISS's partial type stubs lack the IVF/HNSW search parameters and the direct map
 faiss: Any = _faiss_typed
@@ -98,19 +97,16 @@ class _Build:
         self.held: np.ndarray | None = None  # catch-up: slot -> version held by ``index``
 
 
-class IvfIndex:
+class IvfIndex(SlotIndex):
     """Exact below ``exact_below`` vectors, IVF (HNSW coarse quantiser) with live updates and
     removals above it; the :class:`index.base.VectorIndex` protocol either way."""
 
     def __init__(self, dim: int, name: str = "", *, exact_below: int = DEFAULT_EXACT_BELOW,
                  nprobe: int = 0, background: bool = True, seed: int = 0,
                  codes: str = "Flat", source: VectorSource | None = None) -> None:
-        if dim <= 0:
-            raise ValueError(f"dim must be positive, got {dim}")
+        super().__init__(dim, name)
         if codes not in CODES:
             raise ValueError(f"unknown IVF codes {codes!r}; expected one of {CODES}")
-        self.dim = dim
-        self.name = name
         self.exact_below = max(int(exact_below), 2 * MIN_POINTS_PER_LIST)
         self.nprobe = int(nprobe)
         self.background = background
@@ -119,9 +115,6 @@ class IvfIndex:
         self.source = source
         # the IVF replaces the matrix as the store unless its codes are lossy with no source
         self._ivf_is_store = codes == "Flat" or source is not None
-        self._slot_of: dict[str, int] = {}
-        self._id_at: list[str | None] = []  # slot -> id, None for free slots
-        self._free: list[int] = []
         self._live = np.zeros(0, dtype=bool)  # slot -> live
         self._ver = np.zeros(0, dtype=np.uint32)  # slot -> change counter
         self._mat: np.ndarray | None = np.zeros((0, dim), dtype=np.float32)  # exact store
@@ -200,34 +193,10 @@ class IvfIndex:
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert or overwrite; within one call the last duplicate id wins."""
         self._poll()
-        if isinstance(ids, str):
-            raise TypeError("ids must be a sequence of str, not a single str")
-        ids = list(ids)
-        vecs = checked(vectors, self.dim, self.name, "vectors")
-        if len(ids) != vecs.shape[0]:
-            raise IndexShapeError(
-                f"{self.name or 'index'}: {len(ids)} ids but vectors has shape {list(vecs.shape)}"
-            )
-        last: dict[str, int] = {}
-        for row, id_ in enumerate(ids):
-            if not isinstance(id_, str):
-                raise TypeError(f"id at position {row} is {type(id_).__name__}, expected str")
-            last[id_] = row  # later duplicates overwrite earlier ones
+        last, vecs = self._rows_by_id(ids, vectors)
         if not last:
             return
-        slot_of, id_at, free = self._slot_of, self._id_at, self._free
-        slots = np.empty(len(last), dtype=np.int64)
-        for j, id_ in enumerate(last):
-            slot = slot_of.get(id_)
-            if slot is None:
-                if free:
-                    slot = free.pop()
-                    id_at[slot] = id_
-                else:
-                    slot = len(id_at)
-                    id_at.append(id_)
-                slot_of[id_] = slot
-            slots[j] = slot
+        slots = self._assign(last)
         vals = vecs[np.fromiter(last.values(), dtype=np.int64, count=len(last))]
         self._ensure(int(slots.max()) + 1)
         self._ver[slots] += 1
@@ -242,15 +211,7 @@ class IvfIndex:
     def remove(self, ids: Iterable[str]) -> int:
         """Drop ids (unknown ones are ignored); returns how many were live."""
         self._poll()
-        if isinstance(ids, str):
-            raise TypeError("ids must be an iterable of str, not a single str")
-        gone: list[int] = []
-        for id_ in ids:
-            slot = self._slot_of.pop(id_, None)
-            if slot is not None:
-                self._id_at[slot] = None
-                self._free.append(slot)
-                gone.append(slot)
+        gone = self._release(ids)
         if gone:
             slots = np.array(gone, dtype=np.int64)
             self._ver[slots] += 1
@@ -360,54 +321,9 @@ class IvfIndex:
             results.append(hits)
         return results
 
-    def get(self, id: str) -> np.ndarray | None:
-        """A copy of the stored vector, or None if the id is not live."""
-        slot = self._slot_of.get(id)
-        if slot is None:
-            return None
-        return np.array(self._read(np.array([slot], dtype=np.int64))[0], dtype=np.float32)
-
-    def get_many(self, ids: Sequence[str]) -> tuple[np.ndarray, list[int]]:
-        """Vectors of ``ids`` (zero rows for unknown ids) and the positions that are unknown."""
-        slot_of = self._slot_of
-        slots = [slot_of.get(i, -1) for i in ids]
-        missing = [pos for pos, slot in enumerate(slots) if slot < 0]
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        known = [pos for pos, slot in enumerate(slots) if slot >= 0]
-        if known:
-            out[known] = self._read(np.array([slots[p] for p in known], dtype=np.int64))
-        return out, missing
-
-    def __len__(self) -> int:
-        return len(self._slot_of)
-
-    def __contains__(self, id: object) -> bool:
-        return id in self._slot_of
-
-    def ids(self) -> list[str]:
-        """Live ids in slot order."""
-        return [i for i in self._id_at if i is not None]
-
-    # -- snapshots ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Live rows only (ids and vectors): the IVF is rebuilt from them on load."""
-        live = np.flatnonzero(self._live[: len(self._id_at)])
-        return {"dim": self.dim, "name": self.name,
-                "ids": [self._id_at[s] for s in live.tolist()],
-                "vectors": self._read(live).copy()}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], **options: Any) -> IvfIndex:
-        """Rebuild from :meth:`state` (validated like :meth:`FlatIndex.from_state`)."""
-        dim = int(state["dim"])
-        idx = cls(dim, name=str(state.get("name", "")), **options)
-        ids = list(state["ids"])
-        if ids:
-            idx.upsert(ids, state["vectors"])
-        elif np.asarray(state["vectors"]).size:
-            shape = list(np.shape(state["vectors"]))
-            raise IndexShapeError(f"state has no ids but vectors of shape {shape}")
-        return idx
+    def _live_slots(self) -> np.ndarray:
+        # the slots' liveness is kept as an array here: no walk over the id list
+        return np.flatnonzero(self._live[: len(self._id_at)])
 
     # -- training ------------------------------------------------------------------------------
     def _maybe_train(self) -> None:

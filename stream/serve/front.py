@@ -6,6 +6,8 @@ advertises to the group, ``stream.worker.supervisor``).  The front
 - forwards every API request, body and ``Authorization`` included, to a running child in
   turn; that child answers it or forwards it once to the owner of the user's partition, as any
   worker does (``stream.serve.routing``), so a request costs at most one more loopback hop;
+  a body over ``PROFILES_FRONT_MAX_BODY_BYTES`` gets 413 there, neither read whole nor
+  forwarded (``profiles_front_bodies_rejected_total``);
 - answers ``/metrics`` with every child's exposition merged, each child's series labelled
   ``process="<slot>"`` (and the parent's own: restarts, which children answered, its process
   collector with ``process="supervisor"``).  prometheus-client's multiprocess mode is not
@@ -124,6 +126,7 @@ class Front:
     def __init__(self, supervisor: Supervisor, *, scrape_timeout_s: float = 3.0,
                  proxy_timeout_s: float = 30.0) -> None:
         self.sup = supervisor
+        self.max_body_bytes = supervisor.settings.front_max_body_bytes
         self.scrape_timeout_s = scrape_timeout_s
         self.proxy_timeout_s = proxy_timeout_s
         self._next = 0
@@ -142,7 +145,7 @@ class Front:
             await self._session.close()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=4 << 20)
+        app = web.Application(client_max_size=self.max_body_bytes)
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -216,7 +219,13 @@ class Front:
         children = self.sup.running()
         if not children:
             return web.json_response({"error": "no worker process running"}, status=503)
-        body = await request.read()
+        # a declared length is refused before reading; a chunked body once it outgrows the bound
+        if (request.content_length or 0) > self.max_body_bytes:
+            return self._too_large()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
         headers = {k: request.headers[k] for k in _REQUEST_HEADERS if k in request.headers}
         start = self._next
         self._next += 1
@@ -238,6 +247,12 @@ class Front:
             except TimeoutError:
                 break
         return web.json_response({"error": "worker processes unreachable"}, status=503)
+
+    def _too_large(self) -> web.Response:
+        self.sup.metrics.front_bodies_rejected.inc()
+        return web.json_response(
+            {"error": f"request body over {self.max_body_bytes} bytes "
+                      "(PROFILES_FRONT_MAX_BODY_BYTES)"}, status=413)
 
 
 def _json(raw: bytes) -> dict[str, Any]:

@@ -19,9 +19,7 @@ One supervised worker (two children, real encoder, snapshots every second) behin
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -29,40 +27,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.tools.replay import load_items, replay
 from tests.conftest import assert_matches_oracle, kafka, total_outcomes
-from tests.integration.test_prometheus import GRAFANA_VARS, WINDOW_S, Prometheus
-from tests.unit.test_deploy import DASHBOARD, PROM_RULES_DIR
+from tests.prom import MALFORMED, WINDOW_S, mixed_log, needs_prometheus, shipped_rules
+from tests.unit.test_deploy import DASHBOARD
 
-pytestmark = [
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(shutil.which("prometheus") is None,
-                       reason="prometheus not on PATH (Debian/Ubuntu: apt-get install prometheus)"),
-]
+pytestmark = [pytest.mark.timeout(600), needs_prometheus]
 
 RATE = 350.0
 N_FIRST = 10_000
-MALFORMED = ("bad_json", "unknown_type", "missing_field")
-
-
-def _malformed_every_100(events: list[dict], path: Path) -> tuple[Path, int]:
-    bad = 0
-    with path.open("w") as f:
-        for i, e in enumerate(events):
-            f.write(json.dumps(e) + "\n")
-            if i % 100 == 0:
-                kind = MALFORMED[(i // 100) % len(MALFORMED)]
-                base = {"event_id": f"bad-{i}", "user_id": e["user_id"], "ts": e["ts"]}
-                f.write({"bad_json": f'{{"event_id": "bad-{i}", "user_id": ',
-                         "unknown_type": json.dumps({**base, "type": "teleport",
-                                                     "item_id": "i00001"}),
-                         "missing_field": json.dumps({**base, "type": "view"})}[kind] + "\n")
-                bad += 1
-    return path, bad
 
 
 def _child_stats(url: str) -> dict:
@@ -79,7 +55,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_two_processes_scraped_by_prometheus_and_one_sigkilled(
-        broker, topics, dataset, oracle_vectors, start_worker, tmp_path):
+        broker, topics, dataset, oracle_vectors, start_worker, start_prometheus, tmp_path):
     ds, paths = dataset
     t_test = time.monotonic()
     partitions = Settings().partitions
@@ -102,12 +78,12 @@ def test_two_processes_scraped_by_prometheus_and_one_sigkilled(
     worker.wait_ready(60)
     t_ready = time.monotonic() - t_test
 
-    prom = Prometheus(tmp_path, f"127.0.0.1:{worker.settings.http_port}").start()
+    prom = start_prometheus(f"127.0.0.1:{worker.settings.http_port}")
     try:
-        prom.wait_for(lambda: [v for _, v in prom.query('up{job="profiles"}')] == [1.0], 60,
-                      "the first scrape")
+        prom.wait_scraped()
         # ------------------------------------------------------------ 1. a live replay
-        log, bad = _malformed_every_100(ds.events[:N_FIRST], tmp_path / "first.jsonl")
+        log, mixed = mixed_log(ds.events[:N_FIRST], tmp_path / "first.jsonl", probes=False)
+        bad = sum(mixed.values())
         sent = replay(log, kafka(broker.bootstrap), topic=topics["events_topic"], rate=RATE,
                       progress=False)
         t_end = time.time()
@@ -117,24 +93,11 @@ def test_two_processes_scraped_by_prometheus_and_one_sigkilled(
         assert at - WINDOW_S > t_start + 5.0, sent  # the rate window lies inside the replay
         worker.wait_for(lambda: total_outcomes(worker) == N_FIRST + bad, 300,
                         "every record of the first part to have an outcome")
-        prom.wait_for(lambda: any(v >= at + 2 for _, v in
-                                  prom.query('timestamp(up{job="profiles"})')), 30,
-                      "a scrape after the evaluation time")
-
-        dashboard = json.loads(DASHBOARD.read_text())
-        answers: dict[str, list[tuple[dict, float]]] = {}
-        for p in dashboard["panels"]:
-            for t in p["targets"]:
-                q = t["expr"]
-                for var, value in GRAFANA_VARS.items():
-                    q = q.replace(var, value)
-                result = prom.query(q, at)
-                assert result, f"panel {p['title']!r}: no data for {q}"
-                assert all(math.isfinite(v) for _, v in result), (p["title"], result)
-                answers[p["title"] + f"#{p['targets'].index(t)}"] = result
+        prom.wait_scraped(after=at, timeout_s=30)
+        answers = prom.panels(json.loads(DASHBOARD.read_text()), at)
 
         def panel(title: str, i: int = 0) -> list[tuple[dict, float]]:
-            return answers[f"{title}#{i}"]
+            return answers[title, i]
 
         events_rate = sum(v for _, v in panel("Events/s by type and outcome"))
         replayed = sent.sent / sent.seconds
@@ -167,19 +130,9 @@ def test_two_processes_scraped_by_prometheus_and_one_sigkilled(
 
         prom.wait_for(sizes, 30, "each child's index sizes")
 
-        shipped = [r for f in sorted(PROM_RULES_DIR.glob("*.yml"))
-                   for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]]
-        for r in shipped:  # a healthy run: no alert's condition holds
+        for r in shipped_rules():  # a healthy run: no alert's condition holds
             assert prom.query(r["expr"], at) == [], (r["alert"], prom.query(r["expr"], at))
-
-        def rules_evaluated():
-            rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
-            if {r["name"] for r in rules} == {r["alert"] for r in shipped} and all(
-                    r.get("lastEvaluation", "").startswith("20") for r in rules):
-                return rules
-            return None
-
-        rules = prom.wait_for(rules_evaluated, 30, "every rule to be evaluated")
+        rules = prom.wait_rules_evaluated()
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
         assert [r["name"] for r in rules if r.get("state") != "inactive"] == []
     finally:
