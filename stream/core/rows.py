@@ -119,6 +119,25 @@ class UserRows:
         self._index = {u: i for i, u in enumerate(users)}
         self._next = n
 
+    def share_ids(self, other: UserRows) -> int:
+        """Hold ``other``'s string object of each user id both tables know, instead of an equal
+        copy: tables loaded from one snapshot each decode their own copy of every id (~50-60
+        bytes per user per table).  The rows, their order and every answer stay the same.
+        Returns how many ids are now shared."""
+        theirs, names = other._index, other._names
+        shared = 0
+        index: dict[str, int] = {}
+        for u, row in self._index.items():
+            r = theirs.get(u)
+            name = None if r is None else names[r]
+            if name is not None:
+                u = name
+                shared += 1
+            index[u] = row
+            self._names[row] = u
+        self._index = index
+        return shared
+
     def state_of(self, users: Sequence[str]) -> dict[str, Any]:
         """``state()`` (the subclass's format) of only those of ``users`` that are live, in
         that order: an incremental snapshot's rows (``stream.worker.deltas``)."""
