@@ -78,19 +78,30 @@ def oracle_interests(
     threshold: float,
 ) -> dict[str, tuple[int, list[float], np.ndarray]]:
     """Per user, events one at a time in the given (offset) order, the multi-interest rule of
-    README "Multi-interest profiles": {user: (anchor, importances, float16 means [n, dim])}.
+    README "Multi-interest profiles": {user: (anchor, importances, stored means [n, dim])}.
 
     anchor = newest ts so far (importances rescaled when it moves); c = w * 2**((ts-anchor)/H);
     c == 0: nothing else.  The nearest interest by cosine (first on ties) takes the event when
     the cosine >= threshold (W += c; mean += c/W * (v - mean)); otherwise it is a new interest,
     and with k already the closest pair of the k+1 (first pair on ties) becomes their W-weighted
-    mean in the first one's place.  Means are rounded to float16 after every event.
+    mean in the first one's place.  Means are stored as int8 codes times a float32 scale per
+    interest (scale = float32(max|x| / 127), code = round-half-even(x / scale) in [-127, 127])
+    after every event; the stored means are returned as float64 (codes times scales).
     """
+    f32max = float(np.finfo(np.float32).max)
+
+    def q8(x: np.ndarray) -> np.ndarray:
+        s = float(np.float32(min(float(np.max(np.abs(x))) / 127.0, f32max)))
+        if s == 0.0:
+            return np.zeros(len(x), dtype=np.float64)
+        codes = np.clip(np.rint(x / s), -127, 127).astype(np.int8)
+        return codes.astype(np.float64) * s
+
     def cos(a: np.ndarray, b: np.ndarray) -> float:
         na, nb = float(np.sqrt(np.dot(a, a))), float(np.sqrt(np.dot(b, b)))
         return float(np.dot(a, b)) / (na * nb) if na > 0 and nb > 0 else 0.0
 
-    users: dict[str, list] = {}  # user -> [anchor, [W...], [mean f16 ...]]
+    users: dict[str, list] = {}  # user -> [anchor, [W...], [stored mean ...]]
     for e in events:
         v = _event_vector(e, item_vectors, query_vectors)
         if v is None:
@@ -105,17 +116,17 @@ def oracle_interests(
         if c == 0.0:
             continue
         ws, ms = st[1], st[2]
-        sims = [cos(m.astype(np.float64), v) for m in ms]
+        sims = [cos(m, v) for m in ms]
         best = max(range(len(ms)), key=lambda i: (sims[i], -i)) if ms else -1
         if best >= 0 and sims[best] >= threshold:
             ws[best] += c
-            m = ms[best].astype(np.float64)
-            ms[best] = (m + (c / ws[best]) * (v - m)).astype(np.float16)
+            m = ms[best]
+            ms[best] = q8(m + (c / ws[best]) * (v - m))
             continue
         ws.append(c)
-        ms.append(v.astype(np.float16))
+        ms.append(q8(v))
         if len(ms) > k:
-            cand = [m.astype(np.float64) for m in ms[:-1]] + [v]
+            cand = [*ms[:-1], v]
             pair, top = (0, 1), -np.inf
             for i in range(len(cand)):
                 for j in range(i + 1, len(cand)):
@@ -127,8 +138,8 @@ def oracle_interests(
             merged = ((ws[i] * cand[i] + ws[j] * cand[j]) / tot if tot > 0
                       else 0.5 * (cand[i] + cand[j]))
             ws[i] = tot
-            ms[i] = merged.astype(np.float16)
+            ms[i] = q8(merged)
             del ws[j], ms[j]
     dim = next((len(v) for v in item_vectors.values()), 0)
-    return {u: (st[0], list(st[1]), np.array(st[2], dtype=np.float16).reshape(len(st[2]), dim))
+    return {u: (st[0], list(st[1]), np.array(st[2], dtype=np.float64).reshape(len(st[2]), dim))
             for u, st in users.items()}

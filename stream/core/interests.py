@@ -1,11 +1,12 @@
 """Multi-interest profiles: up to K decayed interest vectors per user (pure: stdlib + numpy).
 
 Each user has at most ``k`` interests.  An interest is a decayed weighted *mean* of the event
-vectors assigned to it, stored as ``float16[dim]``, with its *importance* ``W``: the decayed
-weight ``sum_e w_e * 2**((ts_e - anchor) / H)`` of those events, float64, relative to the user's
+vectors assigned to it, stored as int8 codes with a float32 scale (:func:`quantise`; a pool
+row per interest in use), with its *importance* ``W``: the decayed weight
+``sum_e w_e * 2**((ts_e - anchor) / H)`` of those events, float64, relative to the user's
 anchor (the newest event time seen, exactly as in :mod:`stream.core.profile`).  ``W * mean`` is
 the interest's decayed weighted sum, so ``sum_i W_i * mean_i`` is the single profile's sum (up
-to the float16 rounding of the means).
+to the int8 rounding of the means).
 
 The rule, per event ``(ts, w, v)`` of a user, in the order the events are applied:
 
@@ -20,7 +21,8 @@ The rule, per event ``(ts, w, v)`` of a user, in the order the events are applie
    slot pair ``(i, j)`` on ties) into slot ``i`` as their ``W``-weighted mean, ``W_i + W_j``;
    slot ``j`` is removed and the later ones move up.
 
-After each event the touched means are rounded to float16: the live state has the precision of
+After each event the touched means are rounded to int8 codes (:func:`quantise`; after a merge
+all ``k``, which leaves the untouched ones as they were): the live state has the precision of
 the snapshot, so a restart that loads the snapshot and replays the rest of the log reaches
 bit-identical interests.
 
@@ -58,9 +60,11 @@ __all__ = [
     "InterestTable",
     "Interests",
     "allocate_quotas",
+    "dequantise",
     "load_interests",
     "merge_hits",
     "multi_interest_hits",
+    "quantise",
     "snapshot_params",
 ]
 
@@ -68,7 +72,10 @@ DEFAULT_INTEREST_K = 4
 DEFAULT_INTEREST_THRESHOLD = 0.5
 MAX_INTEREST_K = 32
 
-_MEAN_DTYPE = np.float16
+_CODE_DTYPE = np.int8
+_SCALE_DTYPE = np.float32
+_QMAX = 127.0
+_SCALE_MAX = float(np.finfo(np.float32).max)
 _WORK = np.float64
 _PER_USER_FROM = 4  # a user with this many events in a batch is applied on its own (_run)
 
@@ -176,12 +183,49 @@ def _merge_closest(means: np.ndarray, weight: np.ndarray, v: np.ndarray, c: np.n
     return cand[keep].reshape(m, k, dim), cw[keep].reshape(m, k)
 
 
-class InterestTable(UserRows):
-    """The interests of many users in contiguous arrays: a row per user, capacity doubling.
+def quantise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``x`` (float64 [..., dim]) as int8 codes [..., dim] and float32 scales [...]:
+    ``scale = float32(max|x| / 127)``, ``code = rint(x / scale)`` clipped to [-127, 127]; a
+    zero row is all-zero codes with scale 0.  Element-wise, so any batch shape gives the same
+    bits; idempotent: ``quantise(dequantise(q, s)) == (q, s)``."""
+    x = np.asarray(x, dtype=_WORK)
+    s = np.minimum(np.abs(x).max(axis=-1) / _QMAX, _SCALE_MAX).astype(_SCALE_DTYPE)
+    s64 = s.astype(_WORK)
+    q = np.rint(x / np.where(s64 > 0, s64, 1.0)[..., None])
+    return np.clip(q, -_QMAX, _QMAX).astype(_CODE_DTYPE), s
 
-    Per row: ``anchor`` int64, ``count`` uint8, ``weight`` float64 [k], ``mean`` float16 [k, dim]
-    (``8 + 1 + 8k + 2k*dim`` bytes: 3,113 for k=4, dim 384).  Row bookkeeping (``remove``,
-    ``idle``, ``users``): :class:`stream.core.rows.UserRows`.
+
+def dequantise(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float64 values of int8 ``codes`` [..., dim] with float32 ``scales`` [...] (exact)."""
+    out: np.ndarray = codes.astype(_WORK) * scales.astype(_WORK)[..., None]
+    return out
+
+
+def _quantise1(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.ndarray]:
+    """:func:`quantise` of one row (float64 [dim]) with the scale in Python, and the stored
+    values: (codes as float64 integers, scale, codes times scale) -- the same bits."""
+    m = float(np.abs(x).max()) / _QMAX
+    s = np.float32(m if m < _SCALE_MAX else _SCALE_MAX)
+    s64 = float(s)
+    q = np.rint(x / (s64 if s64 > 0 else 1.0))
+    if not m < _SCALE_MAX:  # otherwise |q| <= 127 already
+        q = np.clip(q, -_QMAX, _QMAX)
+    out: np.ndarray = q * s64
+    return q, s, out
+
+
+class InterestTable(UserRows):
+    """The interests of many users in contiguous arrays: a row per user, capacity doubling,
+    and a pool of interest vectors that only the interests in use take.
+
+    Per user row: ``anchor`` int64, ``count`` uint8, ``weight`` float64 [k], ``slot`` int32 [k]
+    (the pool rows of the user's interests, the first ``count`` valid): ``9 + 12k`` bytes.
+    Per interest in use, a pool row: int8 codes [dim] and a float32 scale (``dim + 4`` bytes,
+    :func:`quantise`); an unused slot costs no pool row.  So ``9 + 12k + n(dim + 4)`` bytes for
+    a user with ``n`` interests: 1,609 for 4 of k=4 at dim 384, 833 for 2 (the float16 means
+    of earlier versions took 3,113 whatever ``n``).  Freed pool rows (forget, expiry) are
+    zeroed and reused first.  Row bookkeeping (``remove``, ``idle``, ``users``):
+    :class:`stream.core.rows.UserRows`.
     """
 
     def __init__(self, dim: int, params: InterestParams, capacity: int = 1024) -> None:
@@ -194,22 +238,88 @@ class InterestTable(UserRows):
         cap = len(self._anchor)
         self._count = np.zeros(cap, dtype=np.uint8)
         self._weight = np.zeros((cap, self.k), dtype=np.float64)
-        self._mean = np.zeros((cap, self.k, self.dim), dtype=_MEAN_DTYPE)
+        self._slot = np.zeros((cap, self.k), dtype=np.int32)
+        self._code = np.zeros((cap, self.dim), dtype=_CODE_DTYPE)  # the pool
+        self._scale = np.zeros(cap, dtype=_SCALE_DTYPE)
+        self._pool_next = 0  # pool rows [0, _pool_next) have been handed out at least once
+        self._pool_free = np.zeros(0, dtype=np.int32)  # a stack of released pool rows
+        self._n_free = 0
 
     @property
     def bytes_per_user(self) -> int:
-        return 8 + 1 + 8 * self.k + 2 * self.k * self.dim
+        """Array bytes of a user holding all ``k`` interests (fewer take ``dim + 4`` less each)."""
+        return 8 + 1 + 12 * self.k + self.k * (self.dim + 4)
+
+    def nbytes_in_use(self) -> int:
+        """Array bytes the live users' rows and the pool rows in use take (capacity aside)."""
+        return len(self) * (8 + 1 + 12 * self.k) + self.pool_rows() * (self.dim + 4)
+
+    def pool_rows(self) -> int:
+        """Pool rows in use: the interests of all live users."""
+        return self._pool_next - self._n_free
 
     # -- rows (bookkeeping in UserRows) ---------------------------------------------------
     def _resize(self, new_cap: int) -> None:
         self._count = grown(self._count, new_cap)
         self._weight = grown(self._weight, new_cap)
-        self._mean = grown(self._mean, new_cap)
+        self._slot = grown(self._slot, new_cap)
 
     def _clear(self, row: int) -> None:
+        self._give(self._slot[row, : int(self._count[row])])
         self._count[row] = 0
         self._weight[row] = 0.0
-        self._mean[row] = 0.0
+        self._slot[row] = 0
+
+    def _take(self, m: int) -> np.ndarray:
+        """``m`` pool rows: released ones first (newest released first), then new ones."""
+        out = np.empty(m, dtype=np.int64)
+        got = min(m, self._n_free)
+        if got:
+            top = self._n_free
+            out[:got] = self._pool_free[top - got: top][::-1]
+            self._n_free = top - got
+        rest = m - got
+        if rest:
+            start = self._pool_next
+            need = start + rest
+            cap = len(self._scale)
+            if need > cap:
+                while cap < need:
+                    cap *= 2
+                self._code = grown(self._code, cap)
+                self._scale = grown(self._scale, cap)
+            out[got:] = np.arange(start, need)
+            self._pool_next = need
+        return out
+
+    def _give(self, prows: np.ndarray) -> None:
+        """Release pool rows (zeroed: a forgotten user's interests do not linger)."""
+        m = int(prows.shape[0])
+        if not m:
+            return
+        self._code[prows] = 0
+        self._scale[prows] = 0.0
+        need = self._n_free + m
+        if need > len(self._pool_free):
+            self._pool_free = grown(self._pool_free, max(need, 2 * len(self._pool_free)))
+        self._pool_free[self._n_free: need] = prows
+        self._n_free = need
+
+    def _stored(self, rows: np.ndarray) -> np.ndarray:
+        """The stored means of ``rows`` as float64 [m, k, dim] (zero beyond each count)."""
+        valid = np.arange(self.k)[None, :] < self._count[rows][:, None]
+        p = np.where(valid, self._slot[rows], 0)
+        out = dequantise(self._code[p], self._scale[p])
+        out[~valid] = 0.0
+        return out
+
+    def _put(self, prows: np.ndarray, means: np.ndarray) -> np.ndarray:
+        """Store ``means`` (float64 [..., dim]) quantised at pool rows ``prows`` [...];
+        returns the stored values (float64)."""
+        q, s = quantise(means)
+        self._code[prows] = q
+        self._scale[prows] = s
+        return dequantise(q, s)
 
     # -- updates --------------------------------------------------------------------------
     def apply(
@@ -272,28 +382,30 @@ class InterestTable(UserRows):
             rows, c, v, weight = rows[act], c[act], v[act], weight[act]
         k, m = self.k, rows.shape[0]
         count = self._count[rows].astype(np.int64)
-        means = self._mean[rows].astype(_WORK)  # [m, k, dim]
+        means = self._stored(rows)  # [m, k, dim]
         sims = _cosines(_dots(means, v[:, None, :]), _dots(means, means), _dots(v, v)[:, None])
         sims[np.arange(k)[None, :] >= count[:, None]] = -np.inf
         best = np.argmax(sims, axis=1)
         join = (count > 0) & (sims[np.arange(m), best] >= self.params.threshold)
         j = np.flatnonzero(join)
-        if j.shape[0]:  # only the joined slot changes: convert just that one back
+        if j.shape[0]:  # only the joined slot changes
             b = best[j]
             wj = weight[j, b] + c[j]
             mj = means[j, b]
-            self._mean[rows[j], b] = (mj + (c[j] / wj)[:, None] * (v[j] - mj)).astype(_MEAN_DTYPE)
+            self._put(self._slot[rows[j], b], mj + (c[j] / wj)[:, None] * (v[j] - mj))
             weight[j, b] = wj
         o = np.flatnonzero(~join & (count < k))
         if o.shape[0]:
             slot = count[o]
-            self._mean[rows[o], slot] = v[o].astype(_MEAN_DTYPE)
+            p = self._take(o.shape[0])
+            self._slot[rows[o], slot] = p
+            self._put(p, v[o])
             weight[o, slot] = c[o]
             self._count[rows[o]] = (slot + 1).astype(np.uint8)
         f = np.flatnonzero(~join & (count >= k))
-        if f.shape[0]:
+        if f.shape[0]:  # k interests in, k out: the user's pool rows are reused in slot order
             mf, weight[f] = _merge_closest(means[f], weight[f], v[f], c[f])
-            self._mean[rows[f]] = mf.astype(_MEAN_DTYPE)
+            self._put(self._slot[rows[f]], mf)
         self._weight[rows] = weight
 
     def _run(self, row: int, ts: np.ndarray, w: np.ndarray, v: np.ndarray) -> None:
@@ -313,7 +425,9 @@ class InterestTable(UserRows):
         vv = _dots(v, v).tolist()
         cnt = int(self._count[row])
         weight = self._weight[row].tolist()
-        means = self._mean[row].astype(_WORK)  # [k, dim], the stored float16 values
+        slots = self._slot[row]  # a view: opened slots are written through it
+        pending: dict[int, tuple[np.ndarray, Any]] = {}  # slot -> (codes, scale), written last
+        means = self._stored(np.array([row]))[0]  # [k, dim], the stored values
         sq = _dots(means, means).tolist()
         for e in range(len(c)):
             sc = scale[e]
@@ -332,15 +446,15 @@ class InterestTable(UserRows):
             if b >= 0 and top >= thr:
                 wj = weight[b] + ce
                 mj = means[b]
-                m16 = (mj + (ce / wj) * (ve - mj)).astype(_MEAN_DTYPE)
-                self._mean[row, b] = m16
-                means[b] = m16
+                q, sc8, means[b] = _quantise1(mj + (ce / wj) * (ve - mj))
+                pending[b] = (q, sc8)
                 sq[b] = float(_dots(means[b], means[b]))
                 weight[b] = wj
             elif cnt < k:
-                m16 = ve.astype(_MEAN_DTYPE)
-                self._mean[row, cnt] = m16
-                means[cnt] = m16
+                p = int(self._take(1)[0])
+                slots[cnt] = p
+                q, sc8, means[cnt] = _quantise1(ve)
+                pending[cnt] = (q, sc8)
                 sq[cnt] = float(_dots(means[cnt], means[cnt]))
                 weight[cnt] = ce
                 cnt += 1
@@ -360,33 +474,36 @@ class InterestTable(UserRows):
                             else 0.5 * (cand[pi] + cand[pj]))
                 cw[pi] = tot
                 keep = [i for i in range(k + 1) if i != pj]
-                # only the merged row and the new event's are new values: round just those
-                fresh = [s for s, i in enumerate(keep) if i in (pi, k)]
-                stored = self._mean[row]
-                stored[: k] = np.concatenate([stored, ve[None].astype(_MEAN_DTYPE)])[keep]
-                stored[fresh] = cand[[keep[s] for s in fresh]].astype(_MEAN_DTYPE)
-                means = cand[keep]
-                means[fresh] = stored[fresh]
-                sq = [csq[i] for i in keep]
-                for s in fresh:
-                    sq[s] = float(_dots(means[s], means[s]))
+                q8, s8 = quantise(cand[keep])
+                means = dequantise(q8, s8)
+                pending = {i: (q8[i], s8[i]) for i in range(k)}  # every slot: shifted
+                sq = _dots(means, means).tolist()
                 weight = [cw[i] for i in keep]
+        for i, (q, sc8) in pending.items():
+            p = int(slots[i])
+            self._code[p] = q
+            self._scale[p] = sc8
         self._weight[row] = weight
         self._count[row] = cnt
         self._anchor[row] = int(new[-1])
 
     # -- reads ----------------------------------------------------------------------------
+    def _means_of(self, row: int) -> np.ndarray:
+        n = int(self._count[row])
+        p = self._slot[row, :n]
+        return dequantise(self._code[p], self._scale[p])
+
     def get(self, user: str) -> Interests | None:
         """The user's interests (slot order), or None for an unknown user."""
         row = self._index.get(user)
         if row is None:
             return None
         n = int(self._count[row])
-        means = self._mean[row, :n].astype(np.float32)
+        means = self._means_of(row)
         return Interests(
-            vectors=_unit_rows(means.astype(np.float64)).astype(np.float32),
+            vectors=_unit_rows(means).astype(np.float32),
             importance=self._weight[row, :n].copy(),
-            means=means,
+            means=means.astype(np.float32),
             anchor_ts=int(self._anchor[row]),
         )
 
@@ -400,17 +517,25 @@ class InterestTable(UserRows):
         return self._count[rows].copy()
 
     def raw(self, user: str) -> tuple[int, np.ndarray, np.ndarray] | None:
-        """(anchor_ts, float64 importances, float16 means) copies, for tests."""
+        """(anchor_ts, float64 importances, float64 stored means: the int8 codes times their
+        scales, exact) copies, for tests."""
         row = self._index.get(user)
         if row is None:
             return None
         n = int(self._count[row])
-        return int(self._anchor[row]), self._weight[row, :n].copy(), self._mean[row, :n].copy()
+        return int(self._anchor[row]), self._weight[row, :n].copy(), self._means_of(row)
 
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Live rows only, data-only (numpy arrays in the live dtypes: float16 means)."""
+        """Live rows only, data-only: per user its anchor, count, ``k`` importances, and ``k``
+        int8 code rows with their float32 scales (zero beyond the count)."""
         users, rows = self._live_rows()
+        valid = np.arange(self.k)[None, :] < self._count[rows][:, None]
+        p = np.where(valid, self._slot[rows], 0)
+        codes = self._code[p]
+        codes[~valid] = 0
+        scales = self._scale[p]
+        scales[~valid] = 0.0
         return {
             "k": self.k,
             "threshold": self.params.threshold,
@@ -419,45 +544,70 @@ class InterestTable(UserRows):
             "anchors": self._anchor[rows].copy(),
             "counts": self._count[rows].copy(),
             "weights": self._weight[rows].copy(),
-            "means": self._mean[rows].copy(),
+            "codes": codes,
+            "scales": scales,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], dim: int, params: InterestParams
                    ) -> InterestTable:
         """Rebuild from :meth:`state`.  A snapshot of another ``k`` is refitted: a larger one
-        merges each user's closest pairs (rule step 3) until ``k`` are left."""
+        merges each user's closest pairs (rule step 3) until ``k`` are left.  A snapshot of an
+        earlier version (float16 ``means``) loads with its means quantised (:func:`quantise`)."""
         users = [str(u) for u in state["users"]]
         n = len(users)
         sk = int(state["k"])
         anchors = np.asarray(state["anchors"], dtype=np.int64).reshape(-1)
         counts = np.asarray(state["counts"]).astype(np.int64).reshape(-1)
         weights = np.asarray(state["weights"], dtype=np.float64)
-        means = np.asarray(state["means"])
-        if (anchors.shape != (n,) or counts.shape != (n,) or weights.shape != (n, sk)
-                or means.shape != (n, sk, dim) or means.dtype != _MEAN_DTYPE):
+        if "codes" in state:
+            codes = np.asarray(state["codes"])
+            scales = np.asarray(state["scales"])
+            ok = (codes.dtype == _CODE_DTYPE and codes.shape == (n, sk, dim)
+                  and scales.dtype == _SCALE_DTYPE and scales.shape == (n, sk))
+            got = f"codes {codes.shape} {codes.dtype}, scales {scales.shape} {scales.dtype}"
+        else:  # written before int8 codes: float16 means
+            means = np.asarray(state["means"])
+            ok = means.shape == (n, sk, dim) and means.dtype == np.float16
+            got = f"means {means.shape} {means.dtype}"
+            if ok:
+                codes, scales = quantise(means.astype(_WORK))
+        if not ok or anchors.shape != (n,) or counts.shape != (n,) or weights.shape != (n, sk):
             raise ValueError(
                 f"interests state does not match dim {dim}: {n} users, k {sk}, anchors "
-                f"{anchors.shape}, counts {counts.shape}, weights {weights.shape}, means "
-                f"{means.shape} {means.dtype}")
+                f"{anchors.shape}, counts {counts.shape}, weights {weights.shape}, {got}")
         if len(set(users)) != n:
             raise ValueError("interests state has duplicate users")
         if n and (counts.min() < 0 or counts.max() > sk):
             raise ValueError(f"interests state has counts outside [0, {sk}]")
+        if not (np.isfinite(scales).all() and (scales >= 0).all()):
+            raise ValueError("interests state has scales that are not finite and >= 0")
         table = cls(dim, params, capacity=max(n, 1))
         table._load_rows(users, anchors)
-        kk = min(sk, table.k)
-        table._weight[:n, :kk] = weights[:, :kk]
-        table._mean[:n, :kk] = means[:, :kk]
-        table._count[:n] = np.minimum(counts, table.k).astype(np.uint8)
-        for r in np.flatnonzero(counts > table.k).tolist():
-            m = means[r, : counts[r]].astype(np.float64)[None]
-            wt = weights[r, : counts[r]][None]
-            while m.shape[1] > table.k:
+        k = table.k
+        kk = min(sk, k)
+        codes_k, scales_k, weights_k = (codes[:, :kk].copy(), scales[:, :kk].copy(),
+                                         weights[:, :kk].copy())
+        for r in np.flatnonzero(counts > k).tolist():  # refit: merge down to k
+            c_r = int(counts[r])
+            m = dequantise(codes[r:r + 1, :c_r], scales[r:r + 1, :c_r])
+            wt = weights[r:r + 1, :c_r]
+            while m.shape[1] > k:
                 km = m.shape[1] - 1
                 m, wt = _merge_closest(m[:, :km], wt[:, :km], m[:, km], wt[:, km])
-            table._mean[r] = m[0].astype(_MEAN_DTYPE)
-            table._weight[r] = wt[0]
+            codes_k[r], scales_k[r] = quantise(m[0])
+            weights_k[r] = wt[0]
+        cnt = np.minimum(counts, k)
+        valid = np.arange(kk)[None, :] < cnt[:, None]
+        total = int(valid.sum())
+        table._weight[:n, :kk] = weights_k
+        table._count[:n] = cnt.astype(np.uint8)
+        p = table._take(total)
+        slots = np.zeros((n, kk), dtype=np.int64)
+        slots[valid] = p
+        table._slot[:n, :kk] = slots
+        table._code[p] = codes_k[valid]
+        table._scale[p] = scales_k[valid]
         return table
 
 

@@ -271,6 +271,11 @@ def report(probe: DiversityProbe, n_boot: int, seed: int
                 "mean": round(float(np.mean(counts)), 3),
                 "histogram": {str(c): int(n) for c, n in zip(*np.unique(counts,
                                                                          return_counts=True))}}
+            t = timed.table  # what the interests of every user of the replay take in memory
+            out["state_bytes_per_user"] = {
+                "mean": round(t.nbytes_in_use() / max(len(t), 1), 1),
+                "all_k": t.bytes_per_user,
+                "how": "array bytes of the live rows and interest pool rows (int8 codes)"}
         if timed is not None and timed.events:
             us_i = 1e6 * timed.seconds["interests"] / timed.events
             us_p = 1e6 * timed.seconds["profile"] / timed.events

@@ -85,12 +85,13 @@ def test_the_content_explanation_is_the_real_decomposition_over_logged_events(tm
                     assert math.isclose(ex["similarity"], want_sim, abs_tol=1e-5)
                     assert len(ex["events"]) <= 3
                     # the same similarity split over the user's interests (their means sum to
-                    # the profile's sum, up to their fp16 storage)
+                    # the profile's sum, up to their int8 storage: 0.0075 seen here, under
+                    # 2e-3 with fp16)
                     si = c["explain"]["interests"]
                     parts_i = [i["contribution"] for i in si["interests"]]
                     assert math.isclose(sum(parts_i) + si["remainder"], ex["similarity"],
                                         abs_tol=1e-9)
-                    assert abs(si["remainder"]) < 2e-3 and len(parts_i) <= s.interests_k
+                    assert abs(si["remainder"]) < 2e-2 and len(parts_i) <= s.interests_k
                     # every listed event is a logged event of this user, with its real share
                     logged = defaultdict(list)
                     for e, p in buffered:

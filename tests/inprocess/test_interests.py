@@ -74,8 +74,9 @@ def test_interests_equal_the_oracle_and_a_restart_replays_them_exactly(tmp_path:
             assert got[0] == anchor
             np.testing.assert_allclose(got[1], ws, rtol=1e-12, atol=0)
             assert np.array_equal(got[2], means), u
-            # the single profile is the importance-weighted sum of the interests
-            assert float(tables[u].profile() @ profiles[u]) >= 1 - 1e-5
+            # the single profile is the importance-weighted sum of the interests (up to the
+            # int8 rounding of the means: measured worst 0.99918 here)
+            assert float(tables[u].profile() @ profiles[u]) >= 1 - 2e-3
         assert max(len(ws) for _, ws, _ in want.values()) == 3  # some users have several
 
     asyncio.run(main())

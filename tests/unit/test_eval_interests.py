@@ -260,6 +260,8 @@ def test_multi_interest_rows_and_report(tmp_path: Path) -> None:
     assert out["best_baseline"] in {"popularity", "content_untuned", "covis", "content_single",
                                     "content_multi"}  # a hybrid variant is no baseline
     assert rep["interests_per_user"]["mean"] > 1
+    mem = rep["state_bytes_per_user"]  # fewer than k interests take fewer pool rows
+    assert 0 < mem["mean"] <= mem["all_k"] and (mem["all_k"] - 9 - 12 * 4) % 4 == 0
     # the report's Recall@20 is the evaluator's (same cases, same expected-rank metric)
     for m in rep["methods"]:
         assert rep["methods"][m]["recall@20"]["mean"] == pytest.approx(

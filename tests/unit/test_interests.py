@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 from stream.core.interests import (
     InterestParams,
     InterestTable,
+    _quantise1,  # the per-user path's row quantiser
     allocate_quotas,
+    dequantise,
     merge_hits,
+    quantise,
 )
 from stream.core.profile import DEFAULT_WEIGHTS, ProfileParams, ProfileTable
 from tests.oracle import oracle_interests
@@ -99,7 +102,7 @@ def assert_oracle(table: InterestTable, items: dict[str, np.ndarray], events: li
         assert got is not None
         assert got[0] == anchor
         np.testing.assert_allclose(got[1], ws, rtol=1e-12, atol=0)
-        assert got[2].dtype == np.float16
+        assert got[2].dtype == np.float64
         assert np.array_equal(got[2], means), u
 
 
@@ -152,11 +155,105 @@ def test_state_is_data_only_and_compact() -> None:
     table = InterestTable(DIM, InterestParams(k=4))
     apply(table, items, log(4, items, 50))
     s = table.state()
-    assert s["means"].dtype == np.float16 and s["means"].shape == (len(table), 4, DIM)
-    assert table.bytes_per_user == 8 + 1 + 4 * 8 + 4 * DIM * 2
+    assert s["codes"].dtype == np.int8 and s["codes"].shape == (len(table), 4, DIM)
+    assert s["scales"].dtype == np.float32 and s["scales"].shape == (len(table), 4)
+    assert "means" not in s
+    assert table.bytes_per_user == 8 + 1 + 4 * 8 + 4 * 4 + 4 * (DIM + 4)
     assert {type(v) for v in s.values()} <= {int, float, list, np.ndarray}
     with pytest.raises(ValueError, match="does not match dim"):
         InterestTable.from_state(s, DIM + 1, InterestParams(k=4))
+    bad = {**s, "scales": np.full_like(s["scales"], np.nan)}
+    with pytest.raises(ValueError, match="scales"):
+        InterestTable.from_state(bad, DIM, InterestParams(k=4))
+
+
+def _row_bytes(table: InterestTable) -> int:
+    """Array bytes of one user row, from the arrays themselves (not the class's formula)."""
+    return sum(a[:1].nbytes for a in (table._anchor, table._count, table._weight, table._slot))
+
+
+def test_bytes_per_user_at_dim_384_fit_issue_12_budget() -> None:
+    """Issue 12: interests at K=4, dim 384 in <= ~1,600 B per user (float16 means took 3,113),
+    and an unused slot takes no vector: a user with one interest costs ~450 B."""
+    dim, k = 384, 4
+    rng = np.random.default_rng(0)
+    table = InterestTable(dim, InterestParams(k=k, threshold=0.99), capacity=1)
+    many = [f"m{i}" for i in range(50)]  # 4 distinct directions each: all k slots in use
+    one = [f"o{i}" for i in range(50)]  # one direction: one interest
+    users = [u for u in many for _ in range(k)] + [u for u in one for _ in range(3)]
+    vecs = rng.standard_normal((len(users), dim))
+    vecs[len(many) * k:] = np.repeat(rng.standard_normal((len(one), dim)), 3, axis=0)
+    table.apply(users, np.full(len(users), T0), np.ones(len(users)), vecs)
+    assert all(table.count(u) == k for u in many) and all(table.count(u) == 1 for u in one)
+    pool_row = table._code[:1].nbytes + table._scale[:1].nbytes
+    assert (_row_bytes(table), pool_row) == (8 + 1 + 8 * k + 4 * k, dim + 4)
+    assert table.pool_rows() == len(many) * k + len(one)
+    per_full = _row_bytes(table) + k * pool_row
+    assert per_full == table.bytes_per_user == 1_609
+    assert _row_bytes(table) + pool_row == 445
+    assert table.nbytes_in_use() == len(many) * per_full + len(one) * 445
+    # forget frees the pool rows (zeroed) and new interests reuse them: the pool stays put
+    top = table._pool_next
+    freed = np.concatenate([table._slot[table._index[u]] for u in many[:10]])
+    assert table._code[freed].any()
+    for u in many[:10]:
+        assert table.remove(u)
+    assert table.pool_rows() == top - 10 * k
+    assert not table._code[freed].any() and not table._scale[freed].any()
+    table.apply([f"n{i}" for i in range(10 * k)], np.full(10 * k, T0), np.ones(10 * k),
+                rng.standard_normal((10 * k, dim)))
+    assert table._pool_next == top and table.pool_rows() == top
+
+
+def test_quantise_is_per_row_int8_and_idempotent() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 7, DIM)) * rng.random((5, 7, 1)) * 10
+    x[0, 0] = 0.0
+    q, s = quantise(x)
+    assert q.dtype == np.int8 and s.dtype == np.float32 and s.shape == (5, 7)
+    assert np.abs(q).max() == 127 and not q[0, 0].any() and s[0, 0] == 0
+    np.testing.assert_array_equal(np.abs(q[1:, :]).max(axis=-1), 127)
+    back = dequantise(q, s)
+    assert (np.abs(back - x) <= s.astype(np.float64)[..., None] * 0.5 * (1 + 1e-6)).all()
+    q2, s2 = quantise(back)
+    assert np.array_equal(q2, q) and np.array_equal(s2, s)
+    one, s1 = quantise(x[2, 3])  # a single row: the same bits as within the batch
+    assert np.array_equal(one, q[2, 3]) and s1 == s[2, 3]
+    # the per-user path's scalar version, also where the scale saturates float32
+    for row in (x[2, 3], np.full(DIM, 1e300) * np.sign(x[1, 1]), np.zeros(DIM)):
+        qa, sa = quantise(row)
+        qb, sb, stored = _quantise1(row)
+        assert np.array_equal(qa, qb) and sa == sb
+        assert np.array_equal(dequantise(qa, sa), stored)
+
+
+def test_a_float16_snapshot_of_the_earlier_version_loads() -> None:
+    """Upgrade: a snapshot written with float16 ``means`` (hand-built here, as that version
+    wrote it) loads with each mean quantised; events then continue from it."""
+    rng = np.random.default_rng(9)
+    means = np.zeros((3, 4, DIM), dtype=np.float16)
+    means[0, :2] = rng.standard_normal((2, DIM))
+    means[1, :4] = rng.standard_normal((4, DIM))
+    old = {"k": 4, "threshold": 0.5, "half_life_ms": float(H), "users": ["a", "b", "c"],
+           "anchors": np.array([T0, T0 + 5, T0 + 9]), "counts": np.array([2, 4, 0], np.uint8),
+           "weights": np.array([[1.0, 2.0, 0, 0], [1.0, 1.5, 2.0, 0.25], [0, 0, 0, 0]]),
+           "means": means}
+    table = InterestTable.from_state(old, DIM, InterestParams(k=4, half_life_ms=H))
+    for r, u in enumerate(old["users"]):
+        anchor, ws, got = table.raw(u)
+        n = int(old["counts"][r])
+        assert anchor == old["anchors"][r] and np.array_equal(ws, old["weights"][r, :n])
+        assert np.array_equal(got, dequantise(*quantise(means[r, :n].astype(np.float64))))
+        if n:
+            assert np.abs(got - means[r, :n]).max() <= np.abs(means[r, :n]).max() / 254 + 1e-6
+    assert table.pool_rows() == 6
+    again = InterestTable.from_state(table.state(), DIM, InterestParams(k=4, half_life_ms=H))
+    assert_same(table, again)
+    smaller = InterestTable.from_state(old, DIM, InterestParams(k=2, half_life_ms=H))
+    assert smaller.count("b") == 2 and smaller.pool_rows() == 4
+    assert smaller.get("b").importance.sum() == pytest.approx(4.75, rel=1e-12)
+    table.apply(["c", "a"], np.array([T0 + 10, T0 + 10]), np.ones(2), np.ones((2, DIM)))
+    assert table.count("c") == 1 and table.count("a") in (2, 3)
 
 
 def test_remove_erases_and_idle_lists_by_anchor() -> None:
@@ -178,7 +275,8 @@ def test_remove_erases_and_idle_lists_by_anchor() -> None:
 
 def test_importance_weighted_sum_is_the_profile_whatever_the_order() -> None:
     """The importance-weighted sum of the means is the decayed sum of the profile up to the
-    float16 rounding of the means, so it does not depend on the order (cosine >= 1 - 1e-5)."""
+    int8 rounding of the means, so it does not depend on the order (cosine >= 1 - 1e-3; measured
+    worst 0.99962 here at dim 16 over the 5 orders; it was 1 - 1e-5 with float16 means)."""
     items = world(11, n_clusters=10, spread=0.8)
     events = log(12, items, 400, users=6)
     pp = PP
@@ -194,7 +292,7 @@ def test_importance_weighted_sum_is_the_profile_whatever_the_order() -> None:
         for u in table.users():
             it = table.get(u)
             assert it is not None
-            assert float(it.profile() @ prof.vector(u)) >= 1 - 1e-5
+            assert float(it.profile() @ prof.vector(u)) >= 1 - 1e-3
 
 
 def matched_cosines(a, b) -> tuple[float, float]:
@@ -214,7 +312,8 @@ def matched_cosines(a, b) -> tuple[float, float]:
 
 def test_order_does_not_matter_when_interests_are_separated() -> None:
     """Each user draws from at most k well-separated clusters: every event joins its own
-    cluster's interest in any order, so shuffled logs give the same interests up to float16."""
+    cluster's interest in any order, so shuffled logs give the same interests up to the int8
+    rounding of the means (measured worst 0.99990 at dim 16)."""
     items = world(21, n_clusters=8, spread=0.35, orthogonal=True)
     events = log(22, items, 300, users=6, clusters_per_user=3)
     params = InterestParams(k=4, threshold=0.5, half_life_ms=H)
@@ -227,7 +326,7 @@ def test_order_does_not_matter_when_interests_are_separated() -> None:
         apply(other, items, shuffled)
         for u in base.users():
             cos, share = matched_cosines(base.get(u), other.get(u))
-            assert cos >= 1 - 1e-5 and share <= 1e-9, (u, cos, share)
+            assert cos >= 1 - 3e-4 and share <= 1e-9, (u, cos, share)
 
 
 def test_order_dependence_is_bounded_when_clusters_outnumber_k() -> None:
