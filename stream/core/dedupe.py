@@ -14,12 +14,13 @@ leave the window like any entry.  Dropping them instead could apply an event twi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DedupeWindow", "bare_key", "pair_key"]
+__all__ = ["DedupeWindow", "bare_key", "key_rows", "pair_key"]
 
 _SIZE = 16
 
@@ -30,6 +31,16 @@ def pair_key(user: str, event_id: str) -> bytes:
     u = user.encode("utf-8", "surrogatepass")
     return blake2b(len(u).to_bytes(4, "big") + u + event_id.encode("utf-8", "surrogatepass"),
                    digest_size=_SIZE, person=b"profiles-pair").digest()
+
+
+def key_rows(keys: Sequence[bytes]) -> np.ndarray:
+    """Keys of :func:`pair_key` as uint64 rows [n, 2] (each key's two little-endian halves):
+    what the batch methods of :class:`DedupeWindow` take."""
+    blob = b"".join(keys)
+    if len(blob) != _SIZE * len(keys):
+        raise ValueError(f"dedupe keys are {_SIZE} bytes each: {len(keys)} keys, {len(blob)} "
+                         "bytes")
+    return np.frombuffer(blob, dtype=_LE64).reshape(-1, 2)
 
 
 def bare_key(event_id: str) -> bytes:
@@ -182,6 +193,105 @@ class DedupeWindow:
         self.appended += 1
         while self._next - self._first > self.capacity:
             self._evict()
+
+    # -- batches (issue 14: one vectorised call per batch, the same outcome as one by one) -----
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        """:meth:`_find` of many keys (uint64 rows [n, 2]) at once: vectorised rounds of
+        linear probing; int64 [n], -1 where a key is not live."""
+        n = len(keys)
+        out = np.full(n, -1, dtype=np.int64)
+        if n == 0 or self._live_n == 0:
+            return out
+        tab, ring = self._table, self._ring
+        mask = len(tab) - 1
+        k0, k1 = keys[:, 0], keys[:, 1]
+        h = (k0 & np.uint64(mask)).astype(np.int64)
+        pending = np.arange(n)
+        while pending.size:  # ends: the table is at most half full, so every probe meets EMPTY
+            slot = h[pending]
+            r = tab[slot]
+            live = r >= 0
+            row = np.where(live, r, 0)
+            hit = live & (ring[row, 0] == k0[pending]) & (ring[row, 1] == k1[pending])
+            out[pending[hit]] = slot[hit]
+            pending = pending[~hit & (r != _EMPTY)]
+            h[pending] = (h[pending] + 1) & mask
+        return out
+
+    def seen_many(self, keys: np.ndarray, event_ids: Sequence[str]) -> np.ndarray:
+        """:meth:`seen` of many pairs at once: ``keys`` their :func:`pair_key` rows
+        (:func:`key_rows`), ``event_ids`` their event ids (bare ids of old snapshots);
+        bool [n]."""
+        found: np.ndarray = self._slots(keys) >= 0
+        if self._bare:
+            for i in np.flatnonzero(~found).tolist():
+                found[i] = bare_key(event_ids[i]) in self._bare
+        return found
+
+    def add_many(self, keys: np.ndarray) -> None:
+        """:meth:`add` of many pairs in order (``keys``: their :func:`pair_key` rows): the same
+        entries, live keys and stale counts as adding them one by one.  Vectorised when it is
+        simple (no key of the batch live or repeated, no stale or bare entries: every entry
+        that leaves is its key's only one, the steady state); else one by one."""
+        n = len(keys)
+        if n == 0:
+            return
+        if (n < 8 or n > self.capacity or self._stale or self._bare
+                or (self._slots(keys) >= 0).any()
+                or len(np.unique(np.ascontiguousarray(keys).view(_PAIR))) != n):
+            for k0, k1 in keys.tolist():
+                self._add(k0.to_bytes(8, "little") + k1.to_bytes(8, "little"))
+            return
+        over = len(self) + n - self.capacity
+        if over > 0:  # the oldest entries leave first: each is its live key's only entry
+            gone = self._slots(self._entries(self._first, self._first + over))
+            self._table[gone] = _GONE
+            self._live_n -= over
+            self._first += over
+        if self._next + n - self._first > len(self._ring):
+            self._grow_ring(self._next + n - self._first)
+        ring = self._ring
+        seqs = np.arange(self._next, self._next + n, dtype=np.int64)
+        rows = seqs & (len(ring) - 1)
+        ring[rows] = keys
+        self._next += n
+        self.appended += n
+        if 2 * (self._used + n) > len(self._table):
+            self._rebuild(np.concatenate([self._table[self._table >= 0], rows]))
+            return
+        tab = self._table
+        mask = len(tab) - 1
+        h = (keys[:, 0] & np.uint64(mask)).astype(np.int64)
+        pending = np.arange(n)
+        while pending.size:  # as _insert: the first free slot (empty or removed) from home
+            slot = h[pending]
+            free = tab[slot] < 0
+            _, first = np.unique(slot[free], return_index=True)
+            win = pending[free][first]
+            self._used += int(np.count_nonzero(tab[h[win]] == _EMPTY))
+            tab[h[win]] = rows[win]
+            placed = np.zeros(n, dtype=bool)
+            placed[win] = True
+            pending = pending[~placed[pending]]
+            h[pending] = (h[pending] + 1) & mask
+        self._live_n += n
+
+    def _grow_ring(self, need: int) -> None:
+        """A ring of at least ``need`` rows (doubling), the same seq -> key; the table's rows
+        move with their entries (as :meth:`_push` grows it)."""
+        ring = self._ring
+        size = len(ring)
+        while size < need:
+            size *= 2
+        seqs = np.arange(self._first, self._next, dtype=np.int64)
+        new = np.zeros((size, 2), dtype=_LE64)
+        new[seqs & (size - 1)] = ring[seqs & (len(ring) - 1)]
+        live = self._table >= 0
+        old = self._table[live].astype(np.int64)
+        first_row = self._first & (len(ring) - 1)
+        seq_of = self._first + ((old - first_row) & (len(ring) - 1))
+        self._table[live] = (seq_of & (size - 1)).astype(np.int32)
+        self._ring = new
 
     def _evict(self) -> None:
         r = self._first & (len(self._ring) - 1)

@@ -14,9 +14,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import orjson
 
-from stream.core.events import Event, Limits, Reject, decode_event
+from stream.core.dedupe import key_rows, pair_key
+from stream.core.events import Event, Limits, Reject, decode_events, with_user
 from stream.core.eventtypes import ERASING_TYPES
 from stream.worker.deadletter import DeadLetter, untrusted
 from stream.worker.privacy import Pseudonymizer, tombstone_key
@@ -40,6 +42,7 @@ class Accepted:
     msg_ts: int
     raw: bytes
     rate_window: int | None = None  # the rate-cap window it is charged to (None: not charged)
+    key: bytes = b""  # its dedupe window key (pair_key of user and event id)
 
 
 @dataclass
@@ -63,7 +66,9 @@ def classify(records: Sequence[Record], states: Mapping[int, PartitionState], li
     without a clock) by the Kafka timestamp alone."""
     out = Classified()
     high = out.high
-    seen: set[tuple[int, str, str]] = set()  # (partition, user, event id) earlier in the batch
+    # first the records to decode (an untrusted one is its dead letter already), then one
+    # columnar decode of them all, then each in order
+    todo: list[tuple[Record, PartitionState, bytes, bool, int | None] | DeadLetter] = []
     for rec in records:
         p, off = rec.partition, rec.offset
         st = states.get(p)
@@ -80,12 +85,21 @@ def classify(records: Sequence[Record], states: Mapping[int, PartitionState], li
         hashed = False
         if pseudo.enabled and (tag := rec.id_tag) is not None:
             if not pseudo.verify(p, raw, tag):
-                out.rejects.append(untrusted(st, raw, off, pseudo))
+                todo.append(untrusted(st, raw, off, pseudo))
                 continue
             hashed = True
         kafka_ts = rec.timestamp_ms if rec.timestamp_ms > 0 else None
-        bound = _time_bound(kafka_ts, now_ms)
-        ev = decode_event(raw, bound, limits)
+        todo.append((rec, st, raw, hashed, kafka_ts))
+    decoding = [t for t in todo if not isinstance(t, DeadLetter)]
+    decoded = iter(decode_events([t[2] for t in decoding],
+                                 [_time_bound(t[4], now_ms) for t in decoding], limits))
+    for t in todo:
+        if isinstance(t, DeadLetter):
+            out.rejects.append(t)
+            continue
+        rec, st, raw, hashed, kafka_ts = t
+        off = rec.offset
+        ev = next(decoded)
         if isinstance(ev, Reject):
             if ev.reason == "ts_in_future":
                 ev = Reject(ev.reason, _future_detail(raw, kafka_ts, now_ms, limits))
@@ -93,16 +107,36 @@ def classify(records: Sequence[Record], states: Mapping[int, PartitionState], li
                                           "unknown", None, scrubbed=hashed))
             continue
         if pseudo.enabled and not hashed:
-            ev = Event(ev.event_id, pseudo(ev.user_id), ev.type, ev.ts, ev.item_id, ev.query,
-                       ev.arm, ev.position, ev.propensity)
-        pair = (p, ev.user_id, ev.event_id)
-        if pair in seen or st.dedupe.seen(ev.user_id, ev.event_id):
-            out.duplicates.append((st, ev))
+            ev = with_user(ev, pseudo(ev.user_id))
+        msg_ts = kafka_ts if kafka_ts is not None else (now_ms or 0)
+        out.accepted.append(Accepted(st, ev, off, msg_ts, raw,
+                                     key=pair_key(ev.user_id, ev.event_id)))
+    if out.accepted:
+        _split_duplicates(out)
+    return out
+
+
+def _split_duplicates(out: Classified) -> None:
+    """Move the duplicates out of ``out.accepted`` (in order): a pair in its partition's
+    dedupe window (one vectorised look-up per partition) or earlier in the batch."""
+    by_p: dict[int, list[int]] = defaultdict(list)
+    for i, a in enumerate(out.accepted):
+        by_p[a.st.partition].append(i)
+    in_window = np.zeros(len(out.accepted), dtype=bool)
+    for rows in by_p.values():
+        group = [out.accepted[i] for i in rows]
+        in_window[rows] = group[0].st.dedupe.seen_many(key_rows([a.key for a in group]),
+                                                       [a.ev.event_id for a in group])
+    seen: set[tuple[int, bytes]] = set()  # (partition, key) earlier in the batch
+    kept: list[Accepted] = []
+    for a, dup in zip(out.accepted, in_window.tolist()):
+        pair = (a.st.partition, a.key)
+        if dup or pair in seen:
+            out.duplicates.append((a.st, a.ev))
             continue
         seen.add(pair)
-        msg_ts = kafka_ts if kafka_ts is not None else (now_ms or 0)
-        out.accepted.append(Accepted(st, ev, off, msg_ts, raw))
-    return out
+        kept.append(a)
+    out.accepted = kept
 
 
 def _time_bound(kafka_ts: int | None, now_ms: int | None) -> int | None:
