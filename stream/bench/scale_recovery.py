@@ -10,7 +10,10 @@ a tail of events is produced at a steady rate while ``/users/{id}/candidates`` a
 no snapshot covered must be re-applied), and a second worker starts on the same state folder.
 ``recovery_s`` runs from the kill until ``/readyz`` is 200 *and* sampled profiles equal the
 offline oracle to 1e-5 *and* ``/similar`` recall@10 against brute force over the oracle is at
-least 0.95.
+least 0.95.  Its phases: ``ready_s`` (the kill until ``/readyz`` is 200: the consumer group's
+session timeout, the restore from the changelog, the load), then ``caught_up_s`` (until every
+partition's state covers the tail's end, polled on ``/stats``: the ``replayed_events`` no
+snapshot covered, at ``replay_events_per_s``), then the checks.
 """
 
 from __future__ import annotations
@@ -87,6 +90,25 @@ def _replayed(log_path: Path, tail_events: int) -> int | None:
     return tail_events - sum(resumed) if resumed else None
 
 
+_PHASES = {  # the restarted worker's log lines of each partition's load (seconds summed)
+    "restore_s": r"changelog \S+ partition \d+: restored .* in ([0-9.]+)s",
+    "read_s": r"partition \d+: snapshot read in ([0-9.]+)s",
+    "build_s": r"partition \d+: snapshot read in [0-9.]+s, state built in ([0-9.]+)s",
+    "index_s": r"partition \d+: resumed at offset \d+ .*indexed in ([0-9.]+)s",
+}
+
+
+def _load_phases(log_path: Path) -> dict[str, float]:
+    """Seconds the restarted worker spent per load phase, summed over its partitions
+    (``read_s`` includes ``restore_s``: reading a snapshot restores it from the changelog)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return {}
+    return {k: round(sum(float(m) for m in re.findall(rx, text)), 2)
+            for k, rx in _PHASES.items()}
+
+
 def _probe(url: str, users: int, stop: Any, seed: int) -> dict[str, Any]:
     """``/users/{id}/candidates?k=20`` and ``/users/{id}/similar?k=10`` of random users,
     alternately, every 25 ms until ``stop`` is set: client-side latencies of the answers."""
@@ -125,6 +147,12 @@ def _probe(url: str, users: int, stop: Any, seed: int) -> dict[str, Any]:
 
 def _applied(w: Any) -> int:
     return int(w.stats().get("events_applied", 0))
+
+
+def _caught_up(w: Any, ends: list[int]) -> bool:
+    """Whether every partition's state covers its end offset ``ends[p]`` (``/stats``)."""
+    got = {int(p): int(o) for p, o in (w.stats().get("partitions") or {}).items()}
+    return all(got.get(p, -1) >= end for p, end in enumerate(ends))
 
 
 class _Http:
@@ -200,6 +228,9 @@ def recover(s: Settings, data: ScaleData, workdir: Path, tail_events: int, seed:
         msgs.append((key, orjson.dumps({"event_id": f"t{i}", "user_id": f"u{u}",
                                         "type": types[ty], "ts": ts, "item_id": f"i{it}"}),
                      partition_of(key, parts)))
+    ends = [0] * parts  # the tail's end offset in each partition (the topic is new)
+    for _, _, p in msgs:
+        ends[p] += 1
     t = time.monotonic()
     oracle = oracle_matrix(data, tail, s)
     _say(f"recovery: oracle of {data.n_users} users in {time.monotonic() - t:.1f}s")
@@ -235,6 +266,21 @@ def recover(s: Settings, data: ScaleData, workdir: Path, tail_events: int, seed:
                                workdir / "worker-recovery-2.log").start()
         second.wait_ready(timeout_s)
         out["ready_s"] = round(time.monotonic() - t_kill, 2)
+        replayed = _replayed(second.log_path, tail_events)
+        out["load_phases"] = _load_phases(second.log_path)
+        t_ready = time.monotonic()
+        # The tail no snapshot covered is re-applied now.  Its progress is polled on /stats
+        # (one cheap request every 0.1 s): the full checks, hundreds of requests each, would
+        # compete with the replay they wait for (they made it 5-15x slower, see the README)
+        second.wait_for(lambda: _caught_up(second, ends), timeout_s, "the tail re-applied",
+                        interval=0.1)
+        out["caught_up_s"] = round(time.monotonic() - t_kill, 2)
+        if replayed:
+            out["replay_events_per_s"] = round(replayed / max(1e-3, time.monotonic() - t_ready))
+        sizes = {s.name: s.value for s in second.metrics().get("profiles_batch_size", [])}
+        if sizes.get("profiles_batch_size_count"):
+            out["replay_mean_batch"] = round(sizes["profiles_batch_size_sum"]
+                                             / sizes["profiles_batch_size_count"], 1)
         deadline = time.monotonic() + timeout_s
         checks = 0
         while True:
@@ -255,7 +301,7 @@ def recover(s: Settings, data: ScaleData, workdir: Path, tail_events: int, seed:
         out["last_check_s"] = round(time.monotonic() - t_check, 2)
         out.update(check)
         out["checks"] = checks  # each check takes a moment: recovery_s is at most that late
-        out["replayed_events"] = _replayed(second.log_path, tail_events)
+        out["replayed_events"] = replayed
     finally:
         first.kill()
         if second is not None:

@@ -110,7 +110,10 @@ def delta_doc(st: PartitionState) -> dict[str, Any]:
         tables["interests"] = None
     tables["rate"] = _dict_part(st.rate.windows, users)
     tables["dlq_keys"] = _dict_part(st.dlq_keys, users)
-    tables["tombstones"] = _dict_part(st.tombstones, {tombstone_key(u) for u in users})
+    # tombstones are only ever added, so none can have gone when there are none now; their
+    # keys are hashes (a sha256 per changed user): skipped in the usual case of no forgets
+    tkeys = {tombstone_key(u) for u in users} if st.tombstones else set()
+    tables["tombstones"] = _dict_part(st.tombstones, tkeys)
     return {"version": SNAPSHOT_VERSION, "kind": KIND_DELTA, **full,
             "dedupe": st.dedupe.delta(st.dedupe.appended - j.dedupe_mark),
             "tables": tables}
@@ -134,7 +137,8 @@ def continues(doc: Mapping[str, Any], st: PartitionState) -> bool:
     theirs = doc.get("interests")
     if theirs is None or st.interests is None:
         return True
-    return int(theirs.get("k", -1)) == st.interests.k
+    # float16 "means" (before int8 codes) were re-encoded on load: the next one is a base too
+    return int(theirs.get("k", -1)) == st.interests.k and "codes" in theirs
 
 
 # ------------------------------------------------------------------------------- loading

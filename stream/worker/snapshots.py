@@ -8,10 +8,18 @@ and a *manifest* (``<topic>-<p>/manifest``, JSON) listing them in order with the
 size and the ``next_offset`` each covers.  A snapshot writes its blob, then the manifest: the
 manifest is the commit point, so a crash anywhere leaves the previous manifest and every blob
 it lists intact; blobs no manifest lists any more are deleted once the new one is written.  A
-snapshot costs what changed since the last one; a new base is written when the deltas add up
-to more than the base (or ``PROFILES_SNAPSHOT_MAX_DELTAS`` of them), after a forget (so the
-user's bytes leave the durable state), and whenever a delta would not continue the committed
-blob (a failed write), so loading reads at most about twice a full snapshot.
+snapshot costs what changed since the last one.  Once the deltas add up to more than the base
+(or number more than ``PROFILES_SNAPSHOT_MAX_DELTAS``), the worker *compacts*
+(:meth:`SnapshotStore.compact`): it folds the committed blobs into a new base from the blobs
+themselves, on an executor thread without the pipeline's lock, so batches go on and the
+snapshots under the lock stay deltas (their cost follows the changes, and so does the
+scheduler's budget pause: a base serialised under the lock paused every partition's snapshots
+for 20 times its length, and the tail no snapshot covered grew with it).  The deltas written
+meanwhile continue the new base (its entry's ``chain``: the blob it replaced last).  A base is
+still serialised from the live state for the first snapshot, after a forget (so the user's
+bytes leave the durable state), whenever a delta would not continue the committed blob (a
+failed write), and if compaction falls ``COMPACT_SLACK`` times behind, so loading reads a few
+full snapshots at most.
 
 A blob is ``PSNAP2`` (a base) or ``PDELT2`` (a delta, followed by the 32-byte sha256 of the
 blob it continues) + the 8-byte ``next_offset`` it covers + an ``.npz`` archive (numpy's zip
@@ -32,6 +40,7 @@ replace a snapshot covering more offsets.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -54,8 +63,8 @@ from stream.worker.blobs import BlobStore, LocalBlobStore
 from stream.worker.deltas import delta_doc, mark_serialised, merge
 from stream.worker.state import PartitionState
 
-__all__ = ["MAX_DELTAS", "Manifest", "Scheduler", "SnapshotStore", "pack", "snapshot_kind",
-           "unpack"]
+__all__ = ["COMPACT_SLACK", "MAX_DELTAS", "Manifest", "Scheduler", "SnapshotStore",
+           "finish_compaction", "pack", "snapshot_kind", "start_compaction", "unpack"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,9 @@ _DELTA = b"PDELT2"  # a delta: header, then the sha256 of the blob it continues,
 _MANIFEST = "profiles-manifest-1"
 #: deltas after which a snapshot is a base again, whatever their size
 MAX_DELTAS = 16
+#: with compaction (SnapshotStore.compact), how many times over those limits the deltas may
+#: grow before a base is serialised from the live state anyway (compaction fell behind)
+COMPACT_SLACK = 4
 _LEGACY = b"PSNAP1"  # the pickle format before issue 10: refused, never unpickled
 _HEADER = len(_MAGIC) + 8
 
@@ -243,6 +255,9 @@ class Entry:
     size: int
     next_offset: int
     kind: str  # "base" or "delta"
+    # a base that compaction folded from blobs (:meth:`SnapshotStore.compact`): the sha256 of
+    # the last blob it replaced, which the deltas after it continue ("": the blob's own)
+    chain: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,7 +271,14 @@ class Manifest:
 
     @property
     def tip(self) -> str:
-        return self.entries[-1].sha256
+        """What the next delta continues: the newest blob (or the blobs a base replaced)."""
+        last = self.entries[-1]
+        return last.chain or last.sha256
+
+    def wants_compaction(self, max_deltas: int) -> bool:
+        """Whether the deltas outgrew the base (or number more than ``max_deltas``)."""
+        return len(self.entries) > 1 and (len(self.entries) > max_deltas
+                                          or self.delta_bytes() > self.entries[0].size)
 
     def delta_bytes(self) -> int:
         return sum(e.size for e in self.entries[1:])
@@ -264,7 +286,8 @@ class Manifest:
     def encode(self) -> bytes:
         return orjson.dumps({"format": _MANIFEST, "seq": self.seq,
                              "next_offset": self.next_offset,
-                             "entries": [e.__dict__ for e in self.entries]})
+                             "entries": [{k: v for k, v in e.__dict__.items()
+                                          if k != "chain" or v} for e in self.entries]})
 
     @classmethod
     def decode(cls, raw: bytes) -> Manifest:
@@ -272,7 +295,8 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != _MANIFEST:
             raise ValueError("not a snapshot manifest")
         entries = tuple(Entry(str(e["name"]), str(e["sha256"]), int(e["size"]),
-                              int(e["next_offset"]), str(e["kind"])) for e in d["entries"])
+                              int(e["next_offset"]), str(e["kind"]), str(e.get("chain", "")))
+                        for e in d["entries"])
         if not entries or entries[0].kind != "base" or any(e.kind != "delta"
                                                            for e in entries[1:]):
             raise ValueError("a manifest lists one base then deltas")
@@ -293,11 +317,15 @@ class SnapshotStore:
     """
 
     def __init__(self, directory: str | os.PathLike[str], topic: str,
-                 blobs: BlobStore | None = None, max_deltas: int = MAX_DELTAS) -> None:
+                 blobs: BlobStore | None = None, max_deltas: int = MAX_DELTAS,
+                 compact: bool = False) -> None:
         self.dir = Path(directory)
         self.topic = topic
         self.blobs: BlobStore = blobs if blobs is not None else LocalBlobStore(self.dir)
         self.max_deltas = max_deltas
+        # the owner calls compact() when wants_compaction(): deltas go on meanwhile, and a
+        # base is serialised from the live state only once they are COMPACT_SLACK times over
+        self.compact_blobs = compact
         self._write_lock = threading.Lock()
         self._manifests: dict[str, Manifest] = {}  # partition -> the last one read or written
 
@@ -358,8 +386,10 @@ class SnapshotStore:
         The state's journal then starts again from this blob."""
         j = state.journal
         m = self._manifests.get(str(state.partition))
+        slack = COMPACT_SLACK if self.compact_blobs else 1
         base = (j.parent is None or j.erased or m is None or m.tip != j.parent
-                or len(m.entries) > self.max_deltas or m.delta_bytes() > m.entries[0].size)
+                or len(m.entries) > slack * self.max_deltas
+                or m.delta_bytes() > slack * m.entries[0].size)
         if base:
             blob = self.encode(state.to_dict(), state.next_offset)
         else:
@@ -443,14 +473,69 @@ class SnapshotStore:
         for name in dict.fromkeys(gone):
             self.blobs.delete(name)
 
+    # -- compaction -------------------------------------------------------------------
+    def wants_compaction(self, partition: int | str) -> bool:
+        """Whether the committed deltas of ``partition`` outgrew its base (compaction on)."""
+        m = self._manifests.get(str(partition))
+        return self.compact_blobs and m is not None and m.wants_compaction(self.max_deltas)
+
+    def compact(self, partition: int | str) -> bool:
+        """Fold the committed base and deltas into one new base, from the blobs, not from the
+        live state: the owner runs it without holding its state's lock, so batches go on, and
+        the deltas the owner writes meanwhile continue it (its manifest entry's ``chain``).
+        Not written (False) when nothing is due or another write replaced those blobs
+        meanwhile (a base, another owner).  Thread-safe."""
+        with self._write_lock:
+            m = self.manifest(partition)
+        if m is None or not m.wants_compaction(self.max_deltas):
+            return False
+        try:
+            blob = self.encode(self._merged(partition, m), m.next_offset)
+        except StateError as exc:  # a blob replaced meanwhile (or damaged: loading says so)
+            log.info("compaction of %s-%s skipped: %s", self.topic, partition, exc)
+            return False
+        with self._write_lock:
+            now = self.manifest(partition)
+            n = len(m.entries)
+            if now is None or now.entries[:n] != m.entries:
+                return False
+            sha = hashlib.sha256(blob).hexdigest()
+            seq = now.seq + 1
+            name = f"{self._prefix(partition)}base-{seq:010d}-{sha[:16]}"
+            entry = Entry(name, sha, len(blob), m.next_offset, "base", chain=m.tip)
+            new = Manifest(seq, now.next_offset, (entry, *now.entries[n:]))
+            try:
+                self.blobs.put(name, blob)
+                self.blobs.put(self._prefix(partition) + "manifest", new.encode())
+            except Exception as exc:  # the committed manifest still stands: tried again later
+                log.warning("compaction of %s-%s not written (%s: %s)", self.topic, partition,
+                            type(exc).__name__, exc)
+                return False
+            self._manifests[str(partition)] = new
+            self._collect(partition, new, now)
+        return True
+
     # -- reading ----------------------------------------------------------------------
     def read(self, partition: int | str) -> dict[str, Any] | None:
         """The snapshot's data (base + deltas), None when there is none; StateError when it
         cannot be used."""
-        m = self.manifest(partition)
-        if m is None:
-            self._manifests.pop(str(partition), None)
-            return self._read_legacy(partition)
+        tries = 0
+        while True:
+            m = self.manifest(partition)
+            if m is None:
+                self._manifests.pop(str(partition), None)
+                return self._read_legacy(partition)
+            try:
+                return self._merged(partition, m)
+            except StateError:
+                # a write committed meanwhile (a compaction still running for a partition
+                # revoked and assigned again, another owner) deletes the blobs it replaced:
+                # read the new manifest; the same one means the blobs are damaged
+                tries += 1
+                if tries >= 3 or self.manifest(partition) == m:
+                    raise
+
+    def _merged(self, partition: int | str, m: Manifest) -> dict[str, Any]:
         docs = []
         for e in m.entries:
             blob = self.blobs.get(e.name)
@@ -493,6 +578,30 @@ class SnapshotStore:
             raise StateError(f"{where} holds a {type(data).__name__}, not a state: run "
                              "`profiles rebuild`")
         return data
+
+
+def start_compaction(store: SnapshotStore, partition: int,
+                     running: asyncio.Future[bool] | None) -> asyncio.Future[bool] | None:
+    """``store.compact(partition)`` on an executor thread when it is due and none is running
+    (``running``); returns the one running now.  The caller does not wait: snapshots of the
+    other partitions go on meanwhile (a compaction at 25,000 users takes seconds)."""
+    if (running is not None and not running.done()) or not store.wants_compaction(partition):
+        return running
+    fut = asyncio.get_running_loop().run_in_executor(None, store.compact, partition)
+    fut.add_done_callback(_compaction_done)
+    return fut
+
+
+async def finish_compaction(running: asyncio.Future[bool] | None) -> None:
+    """Wait for the compaction ``running`` (if any); its failure was logged already."""
+    if running is not None:
+        await asyncio.wait([running])
+
+
+def _compaction_done(fut: asyncio.Future[bool]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("snapshot compaction failed (the committed snapshot stands)",
+                  exc_info=fut.exception())
 
 
 def snapshot_kind(blob: bytes) -> str:
