@@ -6,8 +6,15 @@ through the wall clock read when the batch closed):
 
     Kafka timestamp -> fetched -> delivered -> closed -> locked -> applying -> searchable
 
-* *fetched*: faust's consumer got the record from aiokafka (``Consumer._getmany`` returned it;
-  the Kafka layer notes one time per partition and poll in a :class:`FetchLog`);
+* *fetched*: the Fetch response that carried the record reached aiokafka's fetcher (in
+  faust's consumer thread; ``stream.kafka.fetch_stamps`` notes one time per partition and
+  response, with the response's first offset, in a :class:`FetchLog`); where no response was
+  noted, when faust's consumer got the record from aiokafka (``Consumer._getmany`` returned
+  it: one time per partition and poll).  So *broker* is the broker's share (the producer, the
+  append, a Fetch waiting up to ``fetch_max_wait_ms``, and a Fetch not sent yet: aiokafka
+  fetches a partition again only once faust took its last response) and *buffer* everything
+  in this process before the agent: aiokafka's buffer, the hand-off from faust's consumer
+  thread, faust's per-message delivery and the stream's channel;
 * *delivered*: the events agent's stream took it off its channel (faust's default ``Monitor``
   sensor stamps ``message.time_in`` there; no extra per-event call);
 * *closed*: ``take_events`` handed the micro-batch to the agent;
@@ -27,6 +34,7 @@ finally applied.  :class:`GcTimer` times the garbage collector's pauses.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -40,9 +48,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
-__all__ = ["STAGES", "BatchTiming", "FetchLog", "GcTimer", "StageHistograms", "observe_applied",
-           "freeze_heap", "observe_parked", "set_torch_threads",
-           "stage_times"]
+__all__ = ["STAGES", "BatchTiming", "FetchLog", "GcTimer", "StageHistograms", "freeze_heap",
+           "observe_applied", "observe_parked", "set_torch_threads", "stage_times"]
 
 floatToGoString = cast(Callable[[float], str], _untyped_float_to_go_string)
 
@@ -56,15 +63,33 @@ FETCH_POLLS = 256
 _SHIFT = 1 << 40  # partition * _SHIFT + offset: one sortable key (offsets < 2**40)
 
 
+def _runs(ring: Sequence[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """A ring's offsets and times from its newest run on: a partition re-read from an earlier
+    offset (a seek) starts a new run."""
+    offs = np.fromiter((o for o, _ in ring), dtype=np.int64, count=len(ring))
+    at = np.fromiter((t for _, t in ring), dtype=np.float64, count=len(ring))
+    back = np.flatnonzero(np.diff(offs) < 0)
+    start = int(back[-1] + 1) if len(back) else 0
+    return offs[start:], at[start:]
+
+
 class FetchLog:
-    """When faust's consumer got which offsets: per partition, the last offset of each poll and
-    the poll's time (a bounded ring, ``FETCH_POLLS`` polls per partition)."""
+    """When which offsets were fetched, per partition, in two bounded rings (``FETCH_POLLS``
+    entries each):
+
+    * the Fetch responses that reached aiokafka's fetcher: the response's first offset and its
+      arrival time (:meth:`arrived`, called from faust's consumer thread by
+      ``stream.kafka.fetch_stamps``);
+    * the polls of faust's consumer (``_getmany``): the last offset each returned and when
+      (:meth:`polled`), the fallback where no response was noted."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, polls: int = FETCH_POLLS
                  ) -> None:
         self.clock = clock
         self._polls: dict[int, deque[tuple[int, float]]] = {}
+        self._arrivals: dict[int, deque[tuple[int, float]]] = {}
         self._maxlen = polls
+        self._lock = threading.Lock()  # arrivals come from faust's consumer thread
 
     def polled(self, last_offsets: dict[int, int]) -> None:
         """One poll returned records up to ``last_offsets[partition]`` (inclusive)."""
@@ -75,24 +100,40 @@ class FetchLog:
                 ring = self._polls[p] = deque(maxlen=self._maxlen)
             ring.append((off, now))
 
+    def arrived(self, partition: int, first_offset: int) -> None:
+        """A Fetch response with records of ``partition`` from ``first_offset`` on reached
+        aiokafka now (any thread)."""
+        now = self.clock()
+        with self._lock:
+            ring = self._arrivals.get(partition)
+            if ring is None:
+                ring = self._arrivals[partition] = deque(maxlen=self._maxlen)
+            ring.append((first_offset, now))
+
     def times(self, partitions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """The fetch time of each (partition, offset): that of the first poll whose last offset
-        is at or past it; NaN when no remembered poll covers it."""
+        """The fetch time of each (partition, offset): the arrival of the newest noted Fetch
+        response that starts at or before it, if that is no later than the first poll that
+        returned it; else that poll's time (the first poll whose last offset is at or past
+        it); NaN when neither covers it."""
         out = np.full(len(offsets), np.nan)
         for p in np.unique(partitions).tolist():
-            ring = self._polls.get(int(p))
-            if not ring:
-                continue
             rows = np.flatnonzero(partitions == p)
-            ends = np.fromiter((o for o, _ in ring), dtype=np.int64, count=len(ring))
-            at = np.fromiter((t for _, t in ring), dtype=np.float64, count=len(ring))
-            # a partition re-read from an earlier offset (a seek) starts a new run of polls
-            start = int(np.flatnonzero(np.diff(ends) < 0)[-1] + 1) if (np.diff(ends) < 0).any() \
-                else 0
-            ends, at = ends[start:], at[start:]
-            i = np.searchsorted(ends, offsets[rows], side="left")
-            ok = i < len(ends)
-            out[rows[ok]] = at[i[ok]]
+            want = offsets[rows]
+            polled = np.full(len(rows), np.nan)
+            ring = self._polls.get(int(p))
+            if ring:
+                ends, at = _runs(ring)
+                i = np.searchsorted(ends, want, side="left")
+                ok = i < len(ends)
+                polled[ok] = at[i[ok]]
+            with self._lock:
+                arr = list(self._arrivals.get(int(p), ()))
+            if arr:
+                starts, at = _runs(arr)
+                j = np.searchsorted(starts, want, side="right") - 1
+                ok = (j >= 0) & ~(polled < at[np.maximum(j, 0)])  # not after a poll returned it
+                polled[ok] = at[j[ok]]
+            out[rows] = polled
         return out
 
     def wrap(self, consumer: Any, topic: str) -> bool:
