@@ -130,6 +130,8 @@ class Api:
     # ------------------------------------------------------------------ middlewares
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:  # serving: batches applied in slices meanwhile
+            self.q.p.serving.note()  # (stream.worker.slicing; scrapes and probes do not count)
         try:
             return await handler(request)
         except QueryError as exc:
