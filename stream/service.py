@@ -35,6 +35,7 @@ from stream.serve.queries import Queries
 from stream.serve.routing import Router
 from stream.settings import Settings
 from stream.worker.blobs import LocalBlobStore
+from stream.worker.faiss_threads import set_faiss_threads
 from stream.worker.latency import set_torch_threads
 from stream.worker.pipeline import Pipeline
 
@@ -118,6 +119,7 @@ def run_worker(settings: Settings) -> None:
     t0 = time.monotonic()
     if settings.encoder_kind == "transformer":  # PROFILES_ENCODER_THREADS (issue 14: the tail)
         set_torch_threads(settings.encoder_threads)
+    set_faiss_threads(settings.faiss_threads)  # PROFILES_FAISS_THREADS: this (the loop's) thread
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
                        kind=settings.encoder_kind, dtype=settings.encoder_dtype)
     log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,

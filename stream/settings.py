@@ -110,6 +110,9 @@ class Settings:
     seed: int = field(default=42, metadata={"help": "seed of every random generator"})
     batch_size: int = field(default=500, metadata={"help": "max events per micro-batch"})
     batch_max_wait_s: float = field(default=0.05, metadata={"help": "max seconds a micro-batch waits to fill"})
+    apply_slice: int = field(default=128, metadata={
+        "help": "records of a micro-batch applied at once; requests are answered between "
+                "slices (stream.worker.slicing); 0 = the whole batch at once"})
     encoder_path: str = field(default="", metadata={"help": "model folder (empty: the bundled all-MiniLM-L6-v2)"})
     encoder_device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     encoder_kind: str = field(default="transformer", metadata={"help": "transformer, or hashing (tests only)"})
@@ -122,6 +125,10 @@ class Settings:
         "help": "torch threads of the worker's encoder (0: torch's default, one per core); "
                 "more than one stalls short query batches whenever the cores are busy"})
     encoder_max_wait_s: float = field(default=0.01, metadata={"help": "max seconds a text waits for an encoder batch"})
+    faiss_threads: int = field(default=1, metadata={
+        "help": "OpenMP threads of FAISS calls on the worker's event loop (searches, users-index "
+                "updates; 0: FAISS's default, one per core); more than one stalls them whenever "
+                "the cores are busy (stream.worker.faiss_threads)"})
     encoder_cache_bytes: int = field(default=64 * 1024 * 1024, metadata={
         "help": "bytes of query vectors (with their texts) kept in the LRU query cache (0: none)"})
     http_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
@@ -130,6 +137,9 @@ class Settings:
         "help": "worker processes of `profiles worker` on this host, one consumer-group member "
                 "each, supervised behind http_port (0: one per core, at most `partitions`; 1: "
                 "the plain worker, no supervisor)"})
+    front_max_body_bytes: int = field(default=4 << 20, metadata={
+        "help": "largest request body the parent of `--processes N` forwards to a worker "
+                "process; a larger one gets 413 (profiles_front_bodies_rejected_total)"})
     min_ts: int = field(default=0, metadata={"help": "reject events with ts (epoch ms) below this"})
     max_future_ms: int = field(default=86_400_000, metadata={
         "help": "reject ts (ts_in_future) beyond the earlier of the Kafka timestamp and the "
@@ -344,6 +354,8 @@ class Settings:
             problems.append(f"snapshot_budget is a share of time, at most 1, got {self.snapshot_budget}")
         if self.snapshot_max_deltas < 0:
             problems.append(f"snapshot_max_deltas must be >= 0, got {self.snapshot_max_deltas}")
+        if self.apply_slice < 0:
+            problems.append(f"apply_slice must be >= 0 (0 = the whole batch), got {self.apply_slice}")
         for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes",
                      "fetch_max_bytes", "max_id_bytes", "parked_max_bytes", "batch_attempts"):
             if getattr(self, name) < 1:
@@ -368,6 +380,9 @@ class Settings:
         if self.encoder_threads < 0:
             problems.append(f"encoder_threads must be >= 0 (0: torch's default), got "
                             f"{self.encoder_threads}")
+        if self.faiss_threads < 0:
+            problems.append(f"faiss_threads must be >= 0 (0: FAISS's default), got "
+                            f"{self.faiss_threads}")
         if self.encoder_cache_bytes < 0:
             problems.append(f"encoder_cache_bytes must be >= 0 (0: no cache), got "
                             f"{self.encoder_cache_bytes}")
@@ -386,6 +401,9 @@ class Settings:
             problems.append(f"http_port must be in 1..65535, got {self.http_port}")
         if not 0 <= self.processes <= 1024:
             problems.append(f"processes must be in 0..1024 (0: one per core), got {self.processes}")
+        if not 1 <= self.front_max_body_bytes <= 1 << 30:
+            problems.append(f"front_max_body_bytes must be in 1..{1 << 30} (1 GiB), got "
+                            f"{self.front_max_body_bytes}")
         if self.encoder_device not in ("auto", "cpu", "cuda"):
             problems.append(f"encoder_device must be auto, cpu or cuda, got {self.encoder_device!r}")
         if self.encoder_dtype not in ("auto", "fp32", "bf16"):

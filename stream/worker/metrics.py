@@ -322,5 +322,9 @@ class SupervisorMetrics:
             "profiles_supervisor_process_up",
             "1 when the worker process runs and its /metrics answered the parent's last scrape",
             ["process"], registry=self.registry)
+        self.front_bodies_rejected = Counter(
+            "profiles_front_bodies_rejected",
+            "Requests the parent answered 413 because the body was over "
+            "PROFILES_FRONT_MAX_BODY_BYTES (not forwarded)", registry=self.registry)
         self.own = CollectorRegistry()
         ProcessCollector(registry=self.own)

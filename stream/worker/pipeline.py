@@ -41,6 +41,7 @@ from stream.core.events import Event
 from stream.core.eventtypes import EVENT_TYPES, QUERY_TYPES
 from stream.core.signals import Signals
 from stream.settings import Settings
+from stream.worker.batchsteps import add_to_windows, check_applicable, mark_journals
 from stream.worker.blobs import BlobStore, LocalBlobStore
 from stream.worker.catalog import ItemCatalog
 from stream.worker.classify import Accepted, classify, forget_cuts, rate_cap, split_forgets
@@ -64,7 +65,14 @@ from stream.worker.profiles import ProfileStore
 from stream.worker.records import Record
 from stream.worker.segments import Segments
 from stream.worker.sharing import SharedSignals
-from stream.worker.snapshots import Scheduler, SnapshotStore, snapshot_kind
+from stream.worker.slicing import Serving, let_requests_in, slices
+from stream.worker.snapshots import (
+    Scheduler,
+    SnapshotStore,
+    finish_compaction,
+    snapshot_kind,
+    start_compaction,
+)
 from stream.worker.state import Parked, PartitionState
 
 __all__ = ["PUBLISH_CHUNK", "Pipeline"]
@@ -135,13 +143,15 @@ class Pipeline:
         # the folder as its cache (``blob_store``, stream.kafka.changelog)
         self.blobs: BlobStore = (blob_store or LocalBlobStore)(state_dir)
         self.store = SnapshotStore(state_dir, settings.events_topic, self.blobs,
-                                   max_deltas=settings.snapshot_max_deltas)
+                                   max_deltas=settings.snapshot_max_deltas, compact=True)
         self.items_store = SnapshotStore(state_dir, settings.items_topic)
         self.schedule = Scheduler(settings.snapshot_interval_s, settings.snapshot_budget,
                                   self.clock.monotonic)
         self.pseudonymize = Pseudonymizer(settings.id_secret.reveal(), settings.id_cache_bytes,
                                           on_evict=self.metrics.id_cache_evictions.inc)
         self.lock = asyncio.Lock()
+        # requests being answered: batches are then applied in slices (stream.worker.slicing)
+        self.serving = Serving(self.clock.monotonic)
         # an exception while applying leaves the state changed part-way: no more batches
         self.broken: str | None = None
         self._applying = False
@@ -153,6 +163,8 @@ class Pipeline:
         # monotonic time), and their bytes as of the last resolve plus those parked since
         self._park_ticks: dict[int, tuple[PartitionState, float]] = {}
         self._parked_bytes = 0
+        # the snapshot compaction running on a thread, off the lock (stream.worker.snapshots)
+        self.compaction: asyncio.Future[bool] | None = None
 
     @property
     def states(self) -> dict[int, PartitionState]:
@@ -174,7 +186,9 @@ class Pipeline:
         """A partition's state from its snapshot (or empty) and whether there was one; blocks
         (the store may restore it from Kafka) and touches nothing the worker serves, so it
         runs on an executor thread (:meth:`assign`)."""
+        t0 = time.perf_counter()
         d = self.store.read(partition)
+        t_read = time.perf_counter() - t0
         s = self.s
         if d is None:
             st = PartitionState.empty(partition, self.dim, self.pp, self.bp, s.dedupe_window,
@@ -191,17 +205,22 @@ class Pipeline:
                                           ttl_rank=s.ttl_watermark_rank, ip=self.ip)
             if continues(d, st):  # the next snapshot: a delta on what was loaded
                 st.journal.parent = self.store.tip(partition)
+            # the phases of a recovery (README, "Sizing"): read (and restore), then build
+            log.info("partition %d: snapshot read in %.2fs, state built in %.2fs", partition,
+                     t_read, time.perf_counter() - t0 - t_read)
         return st, d is not None
 
     def adopt(self, st: PartitionState, from_snapshot: bool) -> PartitionState:
         """Own ``st`` (of :meth:`read_partition`): index its users, serve it (on the loop)."""
         partition = st.partition
+        t0 = time.perf_counter()
         self.profiles.add(st)
         self.segments.loaded(st)
         self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None)
-        log.info("partition %d: resumed at offset %d from %s (%d users, %d parked)", partition,
-                 st.next_offset, "snapshot" if from_snapshot else "empty state",
-                 len(st.profiles), len(st.parked))
+        log.info("partition %d: resumed at offset %d from %s (%d users, %d parked; indexed "
+                 "in %.2fs)", partition, st.next_offset,
+                 "snapshot" if from_snapshot else "empty state", len(st.profiles),
+                 len(st.parked), time.perf_counter() - t0)
         self._refresh_sizes()
         return st
 
@@ -347,6 +366,7 @@ class Pipeline:
         if self.broken is not None:  # the state may be half-applied: never persisted
             return 0
         if everything:
+            await finish_compaction(self.compaction)  # not left half-way at shutdown
             async with self.lock:
                 parts = self.profiles.partitions()
                 for st in parts:
@@ -369,6 +389,7 @@ class Pipeline:
         except BaseException:
             self.schedule.dirty.add(p)
             raise
+        self.compaction = start_compaction(self.store, p, self.compaction)
         return 1
 
     async def _snapshot_catalog(self) -> None:
@@ -401,7 +422,12 @@ class Pipeline:
         snapshot, so the worker stops and restarts from its last snapshot."""
         if self.broken is not None:
             raise StateError(f"pipeline broken ({self.broken}): restart the worker")
-        await self._attempt(list(records), timing)  # timing: the stage histograms
+        # while serving, in slices with requests answered before each (stream.worker.slicing)
+        size = self.serving.slice_size(self.s.apply_slice)
+        for part in slices(records, size):
+            if size:
+                await let_requests_in()
+            await self._attempt(part, timing)  # timing: the stage histograms
         try:
             async with self.lock:
                 if (self.catalog.version != self._catalog_version_seen
@@ -513,18 +539,8 @@ class Pipeline:
 
     def _check(self, live: Sequence[Accepted], vectors: np.ndarray, parked: set[int]) -> None:
         """What applying needs, checked before anything changes: finite vectors, times and
-        positions that fit int64."""
-        rows = [i for i in range(len(live)) if i not in parked]
-        bad = [i for i in rows if not np.isfinite(vectors[i]).all()]
-        if bad:
-            a = live[bad[0]]
-            raise ValueError(f"non-finite vector for partition {a.st.partition} offset "
-                             f"{a.offset} ({len(bad)} in the batch)")
-        for a in live:
-            for name, v in (("ts", a.ev.ts), ("position", a.ev.position)):
-                if v is not None and not -(1 << 63) <= v < (1 << 63):
-                    raise ValueError(f"{name} {v} does not fit int64 (partition "
-                                     f"{a.st.partition} offset {a.offset})")
+        positions that fit int64 (``batchsteps.check_applicable``: the whole batch at once)."""
+        check_applicable(live, vectors, parked)
 
     async def _process(self, records: Sequence[Record], timing: BatchTiming | None = None
                        ) -> None:
@@ -573,11 +589,7 @@ class Pipeline:
 
         # ---- apply: synchronous from here on -------------------------------------
         self._applying = True
-        for a in c.accepted:  # the users whose rows the next (incremental) snapshot writes
-            a.st.journal.users.add(a.ev.user_id)
-        for r in rejects:
-            if r.user is not None:
-                r.st.journal.users.add(r.user)
+        mark_journals(rejects, forgets)  # the rows the next (incremental) snapshot writes
         applying = timing.clock() if timing is not None else 0.0
         now = self.clock.wall()
         for r in rejects:
@@ -591,14 +603,14 @@ class Pipeline:
             self._forget(a)
         if forgets and rejects:
             self._keep_later_dead_letters(forgets, rejects)
+        # per partition, once: the users into the journal, the keys into the dedupe window
+        add_to_windows(forgotten, live)
         for a in forgotten:
-            a.st.dedupe.add(a.ev.user_id, a.ev.event_id)
             a.st.outcomes[(a.ev.type, "forgotten")] += 1
         by_state: dict[int, list[int]] = defaultdict(list)
         if parked:
             self._tick_park_clocks()
         for i, a in enumerate(live):
-            a.st.dedupe.add(a.ev.user_id, a.ev.event_id)
             if i in parked:
                 raw = (self.pseudonymize.scrub(a.raw, a.ev.user_id) or b"") \
                     if self.pseudonymize.enabled else a.raw

@@ -202,7 +202,7 @@ class PartitionState:
             raise StateError(f"snapshot version {d.get('version')} is not {SNAPSHOT_VERSION}: "
                              "run `profiles rebuild` to recompute the state with this version")
         try:
-            return cls(
+            st = cls(
                 partition=int(d["partition"]),
                 profiles=ProfileTable.from_state(d["profiles"], dim, pp),
                 users=UserStats.from_state(d["users"], pp),
@@ -230,3 +230,7 @@ class PartitionState:
             raise StateError(f"snapshot of partition {d.get('partition')} cannot be read by this "
                              f"version ({type(exc).__name__}: {exc}): run `profiles rebuild`"
                              ) from exc
+        st.users.share_ids(st.profiles)  # one string per user id, not one per table
+        if st.interests is not None:
+            st.interests.share_ids(st.profiles)
+        return st
