@@ -36,6 +36,9 @@ __all__ = ["MAX_INTERNAL_ARMS", "OPEN_PATHS", "Api", "check_exposure", "is_loopb
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset(("/metrics", "/healthz", "/readyz"))
+#: requests that do not make the worker "serving" (stream.worker.slicing): monitoring polls
+#: /stats too (a bench draining a backlog polled it, and paid for slices it did not need)
+NOT_SERVING = OPEN_PATHS | {"/stats"}
 #: most arms one /internal/arms request may ask for (a candidate pool is far smaller)
 MAX_INTERNAL_ARMS = 10_000
 
@@ -130,8 +133,8 @@ class Api:
     # ------------------------------------------------------------------ middlewares
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:  # serving: batches applied in slices meanwhile
-            self.q.p.serving.note()  # (stream.worker.slicing; scrapes and probes do not count)
+        if request.path not in NOT_SERVING:  # serving: batches applied in slices meanwhile
+            self.q.p.serving.note()  # (stream.worker.slicing; scrapes, probes, /stats do not)
         try:
             return await handler(request)
         except QueryError as exc:

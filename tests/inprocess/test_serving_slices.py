@@ -175,7 +175,7 @@ def test_http_requests_mark_the_worker_serving(tmp_path) -> None:
         async with InProcessWorker(_settings(tmp_path, "h"), HashingEncoder(DIM)) as w:
             serving = w.pipeline.serving
             async with TestClient(TestServer(Api(Queries(w.pipeline)).app())) as c:
-                for path in ("/metrics", "/healthz", "/readyz"):  # scrapes and probes
+                for path in ("/metrics", "/healthz", "/readyz", "/stats"):  # monitoring
                     await (await c.get(path)).read()
                 assert not serving.active() and serving.requests == 0
                 r = await c.get("/users/nobody/similar")
