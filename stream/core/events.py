@@ -20,6 +20,7 @@ decodes a batch column by column; side by side on the generator's events in batc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields, make_dataclass
 from itertools import repeat
@@ -402,6 +403,11 @@ def _decode_columns(raws: Sequence[bytes], msg_ts_ms: Sequence[int | None], limi
         if not all(0.0 < p <= 1.0 for p in props if p is not None):
             return None
         props = [None if p is None else float(p) for p in props]
+    # one string object per user / item id, however many events and tables (every partition's
+    # item signals and bandit arms) keep it: the decoder makes a fresh one per event (issue 12;
+    # an interned string is freed with its last reference, so this holds nothing itself)
+    user_ids = list(map(sys.intern, user_ids))
+    item_ids = [None if i is None else sys.intern(i) for i in item_ids]
     return list(_events(event_ids, user_ids, types, ts, item_ids, queries, arms, positions,
                         props))
 
