@@ -336,7 +336,11 @@ class DedupeWindow:
     def state(self) -> dict[str, Any]:
         """Plain data: the entries' keys concatenated (16 bytes each, oldest first), the stale
         counts and the bare keys still live."""
-        out: dict[str, Any] = {"keys": self._entries(self._first, self._next).tobytes()}
+        return {"keys": self._entries(self._first, self._next).tobytes(), **self._extras()}
+
+    def _extras(self) -> dict[str, Any]:
+        """The stale counts and live bare keys, as :meth:`state` and :meth:`delta` hold them."""
+        out: dict[str, Any] = {}
         if self._stale:
             out["stale"] = dict(self._stale)
         if self._bare:
@@ -347,12 +351,7 @@ class DedupeWindow:
         """What an incremental snapshot holds of the window: the keys of the newest ``n``
         entries (those appended since the last one), the length, stale counts and bare keys
         (see :meth:`merge_delta`)."""
-        out: dict[str, Any] = {"len": len(self), "new": self.newest(n)}
-        if self._stale:
-            out["stale"] = dict(self._stale)
-        if self._bare:
-            out["bare"] = b"".join(sorted(self._bare))
-        return out
+        return {"len": len(self), "new": self.newest(n), **self._extras()}
 
     @staticmethod
     def merge_delta(state: dict[str, Any] | list[str], delta: dict[str, Any]) -> dict[str, Any]:
