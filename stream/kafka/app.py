@@ -25,6 +25,7 @@ from faust.types import TP
 from stream.kafka.catalog_feed import follow_catalog
 from stream.kafka.clients import faust_credentials
 from stream.kafka.fetch_stamps import stamp_fetches
+from stream.kafka.rejoin import evict_dead_members, forget_member, record_member
 from stream.kafka.signals_feed import follow_signals
 from stream.settings import Settings
 from stream.worker.latency import BatchTiming, FetchLog, GcTimer, freeze_heap
@@ -189,7 +190,25 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         if parts:
             await pipeline.revoke(parts)
 
+    recorded_member: list[str | None] = [None]
+
+    def record_membership() -> None:
+        """This process's group member id, in the state folder: a worker restarted after a
+        SIGKILL takes it out of the group (stream.kafka.rejoin)."""
+        try:
+            consumer: Any = app.consumer
+            member = str(consumer._thread._ensure_consumer()._coordinator.member_id)
+        except Exception:  # faust/aiokafka internals: without it, the session timeout applies
+            return
+        if member and member != recorded_member[0]:
+            try:
+                record_member(s, s.group_id, member)
+                recorded_member[0] = member
+            except OSError as exc:
+                log.warning("could not record the group member id: %s", exc)
+
     async def on_assigned(_app: Any, assigned: Iterable[TP], **kw: Any) -> None:
+        record_membership()
         mine = set(events_partitions(assigned))
         gone = [p for p in pipeline.states if p not in mine]
         if gone:
@@ -248,6 +267,9 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
             await app.crash(exc)
             raise
 
+    # Before the worker joins the group: a killed predecessor on this state folder leaves it
+    # (else the first join waits for it and a second rebalance follows its session timeout)
+    evict_dead_members(s, s.group_id)
     # Before the worker starts: the first assignment's seek (a restart with snapshots) must
     # already go to the snapshots' offsets.  Installed from an app task instead, it came after
     # that seek when the state loaded fast, and faust's read offsets (its committed offsets,
@@ -306,6 +328,7 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
             log.warning("publishing signal partials at shutdown failed: %s", exc)
         n = await pipeline.snapshot(everything=True)
         log.info("shutdown: wrote %d partition snapshots", n)
+        forget_member(s, s.group_id)  # faust's consumer leaves the group itself
         await on_stop()
 
     # faust's signal types want a ``signal`` keyword our handlers take through ``**kw``

@@ -39,6 +39,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,6 +105,7 @@ class KafkaBlobStore:
         self._parts: dict[int, PartitionLog] = {}
         self._producer: Any = None
         self._consumer: Any = None
+        self._stopper: Any = None  # stops the producer if the store goes without close()
         self._topic_ready = False
         self.records_read = 0  # every record read from the topic (restores and catch-ups)
         self.bytes_read = 0
@@ -166,7 +168,16 @@ class KafkaBlobStore:
                 except BaseException:
                     loop.close()
                     raise
+                self._stop_when_gone()
             return self._producer
+
+    def _stop_when_gone(self) -> None:
+        """Stop the producer when the store is collected or the process exits without
+        :meth:`close` (``profiles bench scale``'s builder drops its state, then exits): aiokafka
+        warned "Unclosed AIOKafkaProducer" and "Task was destroyed but it is pending"."""
+        if self._stopper is None:
+            loop, producer = self._producer
+            self._stopper = weakref.finalize(self, _stop_producer, loop, producer)
 
     def _consumer_(self) -> Any:
         if self._consumer is None:
@@ -183,6 +194,9 @@ class KafkaBlobStore:
 
     def close(self) -> None:
         with self._lock:
+            if self._stopper is not None:
+                self._stopper.detach()
+                self._stopper = None
             if self._producer is not None:
                 loop, producer = self._producer
                 self._producer = None
@@ -404,6 +418,16 @@ def changelog_topics(s: Settings) -> tuple[dict[str, int], dict[str, Mapping[str
         return {}, {}
     return {s.changelog_topic_name(): s.partitions}, {s.changelog_topic_name():
                                                       CHANGELOG_TOPIC_CONFIG}
+
+
+def _stop_producer(loop: LoopThread, producer: Any) -> None:
+    """A collected (or, at exit, left open) store's producer: stopped on its own loop."""
+    try:
+        loop.run(producer.stop(), 10)
+    except Exception as exc:  # never raise from a finaliser
+        log.warning("changelog producer not stopped (%s: %s)", type(exc).__name__, exc)
+    finally:
+        loop.close()
 
 
 def changelog_store(s: Settings, local: BlobStore, model: str) -> BlobStore:
