@@ -197,16 +197,21 @@ class SignalView:
         items = list(items)
         if not items:
             return 0
-        partial = signals.popularity.partial
-        got = [(it, pp) for it in items if (pp := partial(it)) is not None]
-        if got:
+        many = getattr(signals.popularity, "partials", None)  # ItemPopularity: columns at once
+        if many is not None:
+            known, a, sh, lg, c = many(items)
+        else:
+            partial = signals.popularity.partial
+            got = [(it, pp) for it in items if (pp := partial(it)) is not None]
+            known = [it for it, _ in got]
+            a, sh, lg, c = zip(*(pp for _, pp in got)) if got else ((), (), (), ())
+        if known:
             s = self._slot(partition)
-            r = self._rows([it for it, _ in got])
-            a, sh, lg, c = zip(*(pp for _, pp in got))
-            self._p_anchor[s, r] = np.array(a, dtype=np.int64)
-            self._p_short[s, r] = np.array(sh, dtype=np.float64)
-            self._p_long[s, r] = np.array(lg, dtype=np.float64)
-            self._p_count[s, r] = np.array(c, dtype=np.int64)
+            r = self._rows(known)
+            self._p_anchor[s, r] = np.asarray(a, dtype=np.int64)
+            self._p_short[s, r] = np.asarray(sh, dtype=np.float64)
+            self._p_long[s, r] = np.asarray(lg, dtype=np.float64)
+            self._p_count[s, r] = np.asarray(c, dtype=np.int64)
             self._p_has[s, r] = True
             self._pop_dirty.append(r)
         cov, live = signals.covis, self._cov_live
