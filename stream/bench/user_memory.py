@@ -10,7 +10,7 @@ purchases) in batches of 500 straight into the per-partition core structures the
 batch step updates: :class:`~stream.core.profile.ProfileTable` (dim 384),
 :class:`~stream.core.profile.UserStats`, the :class:`~stream.core.dedupe.DedupeWindow`
 (``PROFILES_DEDUPE_WINDOW`` pairs per partition) and the users index of the worker's settings
-(``users_index_spec``: SQ8 IVF above ``PROFILES_INDEX_EXACT_BELOW``).  Every string is made
+(``users_index_spec``: SQ4 IVF above ``PROFILES_INDEX_EXACT_BELOW``).  Every string is made
 per event, as decoding does.  Printed per size: RSS + swap after ``gc.collect()`` and
 ``malloc_trim`` (:func:`stream.bench.scale_child.memory_bytes`), the arrays' bytes per user,
 and the RSS each part frees when dropped (users index, dedupe, user stats, profiles: a lower
@@ -62,6 +62,9 @@ def child(n_users: int, epu: int, parts: int, with_index: bool, stats_from: str 
     from stream.worker.indexes import users_index_spec
 
     s = Settings.from_env()
+    from stream.worker.malloc_tune import set_mmap_threshold
+
+    set_mmap_threshold(s.malloc_mmap_threshold)  # as the worker does (service.run)
     stats_cls = _stats_class(stats_from)
     pp = ProfileParams()
     data = ScaleData(0, DIM, 10_000, n_users, epu)

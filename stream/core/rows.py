@@ -12,15 +12,32 @@ are built on it.
 from __future__ import annotations
 
 import heapq
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NO_ANCHOR", "UserRows", "checked_batch", "grown"]
+__all__ = ["NO_ANCHOR", "UserRows", "checked_batch", "grown", "row_ints"]
 
 # Anchor of a row that has never received an event; never used in arithmetic.
 NO_ANCHOR = np.iinfo(np.int64).min
+
+# One int object per row number, shared by every table of every partition (profiles, user
+# stats, interests): each table's id -> row dict held its own int object per user otherwise,
+# 32 bytes a user a table (issue 12).  Grows in steps of _INT_STEP; ints are immutable.
+_ROW_INTS: list[int] = []
+_INT_STEP = 4096
+_INT_LOCK = threading.Lock()
+
+
+def row_ints(n: int) -> list[int]:
+    """The shared int objects of rows ``[0, n)`` and at least those (a list to index)."""
+    if n > len(_ROW_INTS):
+        with _INT_LOCK:  # tables load on snapshot threads too: position i must hold i
+            if n > len(_ROW_INTS):
+                _ROW_INTS.extend(range(len(_ROW_INTS), n + _INT_STEP))
+    return _ROW_INTS
 
 
 def grown(old: np.ndarray, new_cap: int, fill: float | int = 0) -> np.ndarray:
@@ -86,7 +103,7 @@ class UserRows:
         if self._free:
             row = heapq.heappop(self._free)
         else:
-            row = self._next
+            row = row_ints(self._next + 1)[self._next]
             self._next += 1
             self._grow(self._next)
         self._index[user] = row
@@ -116,7 +133,7 @@ class UserRows:
         n = len(users)
         self._anchor[:n] = anchors
         self._names[:n] = users
-        self._index = {u: i for i, u in enumerate(users)}
+        self._index = dict(zip(users, row_ints(n)))  # the shared row ints
         self._next = n
 
     def share_ids(self, other: UserRows) -> int:

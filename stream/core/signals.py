@@ -179,6 +179,19 @@ class ItemPopularity:
         return (int(self._anchor[r]), float(self._short[r]), float(self._long[r]),
                 int(self._count[r]))
 
+    def partials(self, items: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray,
+                                                       np.ndarray, np.ndarray]:
+        """:meth:`partial` of many items at once: the known ``items`` (in order) and their
+        anchors, short, long and counts as arrays (the same values)."""
+        index = self._index
+        rows = np.fromiter((index.get(i, -1) for i in items), dtype=np.int64, count=len(items))
+        known = rows >= 0
+        if not known.all():
+            items = [i for i, k in zip(items, known.tolist(), strict=True) if k]
+            rows = rows[known]
+        return (list(items), self._anchor[rows], self._short[rows], self._long[rows],
+                self._count[rows])
+
     def take_changed(self) -> set[str]:
         out, self._changed = self._changed, set()
         return out
@@ -262,8 +275,9 @@ class RecentItems:
 
     def __init__(self, params: SignalParams) -> None:
         self.params = params
+        # no per-user "changed" set: nothing read one, and it held every user who ever had an
+        # item event (~40 B a user; incremental snapshots list their users in the journal)
         self._ev: dict[str, bytes] = {}
-        self._changed: set[str] = set()
         self._codes: dict[str, int] = {}  # item -> code
         self._items: list[str | None] = []  # code -> item (None: free)
         self._refs: list[int] = []  # code -> kept events naming it
@@ -353,7 +367,6 @@ class RecentItems:
                 self._group(kept, evs[i:j], out)
                 i = j
             self._ev[u] = self._encode(kept)  # in place: a known user keeps its position
-            self._changed.add(u)
         return out
 
     def _group(self, kept: list[Recent], group: list[Recent], out: Pairs) -> None:
@@ -468,17 +481,11 @@ class RecentItems:
 
     def remove(self, user: str) -> bool:
         """Forget a user's recent items; False when unknown."""
-        self._changed.discard(user)
         rec = self._ev.pop(user, None)
         if rec is None:
             return False
         self._unref(self._decode(rec))
         return True
-
-    def take_changed(self) -> set[str]:
-        """Users whose recent items changed since the last call."""
-        out, self._changed = self._changed, set()
-        return out
 
     def __contains__(self, user: object) -> bool:
         return user in self._ev

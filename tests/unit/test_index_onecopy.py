@@ -167,7 +167,7 @@ def test_settings_choose_the_users_codes() -> None:
 
     s = Settings.from_env({"PROFILES_INDEX_USER_CODES": "SQ4"})
     assert users_index_spec(s).codes == "SQ4" and index_spec(s).codes == "Flat"
-    assert users_index_spec(Settings()).codes == "SQ8"
+    assert users_index_spec(Settings()).codes == "SQ4"
     with pytest.raises(ConfigError, match="index_user_codes must be Flat, SQfp16, SQ8, SQ6 or SQ4"):
         Settings.from_env({"PROFILES_INDEX_USER_CODES": "PQ16"})
     with pytest.raises(ValueError, match="unknown IVF codes"):
