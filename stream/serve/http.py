@@ -112,7 +112,10 @@ class Api:
         return web.AppRunner(self.app(), access_log=None)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth, self._route])
+        # the body bound (aiohttp's default is 1 MiB, below the front's): a larger body is
+        # refused while it is read, never held whole (413 with the setting's name, counted)
+        app = web.Application(client_max_size=self.q.p.s.http_max_body_bytes,
+                              middlewares=[self._errors, self._auth, self._route])
         r = app.router
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -139,6 +142,10 @@ class Api:
             return await handler(request)
         except QueryError as exc:
             return _error(exc.status, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            self.q.p.metrics.http_bodies_rejected.inc()
+            return _error(413, f"request body over {self.q.p.s.http_max_body_bytes} bytes "
+                               "(PROFILES_HTTP_MAX_BODY_BYTES)")
         except web.HTTPException:
             raise  # aiohttp's own 404 / 405: their bodies echo nothing
         except Exception as exc:

@@ -23,10 +23,15 @@ when its slice is applied, so still within one batch of its arrival.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["SERVING_WINDOW_S", "YIELD_PASSES", "Serving", "let_requests_in", "slices"]
+T = TypeVar("T")
+M = TypeVar("M")
+
+__all__ = ["LOOP_SLICE_S", "SERVING_WINDOW_S", "YIELD_PASSES", "Serving", "in_loop_slices",
+           "let_requests_in", "slices"]
 
 
 class _OfPartition(Protocol):
@@ -42,6 +47,10 @@ R = TypeVar("R", bound=_OfPartition)
 YIELD_PASSES = 3
 #: seconds after the last request during which batches are applied in slices
 SERVING_WINDOW_S = 5.0
+#: most seconds :func:`in_loop_slices` runs on the loop before it lets requests in
+LOOP_SLICE_S = 0.005
+#: items :func:`in_loop_slices` hands its function at a time (the clock is read between them)
+LOOP_STEP = 16
 
 
 class Serving:
@@ -93,3 +102,23 @@ async def let_requests_in(passes: int = YIELD_PASSES) -> None:
     answered before the caller goes on."""
     for _ in range(passes):
         await asyncio.sleep(0)
+
+
+async def in_loop_slices(fn: Callable[..., list[M]], items: Sequence[T], *args: Any,
+                         slice_s: float | None = None, step: int = LOOP_STEP,
+                         clock: Callable[[], float] = time.perf_counter) -> list[M]:
+    """``fn(part, *args)`` over ``items`` (the results concatenated, in order), ``step`` items
+    per call, letting requests in (:func:`let_requests_in`) whenever the calls since the last
+    time took ``slice_s``: synchronous loop work whose cost per item varies (a signal partial
+    is a top-m of its co-visitation row: ~0.1 ms each at 10^4 items and 20 events per user, so
+    a publish chunk of 500 held the loop 40-95 ms) stays within about ``slice_s`` per turn
+    (default :data:`LOOP_SLICE_S`)."""
+    budget = LOOP_SLICE_S if slice_s is None else slice_s
+    out: list[M] = []
+    t0 = clock()
+    for i in range(0, len(items), step):
+        if clock() - t0 >= budget:
+            await let_requests_in()
+            t0 = clock()
+        out.extend(fn(items[i:i + step], *args))
+    return out

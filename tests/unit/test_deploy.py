@@ -78,6 +78,7 @@ WORKER_METRICS = {
     "profiles_candidates": "counter",
     "profiles_signals_published": "counter",
     "profiles_signals_received": "counter",
+    "profiles_http_bodies_rejected": "counter",
     "profiles_segment_users": "gauge",
     "profiles_interest_users": "gauge",
     # prometheus_client's ProcessCollector
