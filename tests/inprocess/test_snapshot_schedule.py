@@ -52,13 +52,13 @@ def test_one_due_partition_per_call_and_each_at_most_every_interval(tmp_path) ->
 
 def test_serialising_cost_stretches_the_interval_to_the_budget(tmp_path) -> None:
     pipe, clock = _pipeline(tmp_path, snapshot_interval_s=0.5, snapshot_budget=0.01)
-    dumps = pipe.store.dumps
+    dumps = pipe.store.capture
 
     def slow_dumps(st):  # >= 20 ms of serialising: the next may start >= 2 s later
         time.sleep(0.02)
         return dumps(st)
 
-    pipe.store.dumps = slow_dumps
+    pipe.store.capture = slow_dumps  # the part under the lock
 
     async def run() -> None:
         pipe.schedule.dirty = {0, 1, 2}
@@ -76,7 +76,7 @@ def test_requests_are_answered_while_a_partition_serialises(tmp_path) -> None:
     and a batch waits until the snapshot is taken (the state cannot change under it)."""
     pipe, _clock = _pipeline(tmp_path, snapshot_budget=1.0)
     started, finished = threading.Event(), threading.Event()
-    dumps = pipe.store.dumps
+    dumps = pipe.store.capture
 
     def slow_dumps(st):
         started.set()
@@ -84,7 +84,7 @@ def test_requests_are_answered_while_a_partition_serialises(tmp_path) -> None:
         finished.set()
         return dumps(st)
 
-    pipe.store.dumps = slow_dumps
+    pipe.store.capture = slow_dumps  # the part under the lock
     before = pipe.states[0].next_offset
     ev = {"event_id": "e1", "user_id": "u1", "type": "view", "item_id": "unknown",
           "ts": 1_700_000_000_000}
