@@ -52,6 +52,7 @@ async def follow_signals(s: Settings, receiver: SignalReceiver) -> None:
         tps = await assign_all(consumer, topic, timeout_s=float("inf"))
         await consumer.seek_to_beginning(*tps)
         empty_polls = 0
+        targets: dict[Any, int] = {}  # the end seen first: never chase our own re-publish
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             records = [from_message(m) for msgs in batches.values() for m in msgs]
@@ -62,7 +63,8 @@ async def follow_signals(s: Settings, receiver: SignalReceiver) -> None:
                 empty_polls = 0
             else:
                 empty_polls += 1
-            if not receiver.is_caught_up() and await caught_up(consumer, tps, empty_polls):
+            if not receiver.is_caught_up() and await caught_up(
+                    consumer, tps, empty_polls, targets=targets):
                 log.info("signals topic %s caught up", topic)
                 receiver.mark_caught_up()
     finally:
