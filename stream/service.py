@@ -36,7 +36,9 @@ from stream.serve.routing import Router
 from stream.settings import Settings
 from stream.worker.blobs import LocalBlobStore
 from stream.worker.faiss_threads import set_faiss_threads
+from stream.worker.gil import set_gil_switch
 from stream.worker.latency import set_torch_threads
+from stream.worker.malloc_tune import set_mmap_threshold
 from stream.worker.pipeline import Pipeline
 
 __all__ = ["Service", "build_service", "run", "run_worker"]
@@ -120,6 +122,8 @@ def run_worker(settings: Settings) -> None:
     if settings.encoder_kind == "transformer":  # PROFILES_ENCODER_THREADS (issue 14: the tail)
         set_torch_threads(settings.encoder_threads)
     set_faiss_threads(settings.faiss_threads)  # PROFILES_FAISS_THREADS: this (the loop's) thread
+    set_gil_switch(settings.gil_switch_ms)  # PROFILES_GIL_SWITCH_MS (stream.worker.gil)
+    set_mmap_threshold(settings.malloc_mmap_threshold)  # PROFILES_MALLOC_MMAP_THRESHOLD
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
                        kind=settings.encoder_kind, dtype=settings.encoder_dtype)
     log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,

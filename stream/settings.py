@@ -129,6 +129,15 @@ class Settings:
         "help": "OpenMP threads of FAISS calls on the worker's event loop (searches, users-index "
                 "updates; 0: FAISS's default, one per core); more than one stalls them whenever "
                 "the cores are busy (stream.worker.faiss_threads)"})
+    malloc_mmap_threshold: int = field(default=4 << 20, metadata={
+        "help": "glibc's mmap threshold in the worker (bytes; 0: glibc's dynamic default, up to "
+                "32 MiB; the trim threshold is set to 8x it): blocks at least this large are mapped "
+                "and given back on free, so doubling tables leave no heap holes "
+                "(stream.worker.malloc_tune)"})
+    gil_switch_ms: float = field(default=1.0, metadata={
+        "help": "the interpreter's thread switch interval in the worker (sys.setswitchinterval, "
+                "ms; Python's default 5): how long the event loop waits for the GIL after a "
+                "FAISS call or I/O while a snapshot serialises on a thread (stream.worker.gil)"})
     encoder_cache_bytes: int = field(default=64 * 1024 * 1024, metadata={
         "help": "bytes of query vectors (with their texts) kept in the LRU query cache (0: none)"})
     http_host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address"})
@@ -140,6 +149,9 @@ class Settings:
     front_max_body_bytes: int = field(default=4 << 20, metadata={
         "help": "largest request body the parent of `--processes N` forwards to a worker "
                 "process; a larger one gets 413 (profiles_front_bodies_rejected_total)"})
+    http_max_body_bytes: int = field(default=4 << 20, metadata={
+        "help": "largest request body a worker's own HTTP API reads (each child of --processes "
+                "N too); a larger one gets 413 (profiles_http_bodies_rejected_total)"})
     min_ts: int = field(default=0, metadata={"help": "reject events with ts (epoch ms) below this"})
     max_future_ms: int = field(default=86_400_000, metadata={
         "help": "reject ts (ts_in_future) beyond the earlier of the Kafka timestamp and the "
@@ -158,7 +170,9 @@ class Settings:
                 "oldest go to the DLQ, park_overflow)"})
     dedupe_window: int = field(default=1_000_000, metadata={
         "help": "(user, event id) pairs remembered per partition (a 16-byte digest each)"})
-    session_timeout_s: float = field(default=10.0, metadata={"help": "Kafka consumer session timeout"})
+    session_timeout_s: float = field(default=6.0, metadata={
+        "help": "Kafka consumer session timeout (a SIGKILLed member's partitions wait this long; "
+                "over ~6 s the restarted worker's first join misses it and a second follows)"})
     fetch_max_wait_ms: int = field(default=50, metadata={"help": "longest a Fetch waits for new data"})
     gc_freeze: bool = field(default=True, metadata={
         "help": "once ready and after each assignment, move what the worker holds into the "
@@ -248,8 +262,8 @@ class Settings:
         "help": "auto index kind: vectors below which search is exact (>= 78)"})
     index_nprobe: int = field(default=0, metadata={
         "help": "IVF lists probed per search (0: a tenth of the lists, 32 to 256)"})
-    index_user_codes: str = field(default="SQ8", metadata={
-        "help": "users IVF codes above index_exact_below: SQ8/SQ6/SQ4/SQfp16 (compressed, re-ranked "
+    index_user_codes: str = field(default="SQ4", metadata={
+        "help": "users IVF codes above index_exact_below: SQ4/SQ6/SQ8/SQfp16 (compressed, re-ranked "
                 "exactly from the profiles: no float32 copy) or Flat"})
     explain_events: int = field(default=5, metadata={
         "help": "recent events and co-visited items listed per candidate by /candidates?explain=1 "
@@ -383,6 +397,11 @@ class Settings:
         if self.faiss_threads < 0:
             problems.append(f"faiss_threads must be >= 0 (0: FAISS's default), got "
                             f"{self.faiss_threads}")
+        if self.malloc_mmap_threshold != 0 and not 4096 <= self.malloc_mmap_threshold <= 32 << 20:
+            problems.append(f"malloc_mmap_threshold must be 0 (glibc's default) or in "
+                            f"4096..33554432 bytes, got {self.malloc_mmap_threshold}")
+        if not 0.05 <= self.gil_switch_ms <= 100:
+            problems.append(f"gil_switch_ms must be in 0.05..100, got {self.gil_switch_ms}")
         if self.encoder_cache_bytes < 0:
             problems.append(f"encoder_cache_bytes must be >= 0 (0: no cache), got "
                             f"{self.encoder_cache_bytes}")
@@ -404,6 +423,9 @@ class Settings:
         if not 1 <= self.front_max_body_bytes <= 1 << 30:
             problems.append(f"front_max_body_bytes must be in 1..{1 << 30} (1 GiB), got "
                             f"{self.front_max_body_bytes}")
+        if not 1 <= self.http_max_body_bytes <= 1 << 30:
+            problems.append(f"http_max_body_bytes must be in 1..{1 << 30} (1 GiB), got "
+                            f"{self.http_max_body_bytes}")
         if self.encoder_device not in ("auto", "cpu", "cuda"):
             problems.append(f"encoder_device must be auto, cpu or cuda, got {self.encoder_device!r}")
         if self.encoder_dtype not in ("auto", "fp32", "bf16"):

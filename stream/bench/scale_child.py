@@ -92,6 +92,12 @@ class Harness:
 
         self.s = Settings.from_env()
         set_faiss_threads(self.s.faiss_threads)  # as the worker does (service.run)
+        from stream.worker.gil import set_gil_switch
+
+        set_gil_switch(self.s.gil_switch_ms)  # PROFILES_GIL_SWITCH_MS, as the worker does
+        from stream.worker.malloc_tune import set_mmap_threshold
+
+        set_mmap_threshold(self.s.malloc_mmap_threshold)  # as the worker does (service.run)
         self.a = a
         self.data = ScaleData(a.seed, a.dim, a.items, a.users, a.events_per_user)
         self.dead = DeadLetters()

@@ -291,6 +291,11 @@ class Metrics:
             "profiles_signals_received",
             "Signal partials read from the signals topic (this worker's own included)", registry=r,
         )
+        self.http_bodies_rejected = Counter(
+            "profiles_http_bodies_rejected",
+            "Requests this worker answered 413 because the body was over "
+            "PROFILES_HTTP_MAX_BODY_BYTES (not read whole)", registry=r,
+        )
         self.segment_users = Gauge(  # k labels (PROFILES_SEGMENTS_K <= 256)
             "profiles_segment_users",
             "Users of this worker's partitions per customer segment (sum over workers)",
