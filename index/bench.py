@@ -12,7 +12,7 @@ profile-like: decayed mixtures of a few item vectors, never a stored vector.  Fo
 - users: ``n`` profiles, then churn of 10x ``n`` (batches of 500: 90% drift updates, 5%
   forgets, 5% new users), upsert cost per vector, recall@10 against exact after the churn,
   rows held by the IVF (must equal the live count: memory does not grow with churn); the IVF
-  has ``--user-codes`` (SQ8, as the worker) re-ranked from the profiles, as in the worker.
+  has ``--user-codes`` (SQ4, the worker's default) re-ranked from the profiles, as in the worker.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def bench_items(n: int, dim: int, queries: int, exact_below: int) -> dict[str, A
 
 
 def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float,
-                codes: str = "SQ8") -> dict[str, Any]:
+                codes: str = "SQ4") -> dict[str, Any]:
     g = Gen(dim, seed=11)
     items = g.items(20_000)
     live: dict[str, np.ndarray] = {}  # the profiles: the index re-ranks from them (its source)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topics", type=int, default=TOPICS,
                     help="topic centres of the generator (more topics: a harder data set)")
     ap.add_argument("--parts", nargs="+", choices=("items", "users"), default=["items", "users"])
-    ap.add_argument("--user-codes", default="SQ8",
+    ap.add_argument("--user-codes", default="SQ4",
                     help="users IVF codes (PROFILES_INDEX_USER_CODES), re-ranked from the profiles")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
