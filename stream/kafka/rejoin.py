@@ -9,8 +9,10 @@ So each worker records its group member id in its state folder, one file per pro
 (``<state dir>/faust/members/<group>/<host>-<pid>.json``), rewritten when the id changes and
 removed at a clean shutdown (the worker then leaves the group itself).  A worker starting on
 that folder sends a LeaveGroup for every member recorded *on this host by a process that no
-longer exists*: that member is certainly dead.  A live process's member (two workers sharing a
-folder), another host's, or an unreadable record is never touched.  Best effort: a LeaveGroup
+longer exists*: that member is certainly dead; so is a record with this process's own host and pid that
+this process did not write (a container restarted in place: same hostname, the worker pid 1
+again).  A live process's member (two workers sharing a folder), another host's, or an
+unreadable record is never touched.  Best effort: a LeaveGroup
 that fails (the broker down, the member already gone) only means the session timeout applies,
 as before.
 """
@@ -51,9 +53,14 @@ def _own_path(s: Settings, group: str) -> Path:
     return members_dir(s, group) / f"{socket.gethostname()}-{os.getpid()}.json"
 
 
+#: member ids this process has recorded (its own record with another id is a predecessor's)
+_MINE: set[str] = set()
+
+
 def record_member(s: Settings, group: str, member_id: str) -> None:
     """Remember this process's member id (written atomically: a kill mid-write leaves the old
     record or none)."""
+    _MINE.add(member_id)
     path = _own_path(s, group)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -87,7 +94,11 @@ def dead_members(s: Settings, group: str) -> list[MemberRecord]:
             rec = MemberRecord(path, str(d["member_id"]), str(d["host"]), int(d["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if rec.host == host and rec.pid != os.getpid() and rec.member_id and not _alive(rec.pid):
+        if rec.host != host or not rec.member_id:
+            continue
+        # this host's pid: a record with it that this process did not write is a predecessor's
+        # (a container restarted in place runs its worker as the same pid, often 1)
+        if (rec.member_id not in _MINE if rec.pid == os.getpid() else not _alive(rec.pid)):
             out.append(rec)
     return out
 

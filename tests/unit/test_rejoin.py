@@ -54,7 +54,7 @@ def _write(s: Settings, name: str, member: str, pid: int, host: str | None = Non
 def _records(s: Settings, dead_pid: int, live_pid: int) -> None:
     _write(s, "dead", "m-dead", dead_pid)
     _write(s, "live", "m-live", live_pid)
-    _write(s, "self", "m-self", os.getpid())
+    record_member(s, GROUP, "m-self")  # this process's own record
     _write(s, "elsewhere", "m-other-host", dead_pid, host=socket.gethostname() + "-other")
     (members_dir(s, GROUP) / "torn.json").write_text('{"member_id": "m-torn", "pi')
 
@@ -77,7 +77,7 @@ def test_evict_leaves_for_the_dead_members_only_and_drops_their_records(
     assert evict_dead_members(s, GROUP, leave=leave) == 1
     assert asked == [(GROUP, ["m-dead"])]
     left = sorted(p.stem for p in members_dir(s, GROUP).glob("*.json"))
-    assert left == ["elsewhere", "live", "self", "torn"]
+    assert left == sorted(["elsewhere", "live", f"{socket.gethostname()}-{os.getpid()}", "torn"])
     assert evict_dead_members(s, GROUP, leave=leave) == 0  # nothing left to remove
     assert len(asked) == 1
 
@@ -119,3 +119,12 @@ def test_record_and_forget_this_process(s) -> None:
     assert dead_members(s, GROUP) == []  # this process is alive
     forget_member(s, GROUP)
     assert list(members_dir(s, GROUP).glob("*")) == []
+
+
+def test_a_record_with_this_pid_written_by_a_predecessor_is_dead(s) -> None:
+    # a container restarted in place: same hostname, the worker is pid 1 again; the record
+    # under this process's own name was written by the killed predecessor, not by us
+    _write(s, f"{socket.gethostname()}-{os.getpid()}", "m-predecessor", os.getpid())
+    assert [d.member_id for d in dead_members(s, GROUP)] == ["m-predecessor"]
+    record_member(s, GROUP, "m-now")  # once this process has joined, its record is its own
+    assert dead_members(s, GROUP) == []
