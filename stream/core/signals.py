@@ -60,6 +60,7 @@ from __future__ import annotations
 import bisect
 import functools
 import heapq
+import itertools
 import math
 import operator
 import struct
@@ -316,23 +317,19 @@ class RecentItems:
         n = len(kept)
         if not n:
             return _record(False, 0).pack(0, 0)
-        codes = self._codes
-        base = kept[0][0]
-        offs = [e[0] - base for e in kept]
-        wide = offs[-1] > _NARROW
-        return _record(wide, n).pack(int(wide), base, *offs, *[codes[e[1]] for e in kept],
-                                     *[e[2] for e in kept])
+        ts, its, ws = zip(*kept)
+        base = ts[0]
+        wide = ts[-1] - base > _NARROW
+        return _record(wide, n).pack(int(wide), base, *map(base.__rsub__, ts),
+                                     *map(self._codes.__getitem__, its), *ws)
 
     def _decode(self, rec: bytes) -> list[Recent]:
         """The events of a record, sorted by ts."""
         wide = rec[0] == 1
         n = (len(rec) - 9) // (20 if wide else 16)
         vals = _record(wide, n).unpack(rec)
-        base = vals[1]
-        items = self._items
-        ts = [base + d for d in vals[2: 2 + n]]
-        names = cast(list[str], [items[c] for c in vals[2 + n: 2 + 2 * n]])
-        return list(zip(ts, names, vals[2 + 2 * n:]))
+        names = cast(Iterator[str], map(self._items.__getitem__, vals[2 + n: 2 + 2 * n]))
+        return list(zip(map(vals[1].__add__, vals[2: 2 + n]), names, vals[2 + 2 * n:]))
 
     def record_bytes(self, user: str) -> int:
         """Bytes of the user's packed record (0 when unknown); the interned table aside."""
@@ -355,9 +352,16 @@ class RecentItems:
             by_user.setdefault(u, []).append((t, it, w))
         out = Pairs([], [], [], [], [])
         for u, evs in by_user.items():
-            evs.sort(key=_ts_key)  # stable: a user's batch events in ts order
+            if len(evs) > 1:
+                evs.sort(key=_ts_key)  # stable: a user's batch events in ts order
             rec = self._ev.get(u)
+            if len(evs) == 1 and rec is not None and self._one(u, rec, evs[0], out):
+                continue
             kept = [] if rec is None else self._decode(rec)
+            if len(evs) == 1:
+                self._group(kept, evs, out)
+                self._ev[u] = self._encode(kept)
+                continue
             i = 0
             while i < len(evs):
                 j = i + 1
@@ -369,6 +373,64 @@ class RecentItems:
             self._ev[u] = self._encode(kept)  # in place: a known user keeps its position
         return out
 
+    def _one(self, user: str, rec: bytes, e: Recent, out: Pairs) -> bool:
+        """The usual case on the packed record itself, without decoding it into tuples: one
+        event of the batch for ``user``, newer than every kept one.  Same pairs, record and
+        codes as :meth:`_group` then :meth:`_retain` (False, nothing done: not that case)."""
+        wide = rec[0] == 1
+        n = (len(rec) - 9) // (20 if wide else 16)
+        vals = _record(wide, n).unpack(rec)
+        base = vals[1]
+        t, b, wb = e
+        if not n or t <= base + vals[1 + n]:
+            return False
+        p = self.params
+        n_max, window = p.recent_n, p.covis_window_ms
+        off, cs = 2, 2 + n  # where the offsets and the codes start in vals
+        # the kept events a pair can use: fewer than n_max events with ts strictly between
+        # (every kept ts is < t here), and t - s <= window (in ints: d > w <=> d > floor(w))
+        k0 = 0
+        if n >= n_max:
+            k0 = bisect.bisect_left(vals, vals[off + n - n_max], off, cs) - off
+        # after the event is kept, the same k0 is where retention cuts (_retain)
+        cut = max(k0, n + 1 - p.recent_cap)
+        if window != math.inf:
+            k0 = max(k0, bisect.bisect_left(vals, t - math.floor(window) - base, off, cs) - off)
+        items = self._items
+        left, right, pts, pw, pb = out
+        sqrt = math.sqrt
+        lam = p.covis_backward
+        ws = 2 + 2 * n
+        for k in range(n - 1, k0 - 1, -1):
+            a = cast(str, items[vals[cs + k]])
+            if a != b:
+                left.append(a)
+                right.append(b)
+                pts.append(t)
+                x = sqrt(vals[ws + k] * wb)
+                pw.append(x)
+                pb.append(x * lam)
+        self._ref(b)
+        cb = self._codes[b]
+        if cut:
+            codes, refs = self._codes, self._refs
+            for c in vals[cs: cs + cut]:
+                r = refs[c] - 1
+                refs[c] = r
+                if r == 0:
+                    del codes[cast(str, items[c])]
+                    items[c] = None
+                    self._free.append(c)
+            d = vals[off + cut]
+            base += d
+            offs = [*map(d.__rsub__, vals[off + cut: cs]), t - base]
+        else:
+            offs = [*vals[off: cs], t - base]
+        wide = offs[-1] > _NARROW
+        self._ev[user] = _record(wide, n + 1 - cut).pack(
+            int(wide), base, *offs, *vals[cs + cut: ws], cb, *vals[ws + cut:], wb)
+        return True
+
     def _group(self, kept: list[Recent], group: list[Recent], out: Pairs) -> None:
         """Pair a tie group (one ts) with the kept events and within itself, then keep it."""
         p = self.params
@@ -378,39 +440,36 @@ class RecentItems:
         sqrt = math.sqrt
         lam = p.covis_backward
         if not kept or t >= kept[-1][0]:
-            # Normal case: walk kept events newest first; ``between`` counts the kept events
-            # with ts strictly between the one looked at and t.
-            between = 0
-            cur = t
-            run = 0
-            single = group[0] if len(group) == 1 else None
-            for k in range(len(kept) - 1, -1, -1):
-                s, a, wa = kept[k]
-                if s != cur:
-                    if cur != t:
-                        between += run
-                    cur, run = s, 0
-                    if t - s > window or between >= n_max:
-                        break
-                run += 1
-                f = 1.0 if s == t else lam  # a tied kept event: one unordered step
-                if single is not None:
-                    if a != single[1]:
-                        left.append(a)
-                        right.append(single[1])
-                        pts.append(t)
-                        x = sqrt(wa * single[2])
-                        pw.append(x)
-                        pb.append(x * f)
-                    continue
-                for _, b, wb in group:
-                    if a != b:
-                        left.append(a)
-                        right.append(b)
-                        pts.append(t)
-                        x = sqrt(wa * wb)
-                        pw.append(x)
-                        pb.append(x * f)
+            # Normal case: the kept events a pair can use are a suffix kept[k0:]: those with
+            # t - s <= window and fewer than n_max kept events with ts strictly between s and t
+            # (both hold for a suffix: kept is sorted).  Paired newest first, as always.
+            k0 = 0
+            if kept:
+                m = bisect.bisect_left(kept, (t,))  # kept events with ts < t
+                if m >= n_max:
+                    k0 = bisect.bisect_left(kept, (kept[m - n_max][0],))
+                if window != math.inf:
+                    # for an int d, d > w <=> d > floor(w): the window test in ints
+                    k0 = max(k0, bisect.bisect_left(kept, (t - math.floor(window),)))
+            sub = kept[k0:]
+            sub.reverse()
+            if len(group) == 1:
+                _, b, wb = group[0]
+                got = [(a, sqrt(wa * wb), s == t) for s, a, wa in sub if a != b]
+                if got:
+                    left.extend([g[0] for g in got])
+                    right.extend([b] * len(got))
+            else:
+                got2 = [(a, b, sqrt(wa * wb), s == t) for s, a, wa in sub for _, b, wb in group
+                        if a != b]
+                got = [(g[0], g[2], g[3]) for g in got2]
+                if got:
+                    left.extend([g[0] for g in got2])
+                    right.extend([g[1] for g in got2])
+            if got:
+                pts.extend([t] * len(got))
+                pw.extend([g[1] for g in got])
+                pb.extend([g[1] if g[2] else g[1] * lam for g in got])
         else:
             # Late event: pair with what is kept on either side (approximate, see module doc).
             tl = [e[0] for e in kept]
@@ -502,13 +561,28 @@ class RecentItems:
     def state(self, only: Sequence[str] | None = None) -> dict[str, Any]:
         """Every user, or ``only`` those known (in that order: an incremental snapshot's)."""
         users = list(self._ev) if only is None else [u for u in only if u in self._ev]
-        per = [self._decode(self._ev[u]) for u in users]
-        flat = [e for kept in per for e in kept]
-        return {"users": users,
-                "lengths": np.fromiter((len(kept) for kept in per), np.int64, len(users)),
-                "ts": np.fromiter((e[0] for e in flat), np.int64, len(flat)),
-                "items": [e[1] for e in flat],
-                "weights": np.fromiter((e[2] for e in flat), np.float64, len(flat))}
+        # straight from the records into flat lists (no per-event tuples): the capture of an
+        # incremental snapshot runs this under the pipeline's lock
+        lengths: list[int] = []
+        bases: list[int] = []
+        offs: list[int] = []
+        codes: list[int] = []
+        ws: list[float] = []
+        for u in users:
+            rec = self._ev[u]
+            wide = rec[0] == 1
+            n = (len(rec) - 9) // (20 if wide else 16)
+            vals = _record(wide, n).unpack(rec)
+            lengths.append(n)
+            bases.append(vals[1])
+            offs.extend(vals[2: 2 + n])
+            codes.extend(vals[2 + n: 2 + 2 * n])
+            ws.extend(vals[2 + 2 * n:])
+        lens = np.array(lengths, dtype=np.int64)
+        ts = np.repeat(np.array(bases, dtype=np.int64), lens) + np.array(offs, dtype=np.int64)
+        return {"users": users, "lengths": lens, "ts": ts.astype(np.int64, copy=False),
+                "items": list(map(self._items.__getitem__, codes)),
+                "weights": np.array(ws, dtype=np.float64)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: SignalParams) -> RecentItems:
@@ -638,12 +712,14 @@ class CoVisitation:
     def state(self, only: Sequence[str] | None = None) -> dict[str, Any]:
         """Every row, or ``only`` those known (in that order: an incremental snapshot's)."""
         items = list(self._rows) if only is None else [i for i in only if i in self._rows]
-        nbs = [k for it in items for k in self._rows[it]]
+        rows = list(map(self._rows.__getitem__, items))  # one lookup per row, then flat
+        nbs = list(itertools.chain.from_iterable(rows))  # (C iterators: no Python step each)
         return {"items": items,
-                "anchors": np.fromiter((self._anchor[i] for i in items), np.int64, len(items)),
-                "lengths": np.fromiter((len(self._rows[i]) for i in items), np.int64, len(items)),
+                "anchors": np.fromiter(map(self._anchor.__getitem__, items), np.int64,
+                                       len(items)),
+                "lengths": np.fromiter(map(len, rows), np.int64, len(items)),
                 "neighbours": nbs,
-                "values": np.fromiter((v for it in items for v in self._rows[it].values()),
+                "values": np.fromiter(itertools.chain.from_iterable(map(dict.values, rows)),
                                       np.float64, len(nbs))}
 
     @classmethod
