@@ -27,6 +27,7 @@ per batch together ran at ~165k-200k events/s, well above the 50k events/s targe
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -503,13 +504,32 @@ class UserStats(UserRows):
             out: dict[str, list[Any]] = self.state_of(only)
             return out
         users, rows = self._live_rows()
+        bought = self._bought
         return {
             "users": users,
             "events": self._events[rows].tolist(),
             "last_ts": self._anchor[rows].tolist(),
-            "categories": [self._categories_of(r) for r in rows.tolist()],
-            "purchased": [self._bought_of(r) for r in rows.tolist()],
+            "categories": self._categories_of_rows(rows),
+            "purchased": [[] if b is None else [b] if isinstance(b, str) else list(b)
+                          for b in map(bought.__getitem__, rows.tolist())],
         }
+
+    def _categories_of_rows(self, rows: np.ndarray) -> list[dict[str, float]]:
+        """``[_categories_of(r) for r in rows]``, the slots of all rows read at once (one
+        dict built per row from flat lists, no per-row array access)."""
+        k = self._ncat[rows].astype(np.int64)
+        used = np.arange(self.CAT_SLOTS) < k[:, None]
+        names = self._cat_names
+        pairs = zip(map(names.__getitem__, self._cat_id[rows][used].tolist()),
+                    self._cat_w[rows][used].tolist())
+        out = [dict(itertools.islice(pairs, n)) for n in k.tolist()]
+        over = self._over
+        if over:
+            for d, r in zip(out, rows.tolist()):
+                extra = over.get(r)
+                if extra:
+                    d.update((names[i], w) for i, w in extra.items())
+        return out
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: ProfileParams | None = None) -> UserStats:

@@ -28,6 +28,7 @@ proportional to the changes, not to the partition.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -66,15 +67,13 @@ def _split(newest_first: Iterator[str], contains: Callable[[str], bool], changed
            ) -> tuple[list[str], list[str], int]:
     """(rows to write: replaced-in-place keys then the tail in table order, removed keys,
     tail length) for a table whose changed keys are ``changed``."""
-    tail = []
-    for k in newest_first:
-        if k not in changed:
-            break
-        tail.append(k)
+    # set operations and takewhile: no Python-level step per changed key (every key of a
+    # table is in the tail when all of them changed)
+    tail = list(itertools.takewhile(changed.__contains__, newest_first))
     tail.reverse()
-    in_tail = set(tail)
-    present = sorted(k for k in changed if k not in in_tail and contains(k))
-    removed = sorted(k for k in changed if not contains(k))
+    rest = changed.difference(tail)
+    present = sorted(filter(contains, rest)) if rest else []
+    removed = sorted(rest.difference(present)) if rest else []
     return present + tail, removed, len(tail)
 
 
