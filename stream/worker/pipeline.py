@@ -237,22 +237,30 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         async with self.lock:
             todo = [p for p in dict.fromkeys(partitions) if p not in self.profiles]
+            order = {p: i for i, p in enumerate(todo)}
             self.loading += len(todo)
             reads: dict[asyncio.Future[tuple[PartitionState, bool]], int] = {}
+            failed: dict[int, BaseException] = {}
             try:
-                while todo or reads:
-                    while todo and len(reads) < LOAD_CONCURRENCY:
+                while reads or (todo and not failed):
+                    while todo and not failed and len(reads) < LOAD_CONCURRENCY:
                         p = todo.pop(0)
                         reads[loop.run_in_executor(None, self.read_partition, p)] = p
                     done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
                     for fut in done:
-                        del reads[fut]
+                        p = reads.pop(fut)
                         self.loading -= 1
-                        self.adopt(*fut.result())  # a read's StateError stops the assignment
+                        exc = fut.exception()
+                        if exc is not None:
+                            failed[p] = exc
+                        elif not failed:
+                            self.adopt(*fut.result())
             finally:
-                if reads:  # an error: the other reads finish before the lock is let go
+                if reads:  # cancelled: the reads finish before the lock is let go
                     await asyncio.wait(reads)
                 self.loading -= len(todo) + len(reads)
+            if failed:  # the reads in flight have finished: the first partition's error
+                raise failed[min(failed, key=order.__getitem__)]
         self.assigned_once.set()
 
     async def revoke(self, partitions: Iterable[int]) -> None:
