@@ -83,8 +83,10 @@ PUBLISH_CHUNK = 500
 
 log = logging.getLogger(__name__)
 
-#: partitions read (restored, merged, built) at the same time when an assignment loads
-LOAD_CONCURRENCY = 2
+#: partitions read (restored, merged, built) at the same time when an assignment loads.  1:
+#: at 10^5 users two at a time made each read ~3x slower (GIL-bound merge and build; 4
+#: partitions 22 s vs 14 s one after another, `profiles bench scale`, stop 21)
+LOAD_CONCURRENCY = 1
 
 def _guarded(sink: DeadLetterSink) -> DeadLetterSink:
     """``sink`` whose failures are :class:`DeadLetterError` (an outage the batch waits out)."""
@@ -232,8 +234,7 @@ class Pipeline:
         """Load the partitions not loaded yet.  Reading one (the changelog restore, merging
         its blobs, building its state: seconds at 10^5 users) runs off the loop, which answers
         requests meanwhile (/readyz: 503 until the assignment is loaded), ``LOAD_CONCURRENCY``
-        partitions at a time (one after another, 4 partitions took 14 s of a 40 s recovery
-        at 10^5 users); each is adopted (indexed, on the loop) as soon as it is read."""
+        partitions at a time; each is adopted (indexed, on the loop) as soon as it is read."""
         loop = asyncio.get_running_loop()
         async with self.lock:
             todo = [p for p in dict.fromkeys(partitions) if p not in self.profiles]

@@ -248,7 +248,7 @@ def test_assign_restores_on_an_executor_and_is_not_ready_meanwhile(tmp_path) -> 
                 break
             await asyncio.sleep(0.01)
         assert entered.is_set()
-        # both partitions of the assignment count until loaded (read two at a time)
+        # both partitions of the assignment count until loaded
         assert not pipe.ready() and pipe.loading == 2 and not task.done()
         release.set()
         await asyncio.wait_for(task, 10)
