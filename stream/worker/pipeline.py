@@ -68,7 +68,6 @@ from stream.worker.segments import Segments
 from stream.worker.sharing import SharedSignals
 from stream.worker.slicing import Serving, in_loop_slices, let_requests_in, slices
 from stream.worker.snapshots import (
-    Capture,
     Scheduler,
     SnapshotStore,
     finish_compaction,
@@ -83,13 +82,6 @@ __all__ = ["PUBLISH_CHUNK", "Pipeline"]
 PUBLISH_CHUNK = 500
 
 log = logging.getLogger(__name__)
-
-def _timed_pack(store: SnapshotStore, cap: Capture) -> tuple[bytes, float]:
-    """``store.pack(cap)`` and the CPU seconds this thread spent on it."""
-    c0 = time.thread_time()
-    blob = store.pack(cap)
-    return blob, time.thread_time() - c0
-
 
 #: partitions read (restored, merged, built) at the same time when an assignment loads.  1:
 #: at 10^5 users two at a time made each read ~3x slower (GIL-bound merge and build; 4
@@ -429,11 +421,8 @@ class Pipeline:
         # The pack (serialisation, hashes) and the disk write (fsync) run outside the lock:
         # batches go on meanwhile.
         try:
-            held = time.perf_counter() - t0
-            blob, cpu = await loop.run_in_executor(None, _timed_pack, self.store, cap)
-            # the pack's own CPU, not its wall time: beside batches it waits for the GIL, and
-            # pacing by that wait stretched the interval (fewer snapshots, a longer replay)
-            self.schedule.paced(held + cpu)
+            blob = await loop.run_in_executor(None, self.store.pack, cap)
+            self.schedule.paced(time.perf_counter() - t0)
             await self._store(p, blob, t0)
         except BaseException:
             self.schedule.dirty.add(p)
