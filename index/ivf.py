@@ -393,7 +393,10 @@ class IvfIndex(SlotIndex):
                       exclude: Sequence[set[str]] | None) -> list[list[tuple[str, float]]]:
         assert self._mat is not None
         top = len(self._id_at)
-        scores = q @ self._mat[:top].T
+        # [top, dim] @ [dim, nq], not [nq, dim] @ [dim, top]: OpenBLAS's sgemm with a few rows
+        # of queries is 2-4x slower than the other way round (4 queries x 2,000 items: 431 vs
+        # 190 us); one query is a gemv either way
+        scores = np.ascontiguousarray((self._mat[:top] @ q.T).T)
         scores[:, ~self._live[:top]] = -np.inf  # free slots never rank
         if fetch < top:
             part = np.argpartition(-scores, fetch - 1, axis=1)[:, :fetch]

@@ -34,9 +34,10 @@ construction, so P1 against P is the run-to-run noise.  These rates are timed fr
 /stats poll with every process ready and an event applied (a second member joining is a
 rebalance: start-up, not drain), P's too, so the table compares like with like.
 
-Then the latency run: a fresh topic and a fresh worker (same items), an aiokafka producer
-(:func:`open_loop`: a fixed monotonic schedule, independent of the worker; acks=all) sending at
-0.5 x P's rate for ``--latency-seconds``; p50/p99 of
+Then the latency runs (:data:`LATENCY_RUNS`), each on a fresh topic with a fresh worker (same
+items), an aiokafka producer (:func:`open_loop`: a fixed monotonic schedule, independent of
+the worker; acks=all) sending for ``--latency-seconds``: at 0.5 x P's rate, at 0.5 x with
+``/users/{id}/candidates`` requested 20 times a second meanwhile, and at 0.1 x; p50/p99 of
 ``profiles_ingest_to_index_seconds`` (Kafka message timestamp -> profile in the index), as
 the difference of the worker's histogram before and after.
 """
@@ -418,24 +419,30 @@ class _CandidatesProbe:
 
 
 def _stage_latency(base: Settings, workdir: Path, items_topic: str, events: list[dict],
-                   rate: float, seconds: float) -> dict[str, Any]:
-    s = _worker_settings(base, workdir, "L", items_topic)
+                   rate: float, seconds: float, probe: bool = True,
+                   tag: str = "L") -> dict[str, Any]:
+    """Ingest->index quantiles of ``rate`` events/s offered open loop for ``seconds`` to a fresh
+    worker; ``probe``: with ``/candidates`` requests at 20/s meanwhile (each costs the loop a few
+    ms, which the ingest then waits for)."""
+    s = _worker_settings(base, workdir, tag, items_topic)
     count = max(1, int(rate * seconds))
     values = _latency_events(events, count)
     keys = [orjson.loads(v)["user_id"].encode() for v in values]
     create_topics(s, {s.events_topic: s.partitions})
-    w = WorkerProcess(s, workdir / "worker-L.log").start()
+    w = WorkerProcess(s, workdir / f"worker-{tag}.log").start()
     try:
         w.wait_ready(timeout_s=600)
         scrape0 = w.metrics()
         before = _hist(scrape0, "profiles_ingest_to_index_seconds")
         users = list(dict.fromkeys(e["user_id"] for e in events))
-        probe = _CandidatesProbe(w, users)
-        probe.start()
+        requests = _CandidatesProbe(w, users)
+        if probe:
+            requests.start()
         try:
             summary = asyncio.run(_produce_open_loop(s, keys, values, rate))
         finally:
-            probe.stop()
+            if probe:
+                requests.stop()
         if summary["failed"]:
             raise ProfilesError(f"latency producer: {summary['failed']} sends failed "
                                 f"{summary['errors']}")
@@ -448,10 +455,54 @@ def _stage_latency(base: Settings, workdir: Path, items_topic: str, events: list
         return {"rate": rate, "sent": sent, "send_seconds": summary["seconds"],
                 "producer": {k: summary[k] for k in ("max_behind_ms", "ack_p50_ms", "ack_p99_ms")},
                 "observed": int(n_obs), "p50": p50, "p90": p90, "p99": p99,
-                "candidates": probe.summary(),
+                "candidates": requests.summary() if probe else None,
                 "budget": latency_budget(scrape1, scrape0)}  # per stage (stream.worker.latency)
     finally:
         w.stop()
+
+
+#: the open-loop latency runs: (key, share of P offered, /candidates at 20/s meanwhile).  The
+#: issue's targets: p99 <= 250 ms at 50 % of P, <= 150 ms at 10 %; the run with requests shows
+#: what serving costs the ingest (each /candidates holds the loop a few ms)
+LATENCY_RUNS: tuple[tuple[str, float, bool], ...] = (
+    ("50%", 0.5, False), ("50%+requests", 0.5, True), ("10%", 0.1, False))
+LATENCY_TARGET_S = {"50%": 0.25, "50%+requests": 0.25, "10%": 0.15}
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{1000 * x:.0f} ms"
+
+
+def _print_latency(lats: dict[str, dict]) -> None:
+    """Each latency run: its quantiles against the target, the stage budget, the producer."""
+    for key, lat in lats.items():
+        target = LATENCY_TARGET_S[key]
+        print(f"ingest->index latency at {key} of P ({lat['rate']:,.0f} events/s offered, "
+              f"{lat['sent']:,} sent in {lat['send_seconds']:.1f}s = "
+              f"{lat['sent'] / lat['send_seconds']:,.0f}/s achieved, {lat['observed']:,} "
+              f"observations)")
+        ok = lat["p99"] is not None and lat["p99"] <= target
+        print(f"  p50 {_ms(lat['p50'])}, p90 {_ms(lat['p90'])}, p99 {_ms(lat['p99'])}   "
+              f"target p99 <= {1000 * target:.0f} ms   {_check(ok)}")
+        b = lat["budget"]
+        print("  per stage (p50 / p99 / mean ms): " + ", ".join(
+            f"{k} {v['p50_ms']} / {v['p99_ms']} / {v['mean_ms']}" for k, v in b["stages"].items()))
+        pr = lat["producer"]
+        print(f"  producer (aiokafka, open loop): acks p50 {pr['ack_p50_ms']} / p99 "
+              f"{pr['ack_p99_ms']} ms after the Kafka timestamp; at most {pr['max_behind_ms']} ms "
+              f"behind its schedule")
+        print(f"  parked and applied later: {b['parked_applied']} (p99 {b['parked_p99_ms']} ms); "
+              f"GC pauses by generation: {b['gc']}")
+        c = lat["candidates"]
+        if c is not None:
+            c_ok = c["p99"] is not None and c["p99"] <= 0.05
+            print(f"  /users/{{id}}/candidates?k=20 meanwhile ({c['n']} answered at 20/s, "
+                  f"client-side): p50 {_ms(c['p50'])}, p99 {_ms(c['p99'])}   target p99 <= 50 ms"
+                  f"   {_check(c_ok)}")
+    print("  (quantiles interpolated within buckets 5,10,25,50,100,150,250,500,750 ms, 1 s, ...)")
+    print("  (broker: to the Fetch response reaching aiokafka, which fetches a partition again "
+          "only once faust took its last response; buffer: aiokafka's buffer, faust's "
+          "consumer thread and per-message delivery, the agent's channel)")
 
 
 # ---------------------------------------------------------------------------- report
@@ -586,10 +637,14 @@ def bench_pipeline(args: Any) -> int:
             _say(f"--processes {procs}: {scaling[procs]}")
 
         p_rate = results["P"]["count"] / results["P"]["seconds"]
-        _say(f"latency: {0.5 * p_rate:,.0f} events/s for {args.latency_seconds:g}s on a fresh topic")
-        lat = _stage_latency(base, workdir, items_topic, ds.events, 0.5 * p_rate,
-                             float(args.latency_seconds))
-        _say(f"latency: {lat}")
+        lats: dict[str, dict] = {}
+        for key, share, probe in LATENCY_RUNS:
+            _say(f"latency {key}: {share * p_rate:,.0f} events/s for {args.latency_seconds:g}s "
+                 f"on a fresh topic{', /candidates at 20/s' if probe else ''}")
+            lats[key] = _stage_latency(base, workdir, items_topic, ds.events, share * p_rate,
+                                       float(args.latency_seconds), probe=probe,
+                                       tag=f"L{key}")
+            _say(f"latency {key}: {lats[key]}")
 
         # ------------------------------------------------------------------ the table
         rates = {k: _fmt_rate(r) for k, r in results.items()}
@@ -638,29 +693,7 @@ def bench_pipeline(args: Any) -> int:
         def ms(x):
             return "n/a" if x is None else f"{1000 * x:.0f} ms"
 
-        print(f"ingest->index latency at 50% of P ({lat['rate']:,.0f} events/s offered, {lat['sent']:,} "
-              f"sent in {lat['send_seconds']:.1f}s = {lat['sent'] / lat['send_seconds']:,.0f}/s achieved, "
-              f"{lat['observed']:,} observations)")
-        p99_ok = lat["p99"] is not None and lat["p99"] <= 0.25
-        print(f"  p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, p99 {ms(lat['p99'])}   "
-              f"target p99 <= 250 ms   {_check(p99_ok)}")
-        print("  (quantiles interpolated within buckets 5,10,25,50,100,150,250,500,750 ms, 1 s, ...)")
-        print("  (broker: to the Fetch response reaching aiokafka, which fetches a partition again "
-              "only once faust took its last response; buffer: aiokafka's buffer, faust's "
-              "consumer thread and per-message delivery, the agent's channel)")
-        b = lat["budget"]
-        print("  per stage (p50 / p99 / mean ms): " + ", ".join(
-            f"{k} {v['p50_ms']} / {v['p99_ms']} / {v['mean_ms']}" for k, v in b["stages"].items()))
-        pr = lat["producer"]
-        print(f"  producer (aiokafka, open loop): acks p50 {pr['ack_p50_ms']} / p99 "
-              f"{pr['ack_p99_ms']} ms after the Kafka timestamp; at most {pr['max_behind_ms']} ms "
-              f"behind its schedule")
-        print(f"  parked and applied later: {b['parked_applied']} (p99 {b['parked_p99_ms']} ms); "
-              f"GC pauses by generation: {b['gc']}")
-        c = lat["candidates"]
-        c_ok = c["p99"] is not None and c["p99"] <= 0.05
-        print(f"/users/{{id}}/candidates?k=20 meanwhile ({c['n']} answered at 20/s, client-side): "
-              f"p50 {ms(c['p50'])}, p99 {ms(c['p99'])}   target p99 <= 50 ms   {_check(c_ok)}")
+        _print_latency(lats)
         print(f"\ntotal {time.monotonic() - t_all:.0f}s; logs in {workdir}")
         return 0
     finally:
