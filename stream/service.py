@@ -34,6 +34,7 @@ from stream.serve.http import Api, check_exposure
 from stream.serve.queries import Queries
 from stream.serve.routing import Router
 from stream.settings import Settings
+from stream.worker.blas_threads import set_blas_threads
 from stream.worker.blobs import LocalBlobStore
 from stream.worker.faiss_threads import set_faiss_threads
 from stream.worker.gil import set_gil_switch
@@ -122,6 +123,7 @@ def run_worker(settings: Settings) -> None:
     if settings.encoder_kind == "transformer":  # PROFILES_ENCODER_THREADS (issue 14: the tail)
         set_torch_threads(settings.encoder_threads)
     set_faiss_threads(settings.faiss_threads)  # PROFILES_FAISS_THREADS: this (the loop's) thread
+    set_blas_threads(settings.blas_threads)  # PROFILES_BLAS_THREADS: numpy's OpenBLAS, process-wide
     set_gil_switch(settings.gil_switch_ms)  # PROFILES_GIL_SWITCH_MS (stream.worker.gil)
     set_mmap_threshold(settings.malloc_mmap_threshold)  # PROFILES_MALLOC_MMAP_THRESHOLD
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,

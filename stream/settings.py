@@ -129,6 +129,10 @@ class Settings:
         "help": "OpenMP threads of FAISS calls on the worker's event loop (searches, users-index "
                 "updates; 0: FAISS's default, one per core); more than one stalls them whenever "
                 "the cores are busy (stream.worker.faiss_threads)"})
+    blas_threads: int = field(default=1, metadata={
+        "help": "threads of numpy's BLAS (OpenBLAS) in the worker (0: its default, one per core); "
+                "more than one stalls the small products of requests and batches whenever the "
+                "cores are busy (stream.worker.blas_threads)"})
     malloc_mmap_threshold: int = field(default=4 << 20, metadata={
         "help": "glibc's mmap threshold in the worker (bytes; 0: glibc's dynamic default, up to "
                 "32 MiB; the trim threshold is set to 8x it): blocks at least this large are mapped "
@@ -394,6 +398,9 @@ class Settings:
         if self.encoder_threads < 0:
             problems.append(f"encoder_threads must be >= 0 (0: torch's default), got "
                             f"{self.encoder_threads}")
+        if self.blas_threads < 0:
+            problems.append(f"blas_threads must be >= 0 (0: the BLAS default), got "
+                            f"{self.blas_threads}")
         if self.faiss_threads < 0:
             problems.append(f"faiss_threads must be >= 0 (0: FAISS's default), got "
                             f"{self.faiss_threads}")

@@ -92,6 +92,9 @@ class Harness:
 
         self.s = Settings.from_env()
         set_faiss_threads(self.s.faiss_threads)  # as the worker does (service.run)
+        from stream.worker.blas_threads import set_blas_threads
+
+        set_blas_threads(self.s.blas_threads)  # as the worker does (service.run)
         from stream.worker.gil import set_gil_switch
 
         set_gil_switch(self.s.gil_switch_ms)  # PROFILES_GIL_SWITCH_MS, as the worker does
