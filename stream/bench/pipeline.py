@@ -643,7 +643,7 @@ def bench_pipeline(args: Any) -> int:
                  f"on a fresh topic{', /candidates at 20/s' if probe else ''}")
             lats[key] = _stage_latency(base, workdir, items_topic, ds.events, share * p_rate,
                                        float(args.latency_seconds), probe=probe,
-                                       tag=f"L{key}")
+                                       tag="L" + "".join(c for c in key if c.isalnum()))
             _say(f"latency {key}: {lats[key]}")
 
         # ------------------------------------------------------------------ the table
