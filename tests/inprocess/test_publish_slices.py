@@ -19,6 +19,7 @@ from stream.worker import slicing
 from stream.worker.pipeline import PUBLISH_CHUNK
 from stream.worker.slicing import in_loop_slices
 from stream.worker.testing import InProcessWorker, ManualClock
+from tests.loopgaps import LoopGaps
 
 pytestmark = [pytest.mark.inprocess, pytest.mark.timeout(120)]
 
@@ -77,26 +78,12 @@ def test_a_publish_lets_the_loop_and_batches_in_and_the_newest_partial_is_last(
             p.sharing.encode(todo, {0: p.states[0].signals})
             whole_chunk = time.thread_time() - t0
 
-            gaps: list[float] = []
-            stop = asyncio.Event()
-
-            async def tick() -> None:
-                last = time.thread_time()
-                while not stop.is_set():
-                    await asyncio.sleep(0.0005)
-                    now = time.thread_time()
-                    gaps.append(now - last)
-                    last = now
-
             # slices of 1 ms here: far below a chunk's cost on any machine (the default 5 ms
             # is a quarter of it on this data on a 2-core EPYC)
             monkeypatch.setattr(slicing, "LOOP_SLICE_S", 0.001)
-            ticker = asyncio.create_task(tick())
-            await asyncio.sleep(0.002)
-            gaps.clear()
-            assert await p.publish_signals() == items  # every item's partials, nothing else
-            stop.set()
-            await ticker
+            async with LoopGaps(settle_s=0.002) as ticker:
+                assert await p.publish_signals() == items  # every item's partials, nothing else
+            gaps = ticker.gaps
 
             # a batch applied while the next publish reads partials
             await w.events(_events(3000, users, items, "b", 1), partition=0)

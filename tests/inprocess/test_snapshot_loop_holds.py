@@ -16,6 +16,7 @@ from encoder.fake import HashingEncoder
 from stream.settings import Settings
 from stream.worker import snapshots
 from stream.worker.testing import InProcessWorker
+from tests.loopgaps import max_gap
 
 pytestmark = [pytest.mark.inprocess, pytest.mark.timeout(120)]
 
@@ -25,31 +26,6 @@ ITEMS = 40_000
 def _items(n: int) -> list[dict[str, str]]:
     return [{"item_id": f"item-{i}", "title": f"title {i}", "category": f"c{i % 9}"}
             for i in range(n)]
-
-
-async def _max_gap(coro) -> float:  # type: ignore[no-untyped-def]
-    """The most CPU time the loop's thread spent between two turns of a ticker task while
-    ``coro`` ran (CPU time: other processes on busy cores do not count)."""
-    gaps: list[float] = []
-    stop = asyncio.Event()
-
-    async def tick() -> None:
-        last = time.thread_time()
-        while not stop.is_set():
-            await asyncio.sleep(0.0005)
-            now = time.thread_time()
-            gaps.append(now - last)
-            last = now
-
-    t = asyncio.create_task(tick())
-    await asyncio.sleep(0.005)
-    gaps.clear()
-    try:
-        await coro
-    finally:
-        stop.set()
-        await t
-    return max(gaps)
 
 
 def test_the_catalogue_is_packed_off_the_loop(tmp_path: Path, monkeypatch) -> None:
@@ -72,7 +48,7 @@ def test_the_catalogue_is_packed_off_the_loop(tmp_path: Path, monkeypatch) -> No
             p.items_store.encode(p.catalog.state())
             on_loop = time.thread_time() - t0
             monkeypatch.setattr(snapshots, "pack", pack)
-            gap = await _max_gap(p.snapshot())
+            gap = await max_gap(p.snapshot())
             assert packed_on == [False]  # the catalogue (no partition changed: no other blob)
             # and it was written: a new worker on the folder loads every item
             s2 = Settings.from_env({}, state_dir=str(tmp_path / "s"), partitions=1)
