@@ -38,11 +38,15 @@ from stream.core.dedupe import DedupeWindow
 from stream.worker.privacy import tombstone_key
 from stream.worker.state import SNAPSHOT_VERSION, PartitionState
 
-__all__ = ["KIND_DELTA", "continues", "delta_doc", "mark_serialised", "merge"]
+__all__ = ["KIND_DELTA", "UNPUBLISHED", "continues", "delta_doc", "mark_serialised", "merge"]
 
 KIND_DELTA = "delta"
 
 # the parts written in full by a delta (the newest delta's replace the base's)
+#: the document key of the signal partials not yet published when it was captured (a list of
+#: item ids; stream.worker.pipeline): taken from the newest document when blobs are merged
+UNPUBLISHED = "unpublished"
+
 _WHOLE = ("partition", "next_offset", "model", "arms", "parked", "park_clock", "outcomes", "dlq",
           "newest_ts", "watermark", "expired", "segments")
 
@@ -258,6 +262,10 @@ def merge(base: dict[str, Any], deltas: Iterable[dict[str, Any]]) -> dict[str, A
     out["signals"] = dict(base.get("signals") or {})
     for f in _WHOLE:
         out[f] = deltas[-1][f]
+    # beside the state (stream.worker.sharing): as of the newest document, absent if it has none
+    out.pop(UNPUBLISHED, None)
+    if UNPUBLISHED in deltas[-1]:
+        out[UNPUBLISHED] = deltas[-1][UNPUBLISHED]
     dd = base["dedupe"]
     for d in deltas:
         dd = DedupeWindow.merge_delta(dd, d["dedupe"])

@@ -30,6 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -47,7 +48,7 @@ from stream.worker.capture import catalogue_state
 from stream.worker.catalog import ItemCatalog
 from stream.worker.classify import Accepted, classify, forget_cuts, rate_cap, split_forgets
 from stream.worker.deadletter import DeadLetter, dead_letter
-from stream.worker.deltas import continues
+from stream.worker.deltas import UNPUBLISHED, continues
 from stream.worker.encoding import EncoderService
 from stream.worker.indexes import index_spec, publish_index_info, users_index_spec
 from stream.worker.latency import BatchTiming, observe_applied, observe_parked
@@ -193,7 +194,7 @@ class Pipeline:
         (the store may restore it from Kafka) and touches nothing the worker serves, so it
         runs on an executor thread (:meth:`assign`)."""
         t0 = time.perf_counter()
-        d = self.store.read(partition)
+        d, beside = self.store.read_beside(partition)
         t_read = time.perf_counter() - t0
         s = self.s
         if d is None:
@@ -209,6 +210,8 @@ class Pipeline:
             st = PartitionState.from_dict(d, self.dim, self.pp, self.bp, s.dedupe_window,
                                           s.rate_limit_events, s.rate_limit_window_ms, self.sp,
                                           ttl_rank=s.ttl_watermark_rank, ip=self.ip)
+            got = beside.get(UNPUBLISHED)
+            st.unpublished = [str(i) for i in got] if isinstance(got, list) else None
             if continues(d, st):  # the next snapshot: a delta on what was loaded
                 st.journal.parent = self.store.tip(partition)
             # the phases of a recovery (README, "Sizing"): read (and restore), then build
@@ -222,7 +225,9 @@ class Pipeline:
         t0 = time.perf_counter()
         self.profiles.add(st)
         self.segments.loaded(st)
-        self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None)
+        self.sharing.loaded(partition, st.signals, publish=self.send_signals is not None,
+                            unpublished=st.unpublished)
+        st.unpublished = None
         log.info("partition %d: resumed at offset %d from %s (%d users, %d parked; indexed "
                  "in %.2fs)", partition, st.next_offset,
                  "snapshot" if from_snapshot else "empty state", len(st.profiles),
@@ -316,6 +321,7 @@ class Pipeline:
                 except BaseException:
                     self.sharing.requeue(todo[i:])
                     raise
+                self.sharing.done(chunk)
                 sent += len(msgs)
                 await asyncio.sleep(0)
             return sent
@@ -350,6 +356,7 @@ class Pipeline:
             return
         try:
             await asyncio.wait_for(self._send_signals(msgs), timeout_s)
+            self.sharing.done(todo)
         except Exception as exc:
             log.warning("publishing %d signal partials of revoked partitions %s failed (%s: "
                         "%s): their next owner publishes them", len(msgs), partitions,
@@ -366,8 +373,20 @@ class Pipeline:
         what batches wait for."""
         t0 = time.perf_counter()
         self.store.mark_model(self.model)
-        blob = await asyncio.get_running_loop().run_in_executor(None, self.store.dumps, st)
+        blob = await asyncio.get_running_loop().run_in_executor(
+            None, self.store.dumps, st, self._beside(st.partition))
         return blob, t0
+
+    def _beside(self, partition: int) -> dict[str, Any] | None:
+        """What a snapshot of ``partition`` records beside its state, read on the loop under
+        the lock (no batch changes a partial meanwhile; a publish may still finish, which
+        only makes the list longer than needed): the items whose partials the signals topic
+        may not hold as this state does, so a restart re-publishes only those
+        (:meth:`SharedSignals.loaded`) instead of every partial (at 10^5 items: ~20 s of the
+        loop beside the replay)."""
+        if self.send_signals is None:
+            return None
+        return {UNPUBLISHED: self.sharing.unpublished(partition)}
 
     async def _store(self, partition: int, blob: bytes, t0: float) -> None:
         """The durable write, on an executor thread; ``t0``: when serialising began."""
@@ -416,7 +435,8 @@ class Pipeline:
             # thread: requests are answered meanwhile (stream.worker.snapshots.Capture)
             t0 = time.perf_counter()
             self.store.mark_model(self.model)
-            cap = await loop.run_in_executor(None, self.store.capture, self.profiles.states[p])
+            cap = await loop.run_in_executor(None, self.store.capture, self.profiles.states[p],
+                                             self._beside(p))
             self.schedule.serialised(p, time.perf_counter() - t0)
         # The pack (serialisation, hashes) and the disk write (fsync) run outside the lock:
         # batches go on meanwhile.

@@ -82,6 +82,8 @@ class SharedSignals:
         self._owned = owned
         self.metrics = metrics
         self.pending: dict[int, set[str]] = {}  # partition -> items to publish
+        # partition -> items taken for a publish that the broker has not acknowledged yet
+        self.sending: dict[int, set[str]] = {}
         self.caught_up = asyncio.Event()  # set by the feed at the high watermark
         self.published = 0
         self.received = 0
@@ -117,16 +119,26 @@ class SharedSignals:
         per batch), so the next request does not pay it."""
         self.view.merge()
 
-    def loaded(self, partition: int, signals: Signals, publish: bool = True) -> None:
-        """A partition was loaded: put and queue every partial it holds."""
+    def loaded(self, partition: int, signals: Signals, publish: bool = True,
+               unpublished: Collection[str] | None = None) -> None:
+        """A partition was loaded: put every partial it holds, and queue for publishing those
+        its snapshot recorded as ``unpublished`` (None: all of them).  The others are on the
+        signals topic as the snapshot holds them (published before it was taken), or newer
+        (published after it): the tail re-applied now changes those again, which queues them."""
         signals.take_changed()
         items = set(signals.popularity.items()) | set(signals.covis.items())
         self._put_local(partition, signals, items)
         anchors = signals.popularity.state()["anchors"]
         if len(anchors) and int(anchors.max()) > self.newest_ts:
             self.newest_ts = int(anchors.max())
-        if publish and items:
-            self.pending.setdefault(partition, set()).update(items)
+        todo = items if unpublished is None else items & set(unpublished)
+        if publish and todo:
+            self.pending.setdefault(partition, set()).update(todo)
+
+    def unpublished(self, partition: int) -> list[str]:
+        """The items of ``partition`` whose partials the topic may not hold as the state does
+        now: queued, or taken by a publish not acknowledged yet (sorted)."""
+        return sorted(self.pending.get(partition, set()) | self.sending.get(partition, set()))
 
     def _put_local(self, partition: int, signals: Signals, items: Collection[str]) -> None:
         if not items:
@@ -138,8 +150,20 @@ class SharedSignals:
         the queue (:meth:`requeue` puts back what could not be sent)."""
         out: list[tuple[int, str]] = []
         for p in sorted(self.pending if partitions is None else partitions):
-            out.extend((p, item) for item in sorted(self.pending.pop(p, ())))
+            taken = self.pending.pop(p, set())
+            if taken:
+                self.sending.setdefault(p, set()).update(taken)
+            out.extend((p, item) for item in sorted(taken))
         return out
+
+    def done(self, todo: Iterable[tuple[int, str]]) -> None:
+        """The partials of these were acknowledged by the broker."""
+        for p, item in todo:
+            s = self.sending.get(p)
+            if s is not None:
+                s.discard(item)
+                if not s:
+                    del self.sending[p]
 
     @staticmethod
     def encode(todo: Iterable[tuple[int, str]], signals: Mapping[int, Signals]
@@ -162,6 +186,8 @@ class SharedSignals:
 
     def requeue(self, todo: Iterable[tuple[int, str]]) -> None:
         """Sending these failed: publish them again next time."""
+        todo = list(todo)
+        self.done(todo)
         for p, item in todo:
             self.pending.setdefault(p, set()).add(item)
 
@@ -169,6 +195,7 @@ class SharedSignals:
         """The partition left this worker: its partials stay in the view as they are now
         (frozen) until its next owner's replace them."""
         self.pending.pop(partition, None)
+        self.sending.pop(partition, None)
         self.view.detach(partition)
 
     # -- the topic -----------------------------------------------------------------------

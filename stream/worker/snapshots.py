@@ -50,7 +50,7 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ import orjson
 from stream.core.errors import StateError
 from stream.core.events import Event
 from stream.worker.blobs import BlobStore, LocalBlobStore
-from stream.worker.deltas import delta_doc, mark_serialised, merge
+from stream.worker.deltas import UNPUBLISHED, delta_doc, mark_serialised, merge
 from stream.worker.state import PartitionState
 
 __all__ = ["COMPACT_SLACK", "MAX_DELTAS", "Capture", "Manifest", "Scheduler", "SnapshotStore",
@@ -310,6 +310,11 @@ _PACKING = "packing-"
 _captures = itertools.count()
 
 
+#: keys a snapshot document holds beside the state (the ``extra`` of :meth:`SnapshotStore.capture`,
+#: returned apart by :meth:`SnapshotStore.read_beside`)
+BESIDE: tuple[str, ...] = (UNPUBLISHED,)
+
+
 @dataclass(frozen=True)
 class Capture:
     """A partition's snapshot data taken under the pipeline's lock
@@ -414,13 +419,13 @@ class SnapshotStore:
         return None if m is None else m.tip
 
     # -- writing ----------------------------------------------------------------------
-    def dumps(self, state: PartitionState) -> bytes:
+    def dumps(self, state: PartitionState, extra: Mapping[str, Any] | None = None) -> bytes:
         """Serialise, a delta when it can be (the state must not change while this runs):
         :meth:`capture` then :meth:`pack`.  The state's journal then starts again from this
         blob."""
-        return self.pack(self.capture(state))
+        return self.pack(self.capture(state, extra))
 
-    def capture(self, state: PartitionState) -> Capture:
+    def capture(self, state: PartitionState, extra: Mapping[str, Any] | None = None) -> Capture:
         """What a snapshot of ``state`` holds, as of now, in copies the live state no longer
         changes (the part of a snapshot that needs the pipeline's lock): a base's ``to_dict``
         or a delta's document (:func:`~stream.worker.deltas.delta_doc`: only the changed
@@ -439,6 +444,10 @@ class SnapshotStore:
             assert j.parent is not None
             doc = owned(delta_doc(state), base=False)
             parent = j.parent
+        if extra:  # what the pipeline records beside the state (``unpublished``)
+            if set(extra) - set(BESIDE):
+                raise ValueError(f"not a key beside the state: {sorted(set(extra) - set(BESIDE))}")
+            doc.update(extra)
         token = f"{_PACKING}{next(_captures)}"
         # the next capture continues this one's blob once packed (its sha256, see pack); one
         # taken before that (a revocation while the timer's capture packs) sees no blob's
@@ -585,8 +594,20 @@ class SnapshotStore:
 
     # -- reading ----------------------------------------------------------------------
     def read(self, partition: int | str) -> dict[str, Any] | None:
-        """The snapshot's data (base + deltas), None when there is none; StateError when it
-        cannot be used."""
+        """The snapshot's state document (base + deltas: what ``to_dict`` wrote), None when
+        there is none; StateError when it cannot be used."""
+        return self.read_beside(partition)[0]
+
+    def read_beside(self, partition: int | str
+                    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """(:meth:`read`'s document, what the writer recorded beside the state: the ``extra``
+        of :meth:`capture`, keys :data:`BESIDE`)."""
+        d = self._read_doc(partition)
+        if d is None:
+            return None, {}
+        return d, {k: d.pop(k) for k in BESIDE if k in d}
+
+    def _read_doc(self, partition: int | str) -> dict[str, Any] | None:
         tries = 0
         while True:
             m = self.manifest(partition)

@@ -135,6 +135,10 @@ class PartitionState:
     # multi-interest profiles (stream.core.interests; None: PROFILES_INTERESTS_K=0)
     interests: InterestTable | None = None
     journal: Journal = field(default_factory=Journal, compare=False, repr=False)
+    # the signal partials its snapshot recorded as not yet published (None: not recorded, a
+    # snapshot before stop 22 or without a signals topic: all are); set by the pipeline's
+    # read, never written by to_dict (the pipeline adds it to the snapshot document)
+    unpublished: list[str] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def empty(cls, partition: int, dim: int, pp: ProfileParams, bp: BanditParams,
