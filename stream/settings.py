@@ -111,8 +111,13 @@ class Settings:
     batch_size: int = field(default=500, metadata={"help": "max events per micro-batch"})
     batch_max_wait_s: float = field(default=0.05, metadata={"help": "max seconds a micro-batch waits to fill"})
     apply_slice: int = field(default=128, metadata={
-        "help": "records of a micro-batch applied at once; requests are answered between "
-                "slices (stream.worker.slicing); 0 = the whole batch at once"})
+        "help": "fewest records of a micro-batch applied at once while the worker serves "
+                "requests; requests are answered between slices (stream.worker.slicing); 0 = "
+                "the whole batch at once"})
+    apply_slice_ms: float = field(default=20.0, metadata={
+        "help": "while serving, a slice holds as many records as the loop applies in this many "
+                "ms of CPU (measured, at least PROFILES_APPLY_SLICE); 0 = always "
+                "PROFILES_APPLY_SLICE records"})
     encoder_path: str = field(default="", metadata={"help": "model folder (empty: the bundled all-MiniLM-L6-v2)"})
     encoder_device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     encoder_kind: str = field(default="transformer", metadata={"help": "transformer, or hashing (tests only)"})
@@ -372,6 +377,9 @@ class Settings:
             problems.append(f"snapshot_budget is a share of time, at most 1, got {self.snapshot_budget}")
         if self.snapshot_max_deltas < 0:
             problems.append(f"snapshot_max_deltas must be >= 0, got {self.snapshot_max_deltas}")
+        if self.apply_slice_ms < 0:
+            problems.append(f"apply_slice_ms must be >= 0 (0 = fixed slices), got "
+                            f"{self.apply_slice_ms}")
         if self.apply_slice < 0:
             problems.append(f"apply_slice must be >= 0 (0 = the whole batch), got {self.apply_slice}")
         for name in ("batch_size", "encoder_batch", "partitions", "dedupe_window", "max_text_len", "max_message_bytes",

@@ -158,7 +158,7 @@ class Pipeline:
                                           on_evict=self.metrics.id_cache_evictions.inc)
         self.lock = asyncio.Lock()
         # requests being answered: batches are then applied in slices (stream.worker.slicing)
-        self.serving = Serving(self.clock.monotonic)
+        self.serving = Serving(self.clock.monotonic, target_s=settings.apply_slice_ms / 1000)
         # an exception while applying leaves the state changed part-way: no more batches
         self.broken: str | None = None
         self._applying = False
@@ -486,7 +486,9 @@ class Pipeline:
         for part in slices(records, size):
             if size:
                 await let_requests_in()
+            cpu0 = time.thread_time()
             await self._attempt(part, timing)  # timing: the stage histograms
+            self.serving.observe(len(part), time.thread_time() - cpu0)
         try:
             async with self.lock:
                 if (self.catalog.version != self._catalog_version_seen

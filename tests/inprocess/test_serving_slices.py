@@ -28,7 +28,8 @@ DIM = 32
 
 
 def _settings(tmp_path: Path, tag: str, **kw: Any) -> Settings:
-    return Settings.from_env({}, state_dir=str(tmp_path / tag), **kw)
+    """Fixed slices of ``apply_slice`` records unless ``apply_slice_ms`` is given."""
+    return Settings.from_env({}, state_dir=str(tmp_path / tag), **{"apply_slice_ms": 0, **kw})
 
 
 def _invariants(w: InProcessWorker) -> None:
@@ -181,5 +182,35 @@ def test_http_requests_mark_the_worker_serving(tmp_path) -> None:
                 r = await c.get("/users/nobody/similar")
                 assert r.status == 404
                 assert serving.active() and serving.requests == 1
+
+    asyncio.run(main())
+
+
+def test_slices_hold_the_cpu_target_when_records_are_cheap(tmp_path) -> None:
+    """PROFILES_APPLY_SLICE_MS: a slice holds as many records as the loop applies in that much
+    CPU time (never fewer than PROFILES_APPLY_SLICE): cheap records, fewer slices."""
+    ds = generate(users=80, items=30, events=1800, seed=7)
+
+    async def ticks(tag: str, target_ms: float) -> int:
+        s = _settings(tmp_path, tag, apply_slice=100, batch_size=2000, apply_slice_ms=target_ms)
+        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
+            await w.items(ds.items)
+            events = [e for e in ds.events if e["type"] not in ("search", "forget")]
+            await w.events(events[:600])  # measured: CPU per record
+            assert w.pipeline.serving.per_record is not None
+            w.pipeline.serving.note()
+            size = w.pipeline.serving.slice_size(s.apply_slice)
+            n = await _during(w, w.source.records(events[600:1200]), _invariants)
+            _invariants(w)
+            if target_ms == 0:
+                assert size == 100
+            else:  # 16-dim vectors, 80 users: far under a second for 600 records
+                assert size > 600
+            return n
+
+    async def main() -> None:
+        fixed = await ticks("fixed", 0)
+        cheap = await ticks("target", 1000.0)
+        assert fixed >= 5 and cheap < fixed
 
     asyncio.run(main())

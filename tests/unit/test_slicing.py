@@ -67,6 +67,33 @@ def test_serving_window() -> None:
     assert not s.active() and s.slice_size(100) == 0 and s.requests == 1
 
 
+def test_slice_size_follows_the_cpu_per_record() -> None:
+    now = [0.0]
+    s = Serving(lambda: now[0], window_s=5.0, target_s=0.02)
+    s.note()
+    assert s.slice_size(128) == 128  # nothing measured yet: the setting
+    s.observe(500, 0.025)  # 50 us a record: 20 ms hold 400
+    assert s.per_record == pytest.approx(5e-5) and s.slice_size(128) == 400
+    s.observe(100, 0.1)  # 1 ms a record: the average moves a fifth of the way
+    assert s.per_record == pytest.approx(0.8 * 5e-5 + 0.2 * 1e-3)
+    assert s.slice_size(128) == 128  # never fewer than the setting
+    s.observe(0, 1.0)  # nothing applied: ignored
+    assert s.per_record == pytest.approx(0.8 * 5e-5 + 0.2 * 1e-3)
+    assert s.slice_size(0) == 0  # 0: whole batches
+    fixed = Serving(lambda: now[0], window_s=5.0)  # target 0: the setting, as before
+    fixed.note()
+    fixed.observe(500, 0.025)
+    assert fixed.slice_size(128) == 128
+    now[0] += 6
+    assert s.slice_size(128) == 0  # not serving
+
+
+def test_apply_slice_ms_setting() -> None:
+    assert Settings.from_env({}).apply_slice_ms == 20.0
+    with pytest.raises(ConfigError, match="apply_slice_ms must be >= 0"):
+        Settings.from_env({"PROFILES_APPLY_SLICE_MS": "-1"})
+
+
 def test_let_requests_in_gives_the_loop_passes() -> None:
     async def main() -> int:
         ticks = 0
