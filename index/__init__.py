@@ -12,6 +12,7 @@ a snapshot; :class:`IndexSpec` carries a kind and its options (from settings) to
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from stream.core.errors import IndexShapeError
 
 __all__ = ["CODES", "DEFAULT_EXACT_BELOW", "INDEX_KINDS", "FlatIndex", "IndexShapeError",
            "IndexSpec", "IvfIndex", "VectorIndex", "VectorSource", "factory_of",
-           "index_from_state", "make_index"]
+           "index_from_state", "make_index", "training_deferred"]
 
 INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "ivf")
 
@@ -75,3 +76,11 @@ def index_from_state(state: dict[str, Any], kind: str = "flat", **options: Any) 
 def factory_of(index: VectorIndex) -> str:
     """The FAISS factory string an index searches with now (``Flat`` for exact search)."""
     return str(getattr(index, "factory", "Flat"))
+
+
+def training_deferred(index: VectorIndex) -> AbstractContextManager[None]:
+    """A block in which ``index`` starts no training (an IVF trains once when it ends, at the
+    size it has then); a no-op for indexes that do not train."""
+    if isinstance(index, IvfIndex):
+        return index.training_deferred()
+    return nullcontext()

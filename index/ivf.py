@@ -45,7 +45,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import faiss as _faiss_typed
@@ -189,6 +190,22 @@ class IvfIndex(SlotIndex):
         self._trained_n = 0
         self._job: _Build | None = None
         self.trainings = 0  # installed trainings (a figure for the bench and tests)
+        self._deferred = 0  # open training_deferred() blocks
+
+    @contextmanager
+    def training_deferred(self) -> Iterator[None]:
+        """No training starts inside the block (searches stay exact or on the IVF in use);
+        the one due starts when it ends.  Loading several partitions one after another then
+        trains once at their total size, not at the first's and again at ``REGROW`` times it
+        (a restart at 10^5 users trained IVF632 after the first partition, then IVF1264 for
+        ~15 s beside the replay)."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            if not self._deferred:
+                self._maybe_train()
 
     # -- what is in use ------------------------------------------------------------------
     @property
@@ -428,7 +445,7 @@ class IvfIndex(SlotIndex):
 
     # -- training ------------------------------------------------------------------------------
     def _maybe_train(self) -> None:
-        if self._job is not None:
+        if self._job is not None or self._deferred:
             return
         n = len(self._slot_of)
         if self._ivf is not None and n < self.exact_below // 2:

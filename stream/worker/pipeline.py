@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from encoder.base import Encoder
+from index import training_deferred
 from stream.core.bandit import context_arm
 from stream.core.errors import StateError
 from stream.core.events import Event
@@ -240,34 +241,41 @@ class Pipeline:
         its blobs, building its state: seconds at 10^5 users) runs off the loop, which answers
         requests meanwhile (/readyz: 503 until the assignment is loaded), ``LOAD_CONCURRENCY``
         partitions at a time; each is adopted (indexed, on the loop) as soon as it is read."""
-        loop = asyncio.get_running_loop()
         async with self.lock:
             todo = [p for p in dict.fromkeys(partitions) if p not in self.profiles]
             order = {p: i for i, p in enumerate(todo)}
             self.loading += len(todo)
-            reads: dict[asyncio.Future[tuple[PartitionState, bool]], int] = {}
             failed: dict[int, BaseException] = {}
-            try:
-                while reads or (todo and not failed):
-                    while todo and not failed and len(reads) < LOAD_CONCURRENCY:
-                        p = todo.pop(0)
-                        reads[loop.run_in_executor(None, self.read_partition, p)] = p
-                    done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
-                    for fut in done:
-                        p = reads.pop(fut)
-                        self.loading -= 1
-                        exc = fut.exception()
-                        if exc is not None:
-                            failed[p] = exc
-                        elif not failed:
-                            self.adopt(*fut.result())
-            finally:
-                if reads:  # cancelled: the reads finish before the lock is let go
-                    await asyncio.wait(reads)
-                self.loading -= len(todo) + len(reads)
+            # the users index trains once, at the assignment's size (index.training_deferred)
+            with training_deferred(self.profiles.index):
+                await self._load(todo, failed)
             if failed:  # the reads in flight have finished: the first partition's error
                 raise failed[min(failed, key=order.__getitem__)]
         self.assigned_once.set()
+
+    async def _load(self, todo: list[int], failed: dict[int, BaseException]) -> None:
+        """:meth:`assign`'s reads and adoptions (under the lock), ``todo`` in order; a
+        partition's error goes to ``failed`` (no further read starts, those in flight end)."""
+        loop = asyncio.get_running_loop()
+        reads: dict[asyncio.Future[tuple[PartitionState, bool]], int] = {}
+        try:
+            while reads or (todo and not failed):
+                while todo and not failed and len(reads) < LOAD_CONCURRENCY:
+                    p = todo.pop(0)
+                    reads[loop.run_in_executor(None, self.read_partition, p)] = p
+                done, _ = await asyncio.wait(reads, return_when=asyncio.FIRST_COMPLETED)
+                for fut in done:
+                    p = reads.pop(fut)
+                    self.loading -= 1
+                    exc = fut.exception()
+                    if exc is not None:
+                        failed[p] = exc
+                    elif not failed:
+                        self.adopt(*fut.result())
+        finally:
+            if reads:  # cancelled: the reads finish before the lock is let go
+                await asyncio.wait(reads)
+            self.loading -= len(todo) + len(reads)
 
     async def revoke(self, partitions: Iterable[int]) -> None:
         """Publish the pending signal partials of, snapshot and drop partitions this worker no

@@ -106,3 +106,27 @@ def test_a_failed_read_raises_after_the_reads_in_flight_and_loading_returns_to_z
             assert 1 not in p.profiles and not p.lock.locked()
 
     asyncio.run(main())
+
+
+def test_a_restart_trains_the_users_index_once_at_the_assignment_size(tmp_path: Path) -> None:
+    """Partitions load one after another; the users index trains when the assignment is
+    loaded, on all its users (before: on the first partition's, then again at 4x that)."""
+    from index import IvfIndex
+
+    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), index_exact_below=78)
+
+    async def main() -> None:
+        w = InProcessWorker(s, HashingEncoder(16))
+        await w.__aenter__()
+        await w.items([{"item_id": f"i{i}", "title": f"item {i}"} for i in range(20)])
+        await w.events([{"event_id": f"e{k}", "user_id": f"u{k % 400}", "type": "view",
+                         "ts": 1_700_000_000_000 + k, "item_id": f"i{k % 20}"}
+                        for k in range(1200)])
+        again = await w.restart()
+        idx = again.pipeline.profiles.index
+        assert isinstance(idx, IvfIndex) and len(idx) == 400
+        assert idx.wait_built(60)
+        assert idx.trainings == 1 and idx._trained_n == 400  # before: ~100 (one partition)
+        await again.__aexit__(None, None, None)
+
+    asyncio.run(main())
