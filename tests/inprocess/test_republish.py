@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from encoder.fake import HashingEncoder
+from stream.settings import Settings
 from stream.worker.sharing import SharedSignals
 from stream.worker.testing import InProcessWorker, SignalsTopic
 from tests.inprocess.test_signals_pipeline import DIM, settings
@@ -38,14 +39,31 @@ def _state_messages(w: InProcessWorker) -> dict[bytes, bytes]:
     return dict(SharedSignals.encode(todo, {q: st.signals for q, st in p.profiles.states.items()}))
 
 
+async def _first(s: Settings, topic: SignalsTopic, items: int) -> InProcessWorker:
+    """A worker on ``topic`` with ``items`` catalogue items."""
+    w = InProcessWorker(s, HashingEncoder(DIM), signals=topic)
+    await w.__aenter__()
+    await w.items([{"item_id": f"i{i}", "title": f"item {i}"} for i in range(items)])
+    return w
+
+
+async def _restarted(first: InProcessWorker, topic: SignalsTopic) -> InProcessWorker:
+    """``first`` dies (no shutdown publish); a new worker on its state folder loads its
+    snapshots and publishes once."""
+    await first.pipeline.encoder_service.stop()
+    second = InProcessWorker(first.settings, HashingEncoder(DIM), clock=first.clock,
+                             signals=topic, source=first.source)
+    await second.__aenter__()
+    await second.pipeline.publish_signals()
+    return second
+
+
 def test_a_restart_republishes_only_what_was_not_published(tmp_path: Path) -> None:
     s = settings(tmp_path)
 
     async def main() -> None:
         topic = SignalsTopic()
-        first = InProcessWorker(s, HashingEncoder(DIM), signals=topic)
-        await first.__aenter__()
-        await first.items([{"item_id": f"i{i}", "title": f"item {i}"} for i in range(30)])
+        first = await _first(s, topic, 30)
         await first.events(_events("a", range(0, 20), 200))
         assert await first.pipeline.publish_signals() > 0  # a..: on the topic
         await first.pipeline.snapshot(everything=True)  # bases recording nothing unpublished
@@ -57,13 +75,8 @@ def test_a_restart_republishes_only_what_was_not_published(tmp_path: Path) -> No
         await first.pipeline.snapshot(everything=True)
         assert {m.entries[-1].kind for m in first.pipeline.store._manifests.values()} \
             >= {"delta"}
-        await first.pipeline.encoder_service.stop()
         before = len(topic.messages)
-
-        second = InProcessWorker(s, HashingEncoder(DIM), clock=first.clock, signals=topic,
-                                 source=first.source)
-        await second.__aenter__()
-        await second.pipeline.publish_signals()
+        second = await _restarted(first, topic)
         republished = {k for k, _ in topic.messages[before:]}
         # old code: every partial the state holds (i0..i29 in their partitions)
         assert republished == queued and len(republished) < len(_state_messages(second))
@@ -79,9 +92,7 @@ def test_a_failed_publish_is_recorded_and_republished_after_a_restart(tmp_path: 
 
     async def main() -> None:
         topic = SignalsTopic()
-        first = InProcessWorker(s, HashingEncoder(DIM), signals=topic)
-        await first.__aenter__()
-        await first.items([{"item_id": f"i{i}", "title": f"item {i}"} for i in range(10)])
+        first = await _first(s, topic, 10)
         await first.events(_events("a", range(0, 10), 60))
         topic.fail = ConnectionError("broker down")
         try:
@@ -90,13 +101,8 @@ def test_a_failed_publish_is_recorded_and_republished_after_a_restart(tmp_path: 
             pass
         topic.fail = None
         await first.pipeline.snapshot(everything=True)
-        await first.pipeline.encoder_service.stop()
         assert not topic.messages
-
-        second = InProcessWorker(s, HashingEncoder(DIM), clock=first.clock, signals=topic,
-                                 source=first.source)
-        await second.__aenter__()
-        await second.pipeline.publish_signals()
+        second = await _restarted(first, topic)
         assert set(topic.compacted()) == set(_state_messages(second))  # all of them
         assert topic.compacted() == _state_messages(second)
         await second.__aexit__(None, None, None)
