@@ -42,11 +42,11 @@ __all__ = ["KIND_DELTA", "UNPUBLISHED", "continues", "delta_doc", "mark_serialis
 
 KIND_DELTA = "delta"
 
-# the parts written in full by a delta (the newest delta's replace the base's)
 #: the document key of the signal partials not yet published when it was captured (a list of
 #: item ids; stream.worker.pipeline): taken from the newest document when blobs are merged
 UNPUBLISHED = "unpublished"
 
+# the parts written in full by a delta (the newest delta's replace the base's)
 _WHOLE = ("partition", "next_offset", "model", "arms", "parked", "park_clock", "outcomes", "dlq",
           "newest_ts", "watermark", "expired", "segments")
 
