@@ -119,10 +119,10 @@ def test_requests_are_answered_while_a_partition_serialises_and_the_blob_is_its_
             started, served = threading.Event(), threading.Event()
             real = p.store.capture  # the part under the lock (the pack follows it)
 
-            def dumps(st):  # type: ignore[no-untyped-def]
+            def dumps(st, extra=None):  # type: ignore[no-untyped-def]
                 started.set()
                 assert served.wait(20), "no request was answered while serialising"
-                return real(st)
+                return real(st, extra)
 
             p.store.capture = dumps  # type: ignore[method-assign]
             clock.advance(3600.0)

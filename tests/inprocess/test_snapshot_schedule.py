@@ -54,9 +54,9 @@ def test_serialising_cost_stretches_the_interval_to_the_budget(tmp_path) -> None
     pipe, clock = _pipeline(tmp_path, snapshot_interval_s=0.5, snapshot_budget=0.01)
     dumps = pipe.store.capture
 
-    def slow_dumps(st):  # >= 20 ms of serialising: the next may start >= 2 s later
+    def slow_dumps(st, extra=None):  # >= 20 ms of serialising: the next may start >= 2 s later
         time.sleep(0.02)
-        return dumps(st)
+        return dumps(st, extra)
 
     pipe.store.capture = slow_dumps  # the part under the lock
 
@@ -78,11 +78,11 @@ def test_requests_are_answered_while_a_partition_serialises(tmp_path) -> None:
     started, finished = threading.Event(), threading.Event()
     dumps = pipe.store.capture
 
-    def slow_dumps(st):
+    def slow_dumps(st, extra=None):
         started.set()
         time.sleep(0.3)
         finished.set()
-        return dumps(st)
+        return dumps(st, extra)
 
     pipe.store.capture = slow_dumps  # the part under the lock
     before = pipe.states[0].next_offset
