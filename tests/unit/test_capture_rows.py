@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from stream.core.profile import UserStats
 from stream.core.signals import CoVisitation, SignalParams
 from stream.worker.deltas import _split
-from tests.unit.test_user_stats_columnar import PARAMS, TYPES, DictOracle
+from tests.unit.test_user_stats_columnar import PARAMS, TYPES, DictOracle, feed
 
 pytestmark = pytest.mark.unit
 
@@ -63,13 +63,7 @@ def test_user_stats_state_is_every_row_of_the_oracle(batches, removes, only):
     try:
         s, o = UserStats(PARAMS, capacity=1), DictOracle(PARAMS, 3)
         for b, batch in enumerate(batches):
-            users = [f"u{e[0]}" for e in batch]
-            cats = [None if e[3] is None else f"c{e[3]}" for e in batch]
-            items = [None if e[4] is None else f"i{e[4]}" for e in batch]
-            s.update(users, [e[1] for e in batch], np.array([e[2] for e in batch], np.int64),
-                     cats, items)
-            for u, e, c, i in zip(users, batch, cats, items, strict=True):
-                o.event(u, e[1], e[2], c, i)
+            feed(s, o, batch)
             if b < len(removes):
                 u = f"u{removes[b]}"
                 s.remove(u)

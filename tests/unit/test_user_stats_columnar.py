@@ -67,6 +67,18 @@ op = st.tuples(st.integers(0, 7), st.sampled_from(TYPES), st.integers(-50, 50),
                st.one_of(st.none(), st.integers(0, 9)), st.one_of(st.none(), st.integers(0, 6)))
 
 
+def feed(s: UserStats, o: DictOracle, batch: list[Any]) -> None:
+    """One batch of (user, type, ts, category, item) tuples to the columnar table and to the
+    dict oracle alike (ids as strings, None kept)."""
+    users = [f"u{e[0]}" for e in batch]
+    cats = [None if e[3] is None else f"c{e[3]}" for e in batch]
+    items = [None if e[4] is None else f"i{e[4]}" for e in batch]
+    s.update(users, [e[1] for e in batch], np.array([e[2] for e in batch], np.int64),
+             cats, items)
+    for u, e, c, i in zip(users, batch, cats, items, strict=True):
+        o.event(u, e[1], e[2], c, i)
+
+
 @settings(derandomize=True, deadline=None, max_examples=80)
 @given(batches=st.lists(st.lists(op, max_size=25), max_size=8),
        removes=st.lists(st.integers(0, 7), max_size=8),
@@ -79,13 +91,7 @@ def test_columnar_stats_equal_the_dict_oracle(batches, removes, restart_at):
         for b, batch in enumerate(batches):
             if b == restart_at:  # restart: a snapshot round trip, then the replay goes on
                 s = UserStats.from_state(pickle.loads(pickle.dumps(s.state())), PARAMS)
-            users = [f"u{e[0]}" for e in batch]
-            cats = [None if e[3] is None else f"c{e[3]}" for e in batch]
-            items = [None if e[4] is None else f"i{e[4]}" for e in batch]
-            s.update(users, [e[1] for e in batch], np.array([e[2] for e in batch], np.int64),
-                     cats, items)
-            for u, e, c, i in zip(users, batch, cats, items, strict=True):
-                o.event(u, e[1], e[2], c, i)
+            feed(s, o, batch)
             if b < len(removes):  # forget / expiry: the row is freed and reused
                 u = f"u{removes[b]}"
                 assert s.remove(u) == (o.users.pop(u, None) is not None)
