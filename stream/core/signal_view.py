@@ -18,7 +18,10 @@ loop that also answers ``/candidates``):
 - **co-visitation**: merged when read, then cached until a put touches the item again
   (:meth:`SignalView.put_local`, :meth:`SignalView.put_covis`, :meth:`SignalView.detach`).
   A partition this process owns is registered with :meth:`SignalView.put_local`: its partials
-  are taken from the live partition state at that read, not copied after every batch.
+  are taken from the live partition state at that read, not copied after every batch.  Which
+  partitions hold an item live, and whether its merged row is stale, are columns (one flag per
+  partition and item), not Python objects per item: the view spans the whole catalogue on every
+  worker, and a dict per item cost ~300 B of it.
 - **trending / popular**: the ranked list is cached per (kind, ``now``) until the next put; a
   smaller ``k`` is served from a longer cached list (the order is total: score desc, id asc).
 
@@ -91,14 +94,21 @@ class SignalView:
         self._p_long = np.zeros((0, cap), dtype=np.float64)
         self._p_count = np.zeros((0, cap), dtype=np.int64)
         self._p_has = np.zeros((0, cap), dtype=np.bool_)
+        # co-visitation read live: the partition's source (put_local) holds the item's row
+        self._p_live = np.zeros((0, cap), dtype=np.bool_)
+        self._slot_part: list[int] = []  # slot -> partition
         # columns whose merged popularity is out of date (put_local's arrays, put_pop's ints)
         self._pop_dirty: list[np.ndarray] = []
         self._pop_dirty_one: list[int] = []
         # co-visitation
         self._cov_parts: dict[str, dict[int, CovisPartial]] = {}
         self._cov_merged: dict[str, tuple[int, list[tuple[str, float]]]] = {}
-        self._cov_stale: set[str] = set()  # items whose merged neighbours must be recomputed
-        self._cov_live: dict[str, dict[int, CovisSource]] = {}  # item -> partition -> source
+        # items whose merged neighbours must be recomputed (a flag per column)
+        self._cov_stale = np.zeros(cap, dtype=np.bool_)
+        # partition -> its live source (put_local); which items it holds is _p_live. Columns,
+        # not a dict per item: at 10^5 items the per-item dicts and the stale set cost ~300 B
+        # an item on every worker (issue 12)
+        self._cov_src: dict[int, CovisSource] = {}
         # kind -> (version, now, k asked, ranked list)
         self._ranked_cache: dict[str, tuple[int, float, int, list[tuple[str, float]]]] = {}
         self.version = 0  # bumped by every put: lets callers cache reads
@@ -111,12 +121,12 @@ class SignalView:
         new = cap
         while new < need:
             new *= 2
-        for attr in ("_anchor", "_short", "_long", "_count"):
+        for attr in ("_anchor", "_short", "_long", "_count", "_cov_stale"):
             old = getattr(self, attr)
             arr = np.zeros(new, dtype=old.dtype)
             arr[:cap] = old
             setattr(self, attr, arr)
-        for attr in ("_p_anchor", "_p_short", "_p_long", "_p_count", "_p_has"):
+        for attr in ("_p_anchor", "_p_short", "_p_long", "_p_count", "_p_has", "_p_live"):
             old = getattr(self, attr)
             arr = np.zeros((old.shape[0], new), dtype=old.dtype)
             arr[:, :cap] = old
@@ -143,7 +153,8 @@ class SignalView:
         s = self._slots.get(partition)
         if s is None:
             s = self._slots[partition] = len(self._slots)
-            for attr in ("_p_anchor", "_p_short", "_p_long", "_p_count", "_p_has"):
+            self._slot_part.append(partition)
+            for attr in ("_p_anchor", "_p_short", "_p_long", "_p_count", "_p_has", "_p_live"):
                 old = getattr(self, attr)
                 setattr(self, attr, np.vstack([old, np.zeros((1, old.shape[1]), old.dtype)]))
             self._sum_order = np.array([self._slots[p] for p in sorted(self._slots)],
@@ -174,19 +185,23 @@ class SignalView:
 
     def put_covis(self, partition: int, item: str, partial: CovisPartial | None) -> None:
         """Replace ``partition``'s co-visitation partial of ``item`` (None deletes it)."""
-        parts = self._cov_parts.setdefault(item, {})
-        live = self._cov_live.get(item)
-        if live is not None:
-            live.pop(partition, None)
-        if partial is None:
-            parts.pop(partition, None)
-        else:
+        if partial is not None:
             a, nbs, vals = partial
             if len(nbs) != len(vals):
                 raise ValueError(f"co-visitation partial of {item!r}: {len(nbs)} neighbours, "
                                  f"{len(vals)} values")
-            parts[partition] = (int(a), list(nbs), list(map(float, vals)))
-        self._cov_stale.add(item)
+        r = self._row(item)
+        s = self._slots.get(partition)
+        if s is not None:
+            self._p_live[s, r] = False
+        if partial is None:
+            parts = self._cov_parts.get(item)
+            if parts is not None:
+                parts.pop(partition, None)
+        else:
+            self._cov_parts.setdefault(item, {})[partition] = (int(a), list(nbs),
+                                                               list(map(float, vals)))
+        self._cov_stale[r] = True
         self.version += 1
 
     def put_local(self, partition: int, signals: LocalSignals, items: Iterable[str]) -> int:
@@ -205,8 +220,8 @@ class SignalView:
             got = [(it, pp) for it in items if (pp := partial(it)) is not None]
             known = [it for it, _ in got]
             a, sh, lg, c = zip(*(pp for _, pp in got)) if got else ((), (), (), ())
+        s = self._slot(partition)
         if known:
-            s = self._slot(partition)
             r = self._rows(known)
             self._p_anchor[s, r] = np.asarray(a, dtype=np.int64)
             self._p_short[s, r] = np.asarray(sh, dtype=np.float64)
@@ -214,23 +229,22 @@ class SignalView:
             self._p_count[s, r] = np.asarray(c, dtype=np.int64)
             self._p_has[s, r] = True
             self._pop_dirty.append(r)
-        cov, live = signals.covis, self._cov_live
-        for item in items:
-            sources = live.get(item)
-            if sources is None:
-                live[item] = {partition: cov}
-            else:
-                sources[partition] = cov
-        self._cov_stale.update(items)
+        self._cov_src[partition] = signals.covis
+        rows = self._rows(items)
+        self._p_live[s, rows] = True
+        self._cov_stale[rows] = True
         self.version += 1
         return len(items)
 
     def detach(self, partition: int) -> None:
         """``partition`` left this process: freeze its live co-visitation partials as they are."""
-        for item, live in self._cov_live.items():
-            src = live.pop(partition, None)
-            if src is not None:
-                self.put_covis(partition, item, src.partial(item))
+        s = self._slots.get(partition)
+        src = self._cov_src.pop(partition, None)
+        if s is None or src is None:
+            return
+        names = self._names
+        for r in np.flatnonzero(self._p_live[s, :len(names)]).tolist():
+            self.put_covis(partition, names[r], src.partial(names[r]))
 
     def extend(self, partials: Iterable[tuple[str, int, str, Any]]) -> None:
         """Put many ``(kind, partition, item, partial)`` with kind "pop" or "covis"."""
@@ -291,17 +305,20 @@ class SignalView:
         self._count[rows] = self._p_count[at].sum(axis=0)
 
     def _merge_covis(self, item: str) -> tuple[int, list[tuple[str, float]]] | None:
-        self._cov_stale.discard(item)
-        parts = self._cov_parts.setdefault(item, {})
-        live = self._cov_live.get(item)
-        if live:
-            for part, src in live.items():
-                cp = src.partial(item)
-                if cp is None:
-                    parts.pop(part, None)
-                else:
-                    parts[part] = cp
+        r = self._index[item]
+        self._cov_stale[r] = False
+        parts = self._cov_parts.get(item)
+        for s in np.flatnonzero(self._p_live[:, r]).tolist():
+            part = self._slot_part[s]
+            cp = self._cov_src[part].partial(item)
+            if cp is not None:
+                if parts is None:
+                    parts = self._cov_parts[item] = {}
+                parts[part] = cp
+            elif parts is not None:
+                parts.pop(part, None)
         if not parts:
+            self._cov_parts.pop(item, None)
             self._cov_merged.pop(item, None)
             return None
         if len(parts) == 1:
@@ -370,7 +387,8 @@ class SignalView:
     def neighbours(self, item: str, now: float, m: int | None = None) -> list[tuple[str, float]]:
         """Merged top ``m`` (default covis_top_m) co-visitation neighbours decayed to ``now``
         (merged again only when a put touched ``item`` since it was last read)."""
-        if item in self._cov_stale:
+        r = self._index.get(item)
+        if r is not None and self._cov_stale[r]:
             merged = self._merge_covis(item)
         else:
             merged = self._cov_merged.get(item)
@@ -389,13 +407,16 @@ class SignalView:
         return int(self._anchor[:n][held].max()) if held.any() else None
 
     def items(self) -> list[str]:
-        """Items with any popularity partial."""
-        return list(self._names)
+        """Items with any popularity partial (in order of first put)."""
+        names = self._names
+        held = self._p_has[:, :len(names)].any(axis=0)
+        return [names[r] for r in np.flatnonzero(held).tolist()]
 
     def partitions(self) -> set[int]:
         out = {p for p, s in self._slots.items() if self._p_has[s].any()}
         for cparts in self._cov_parts.values():
             out.update(cparts)
-        for live in self._cov_live.values():
-            out.update(live)
+        n = len(self._names)
+        out.update(self._slot_part[s] for s in range(len(self._slot_part))
+                   if self._p_live[s, :n].any())
         return out

@@ -145,3 +145,47 @@ def test_put_local_reads_only_the_items_it_is_given() -> None:
     assert sorted(n for n, _ in v.neighbours("a", T0 + 2)) == ["b", "c"]
     assert v.neighbours("b", T0 + 2) == []  # never put: nothing registered for it
     assert v.put_local(0, s, []) == 0
+
+
+def test_a_detached_partition_keeps_what_its_live_rows_said_and_reads_nothing_more() -> None:
+    p = SignalParams()
+    s = Signals(p)
+    s.apply(["u", "u"], ["a", "b"], [T0, T0 + 1], ["view"] * 2)
+    s.take_changed()
+    v = SignalView(p)
+    v.put_local(4, s, ["a", "b"])
+    assert v.partitions() == {4}
+    v.detach(4)
+    s.apply(["u"], ["c"], [T0 + 2], ["view"])  # the state moves on: the view must not see it
+    assert [n for n, _ in v.neighbours("a", T0 + 2)] == ["b"]
+    assert v.partitions() == {4}  # frozen partials, no live source
+    v.put_covis(4, "a", None)
+    assert v.neighbours("a", T0 + 2) == []
+
+
+def test_live_items_cost_no_python_object_each() -> None:
+    """put_local registers its items in columns: 20,000 items of one partition cost ~230 B an
+    item (arrays, the id index); a dict of sources and a stale-set entry per item made it ~500
+    (issue 12: every worker holds the view of the whole catalogue)."""
+    import tracemalloc
+
+    p = SignalParams()
+    s = Signals(p)
+    n = 20_000
+    items = [f"item-{i:06d}" for i in range(n)]
+    s.apply([f"u{i % 997}" for i in range(n)], items, [T0 + i for i in range(n)], ["view"] * n)
+    s.take_changed()
+    v = SignalView(p)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        v.put_local(0, s, items)
+        v.merge()
+        per_item = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert per_item < 350, per_item
+    assert not v._cov_parts and not v._cov_merged  # nothing per item until an item is read
+    partial = s.covis.partial(items[5])
+    assert partial is not None and partial[1]
+    assert [k for k, _ in v.neighbours(items[5], T0 + n)] == list(partial[1])
