@@ -31,6 +31,8 @@ States = Callable[[], Iterable[PartitionState]]
 floatToGoString = cast(Callable[[float], str], _untyped_float_to_go_string)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: profiles_lock_held_seconds: a slice of a batch holds it for milliseconds, a capture longer
+LOCK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 class BatchHistogram(Collector):
@@ -255,6 +257,13 @@ class Metrics:
         self.agent_crashes = Counter(
             "profiles_agent_crashes", "Events agent crashes (an exception out of a batch)",
             registry=r,
+        )
+        # issue 14: who holds the pipeline lock, and how long (a batch waits behind each)
+        self.lock_held = Histogram(
+            "profiles_lock_held_seconds",
+            "Time the pipeline lock was held, by holder (batch, snapshot, segments, parked, "
+            "expire, assign, revoke, error): a batch's `lock` stage waits behind the others",
+            ["holder"], buckets=LOCK_BUCKETS, registry=r,
         )
         self.snapshots = Counter("profiles_snapshots", "State snapshots written", registry=r)
         self.snapshot_seconds = Histogram(

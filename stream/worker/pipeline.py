@@ -25,10 +25,11 @@ sink, clock); the Kafka layer feeds it :class:`~stream.worker.records.Record` li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +237,23 @@ class Pipeline:
         self._refresh_sizes()
         return st
 
+    @contextlib.asynccontextmanager
+    async def _holding(self, holder: str) -> AsyncIterator[None]:
+        """The pipeline lock, its hold time observed by holder (``profiles_lock_held_seconds``:
+        what a batch's ``lock`` stage waited behind)."""
+        async with self.lock:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.metrics.lock_held.labels(holder).observe(time.perf_counter() - t0)
+
     async def assign(self, partitions: Iterable[int]) -> None:
         """Load the partitions not loaded yet.  Reading one (the changelog restore, merging
         its blobs, building its state: seconds at 10^5 users) runs off the loop, which answers
         requests meanwhile (/readyz: 503 until the assignment is loaded), ``LOAD_CONCURRENCY``
         partitions at a time; each is adopted (indexed, on the loop) as soon as it is read."""
-        async with self.lock:
+        async with self._holding("assign"):
             todo = [p for p in dict.fromkeys(partitions) if p not in self.profiles]
             order = {p: i for i, p in enumerate(todo)}
             self.loading += len(todo)
@@ -281,7 +293,7 @@ class Pipeline:
         """Publish the pending signal partials of, snapshot and drop partitions this worker no
         longer owns."""
         parts = list(partitions)
-        async with self._publish_lock, self.lock:
+        async with self._publish_lock, self._holding("revoke"):
             await self._publish(parts, timeout_s=max(1.0, self.s.session_timeout_s / 2))
             for p in parts:
                 st = self.profiles.get(p)
@@ -340,7 +352,7 @@ class Pipeline:
         serialisation (batches wait, requests are answered)."""
         if self.broken is not None or not self.segments.start_tick():  # broken: half-applied
             return self.segments.finish_tick(None)
-        async with self.lock:
+        async with self._holding("segments"):
             own = await asyncio.get_running_loop().run_in_executor(None, self.segments.compute)
         return self.segments.finish_tick(own)
 
@@ -424,7 +436,7 @@ class Pipeline:
             return 0
         if everything:
             await finish_compaction(self.compaction)  # not left half-way at shutdown
-            async with self.lock:
+            async with self._holding("snapshot"):
                 parts = self.profiles.partitions()
                 for st in parts:
                     await self._write_snapshot(st)
@@ -434,7 +446,7 @@ class Pipeline:
         if self.schedule.paused():
             return 0
         loop = asyncio.get_running_loop()
-        async with self.lock:
+        async with self._holding("snapshot"):
             await self._snapshot_catalog()
             p = self.schedule.due(self.profiles.states)
             if p is None:
@@ -498,7 +510,7 @@ class Pipeline:
             await self._attempt(part, timing)  # timing: the stage histograms
             self.serving.observe(len(part), time.thread_time() - cpu0)
         try:
-            async with self.lock:
+            async with self._holding("parked"):
                 if (self.catalog.version != self._catalog_version_seen
                         or sum(len(st.parked) for st in self.profiles.states.values())
                         > self.s.max_parked
@@ -514,7 +526,7 @@ class Pipeline:
         delay = self.s.retry_backoff_s
         exc: BaseException | None = None
         while True:
-            async with self.lock:
+            async with self._holding("batch"):
                 if self.broken is not None:
                     raise StateError(f"pipeline broken ({self.broken}): restart the worker")
                 self._applying = False
@@ -575,7 +587,7 @@ class Pipeline:
         log.error("partition %d offset %d fails alone (%s): dead-lettered", rec.partition,
                   rec.offset, detail)
         while True:
-            async with self.lock:
+            async with self._holding("error"):
                 st = self.profiles.get(rec.partition)
                 if st is None or rec.offset < st.next_offset:
                     return  # revoked, or applied meanwhile
@@ -797,7 +809,7 @@ class Pipeline:
         if not ttl:
             return 0
         removed = 0
-        async with self.lock:
+        async with self._holding("expire"):
             for st in self.profiles.partitions():
                 now = st.watermark.value()
                 if now is None:
@@ -814,7 +826,7 @@ class Pipeline:
     async def resolve_parked(self) -> None:
         if self.broken is not None:
             return
-        async with self.lock:
+        async with self._holding("parked"):
             await self._resolve_parked()
 
     async def _resolve_parked(self) -> None:

@@ -5,6 +5,7 @@ in every stage of ``profiles_stage_seconds`` with the times of their path, parke
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,5 +97,55 @@ def test_a_batch_is_observed_in_every_stage_with_its_times(tmp_path: Path) -> No
                                       "ts": base, "item_id": "i1"}])
             await w.pipeline.process(more)
             assert hist.counts.sum(axis=1).tolist() == [len(applied)] * len(STAGES)
+
+    asyncio.run(main())
+
+
+def _held(w: InProcessWorker) -> dict[str, tuple[float, float]]:
+    """holder -> (count, sum of seconds) of profiles_lock_held_seconds."""
+    out: dict[str, tuple[float, float]] = {}
+    for metric in w.pipeline.metrics.lock_held.collect():
+        for smp in metric.samples:
+            holder = smp.labels["holder"]
+            n, total = out.get(holder, (0.0, 0.0))
+            if smp.name.endswith("_count"):
+                n = smp.value
+            elif smp.name.endswith("_sum"):
+                total = smp.value
+            out[holder] = (n, total)
+    return out
+
+
+def test_lock_holders_are_observed_and_a_batch_waits_behind_a_snapshot(tmp_path: Path) -> None:
+    """profiles_lock_held_seconds{holder}: what a batch's `lock` stage waited behind."""
+    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), partitions=2)
+
+    async def main() -> None:
+        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
+            await w.items(ITEMS)
+            base = int(w.clock.wall() * 1000)
+            await w.events([{"event_id": f"e{j}", "user_id": f"u{j}", "type": "view",
+                             "ts": base, "item_id": "i1"} for j in range(4)])
+            held = _held(w)
+            assert held["batch"][0] >= 1
+            before = held.get("snapshot", (0.0, 0.0))[0]
+            assert await w.pipeline.snapshot(everything=True) >= 1
+            assert _held(w)["snapshot"][0] == before + 1
+
+            # a holder that sleeps 0.2 s: the batch started meanwhile waits for it
+            async def hold() -> None:
+                async with w.pipeline._holding("expire"):
+                    await asyncio.sleep(0.2)
+
+            holder = asyncio.create_task(hold())
+            await asyncio.sleep(0)
+            more = w.source.records([{"event_id": "x", "user_id": "u9", "type": "view",
+                                      "ts": base, "item_id": "i2"}])
+            t0 = time.perf_counter()
+            await w.pipeline.process(more)
+            assert time.perf_counter() - t0 >= 0.15  # it waited for the lock
+            await holder
+            n, total = _held(w)["expire"]
+            assert n == 1 and total >= 0.2
 
     asyncio.run(main())

@@ -61,6 +61,7 @@ WORKER_METRICS = {
     "profiles_agent_crashes": "counter",
     "profiles_snapshots": "counter",
     "profiles_snapshot_seconds": "histogram",
+    "profiles_lock_held_seconds": "histogram",
     "profiles_ready": "gauge",
     "profiles_forget": "counter",
     "profiles_bandit_arm_impressions": "gauge",
