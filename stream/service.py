@@ -127,7 +127,8 @@ def run_worker(settings: Settings) -> None:
     set_gil_switch(settings.gil_switch_ms)  # PROFILES_GIL_SWITCH_MS (stream.worker.gil)
     set_mmap_threshold(settings.malloc_mmap_threshold)  # PROFILES_MALLOC_MMAP_THRESHOLD
     enc = load_encoder(settings.encoder_path or None, device=settings.encoder_device,
-                       kind=settings.encoder_kind, dtype=settings.encoder_dtype)
+                       kind=settings.encoder_kind, dtype=settings.encoder_dtype,
+                       trace=settings.encoder_trace)
     log.info("encoder %s (%s, dim %d) loaded in %.1fs", enc.name, enc.fingerprint, enc.dim,
              time.monotonic() - t0)
     service = build_service(settings, enc)

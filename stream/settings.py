@@ -125,6 +125,10 @@ class Settings:
         "help": "auto (bf16 autocast on CUDA and on CPUs with avx512_bf16 or amx_bf16, else "
                 "fp32), fp32 or bf16; the vectors' fingerprint says bf16, so a switch needs "
                 "`profiles rebuild`"})
+    encoder_trace: bool = field(default=True, metadata={
+        "help": "run the worker's transformer as a TorchScript trace on CPU: one C++ call per "
+                "forward instead of a few hundred ops that each wait for the GIL beside the busy "
+                "event loop (the same vectors, bit for bit)"})
     encoder_batch: int = field(default=128, metadata={"help": "max texts per encoder batch"})
     encoder_threads: int = field(default=1, metadata={
         "help": "torch threads of the worker's encoder (0: torch's default, one per core); "
