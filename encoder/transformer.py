@@ -204,7 +204,7 @@ class TransformerEncoder:
         model keeps its own parameters (shared), so fine-tuning instances never trace."""
         import warnings
 
-        torch = self._torch
+        import torch
 
         class Forward(torch.nn.Module):
             def __init__(self, model: Any) -> None:
