@@ -94,8 +94,13 @@ class EncoderService:
             self.metrics.encoder_texts.labels(kind).inc(len(texts))
         return out
 
-    async def encode(self, texts: list[str]) -> np.ndarray:
-        """Embeddings for ``texts`` (float32 [n, dim]); repeated texts are served from a cache."""
+    async def encode(self, texts: list[str], whole: bool = False) -> np.ndarray:
+        """Embeddings for ``texts`` (float32 [n, dim]); repeated texts are served from a cache.
+
+        ``whole``: the caller's texts are a batch already (the pipeline's queries of one
+        micro-batch): what is pending is dispatched now instead of waiting up to
+        ``PROFILES_ENCODER_MAX_WAIT_S`` for other callers' texts, which the whole batch would
+        wait for (requests' texts pending meanwhile go with it)."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         loop = asyncio.get_running_loop()
         pending: dict[str, asyncio.Future[np.ndarray]] = {}
@@ -115,6 +120,10 @@ class EncoderService:
             pending[t] = fut
             for batch in self._batcher.add((t, fut), now):
                 self._dispatch(batch)
+        if whole and pending:
+            rest = self._batcher.flush()
+            if rest:
+                self._dispatch(rest)
         if len(self._batcher):
             self._wakeup.set()
         if pending:

@@ -656,7 +656,7 @@ class Pipeline:
         if query_rows:
             try:
                 vectors[query_rows] = await self.encoder_service.encode(
-                    [str(live[i].ev.query) for i in query_rows])
+                    [str(live[i].ev.query) for i in query_rows], whole=True)
             except Exception as exc:
                 raise TransientError(f"encoder: {type(exc).__name__}: {exc}") from exc
         self._check(live, vectors, parked)

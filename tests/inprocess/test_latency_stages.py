@@ -149,3 +149,21 @@ def test_lock_holders_are_observed_and_a_batch_waits_behind_a_snapshot(tmp_path:
             assert n == 1 and total >= 0.2
 
     asyncio.run(main())
+
+
+def test_the_pipeline_does_not_wait_for_other_callers_before_encoding_its_queries(
+        tmp_path: Path) -> None:
+    s = Settings.from_env({}, state_dir=str(tmp_path), partitions=1, encoder_max_wait_s=30.0)
+
+    async def main() -> None:
+        async with InProcessWorker(s, HashingEncoder(DIM)) as w:
+            await w.items([{"item_id": "i1", "title": "item", "category": "c"}])
+            ts = int(w.clock.wall() * 1000)
+            await asyncio.wait_for(w.events([
+                {"event_id": "e1", "user_id": "u1", "type": "search", "ts": ts,
+                 "query": "red shoes"},
+                {"event_id": "e2", "user_id": "u1", "type": "view", "ts": ts, "item_id": "i1"},
+            ]), 10)
+            assert w.pipeline.summary()["users"] == 1
+
+    asyncio.run(main())
