@@ -59,16 +59,15 @@ from __future__ import annotations
 
 import bisect
 import functools
-import heapq
 import itertools
 import math
-import operator
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from stream.core.rows import grown
 from stream.core.signal_params import CovisPartial, PopPartial, SignalParams, decay, read_pop
 from stream.core.signal_view import SignalView
 
@@ -611,146 +610,354 @@ def _ts_key(e: Recent) -> int:
 # --------------------------------------------------------------------------------------------
 class CoVisitation:
     """item -> at most ``covis_capacity`` neighbours with decayed pair weights (one reference
-    time per row)."""
+    time per row).
+
+    Layout (columnar, ~12 B an entry where a dict of floats per row took ~80-90 B): every item
+    of the partition has an int32 code (``_index`` / ``_names``, one string object per item);
+    a row is a block of a pool, neighbour codes (int32) and values (float64), ``_len[r]`` used of
+    ``_cap[r]`` (a power of two; a row that outgrows its block moves to one twice the size, the
+    old block is reused by the next row of that size).  A block lists its neighbours in the
+    order they were first added, and pruning rewrites it best first: the order a ``dict`` row
+    kept, so ties rank, prune and serialise as before.  :meth:`add` takes a batch of pairs in a
+    few array steps; its sums are the one-pair-at-a-time loop's, to the bit (each value adds
+    its increments in pair order, ``np.add.at`` being unbuffered; the increments use Python's
+    ``pow`` like the loop; a row whose reference time moves within the batch is applied pair by
+    pair).  ``tests/unit/test_covis_compact.py`` checks it against the dict version."""
+
+    _MIN_BLOCK = 4
 
     def __init__(self, params: SignalParams) -> None:
         self.params = params
-        self._rows: dict[str, dict[str, float]] = {}
-        self._anchor: dict[str, int] = {}
+        self._index: dict[str, int] = {}
+        self._names: list[str] = []
+        self._order: list[str] = []  # rows, in the order they were created
+        self._anchor = np.full(64, _NO_ANCHOR, dtype=np.int64)  # per code; none: no row
+        self._off = np.zeros(64, dtype=np.int64)
+        self._len = np.zeros(64, dtype=np.int32)
+        self._cap = np.zeros(64, dtype=np.int32)
+        self._nb = np.zeros(1024, dtype=np.int32)  # the pool
+        self._val = np.zeros(1024, dtype=np.float64)
+        self._end = 0  # pool slots handed out
+        self._free: dict[int, list[int]] = {}  # block size -> offsets of free blocks
+        self._free_slots = 0
         self._changed: set[str] = set()
         self.dirty: set[str] = set()  # changed since the last snapshot (stream.worker.deltas)
 
+    # ---- codes and blocks ----------------------------------------------------------------
+    def _codes(self, items: Sequence[str]) -> np.ndarray:
+        index = self._index
+        codes = list(map(index.get, items))
+        if None in codes:
+            names = self._names
+            for k, c in enumerate(codes):
+                if c is None:
+                    it = items[k]
+                    c = index.get(it)
+                    if c is None:
+                        c = index[it] = len(names)
+                        names.append(it)
+                    codes[k] = c
+            n = len(names)
+            if n > self._anchor.shape[0]:
+                new = max(n, 2 * self._anchor.shape[0])
+                self._anchor = grown(self._anchor, new, _NO_ANCHOR)
+                self._off, self._len, self._cap = (grown(a, new) for a in (self._off, self._len,
+                                                                           self._cap))
+        return np.array(codes, dtype=np.int64)
+
+    def _alloc(self, size: int) -> int:
+        free = self._free.get(size)
+        if free:
+            self._free_slots -= size
+            return free.pop()
+        off = self._end
+        self._end += size
+        if self._end > self._nb.shape[0]:
+            new = max(self._end, self._nb.shape[0] * 3 // 2)
+            self._nb, self._val = grown(self._nb, new), grown(self._val, new)
+        return off
+
+    @classmethod
+    def _size(cls, n: int) -> int:
+        """The block size for ``n`` entries: 4, 6, 8, 12, 16, 24, 32, ... (a quarter slack on
+        average where powers of two left a third)."""
+        if n <= cls._MIN_BLOCK:
+            return cls._MIN_BLOCK
+        p = 1 << (n - 1).bit_length()
+        return p * 3 // 4 if n <= p * 3 // 4 else p
+
+    def _compact(self) -> None:
+        """Lay the rows out again end to end when free blocks hold more than a quarter of the
+        pool (blocks left behind by rows that grew, not yet reused).  Each compaction follows
+        at least a quarter of the pool freed since the last: O(1) per entry moved."""
+        if self._free_slots * 4 <= self._end or self._end < 4096:
+            return
+        rows = np.flatnonzero(self._cap > 0)
+        caps = self._cap[rows].astype(np.int64)
+        lens = self._len[rows].astype(np.int64)
+        offs = np.cumsum(caps) - caps
+        total = int(lens.sum())
+        starts = np.cumsum(lens) - lens
+        within = np.arange(total) - np.repeat(starts, lens)
+        src = np.repeat(self._off[rows], lens) + within
+        dst = np.repeat(offs, lens) + within
+        self._end = int(caps.sum())
+        room = self._end + self._end // 4
+        nb, val = np.zeros(room, dtype=np.int32), np.zeros(room, dtype=np.float64)
+        nb[dst], val[dst] = self._nb[src], self._val[src]
+        self._nb, self._val, self._free, self._free_slots = nb, val, {}, 0
+        self._off[rows] = offs
+
+    def _move(self, r: int, size: int) -> None:
+        """Give row ``r`` a block of ``size`` slots (its entries copied, the old block freed)."""
+        old, cap, n = int(self._off[r]), int(self._cap[r]), int(self._len[r])
+        off = self._alloc(size)
+        if n:
+            self._nb[off:off + n] = self._nb[old:old + n]
+            self._val[off:off + n] = self._val[old:old + n]
+        if cap:
+            self._free.setdefault(cap, []).append(old)
+            self._free_slots += cap
+        self._off[r], self._cap[r] = off, size
+
+    def _new_rows(self, codes: np.ndarray, ts: np.ndarray) -> None:
+        """Create the rows of ``codes`` not yet rows, in order of first appearance, each
+        anchored at the ts of its first pair."""
+        fresh = self._anchor[codes] == _NO_ANCHOR
+        if not fresh.any():
+            return
+        at = np.flatnonzero(fresh)
+        uniq, first = np.unique(codes[at], return_index=True)
+        order = np.argsort(first, kind="stable")
+        uniq, first = uniq[order], at[first[order]]
+        self._anchor[uniq] = ts[first]
+        names = self._names
+        self._order.extend(names[c] for c in uniq.tolist())
+
+    def _block(self, r: int) -> tuple[int, int]:
+        o = int(self._off[r])
+        return o, o + int(self._len[r])
+
+    # ---- updates -------------------------------------------------------------------------
     def add(self, pairs: Pairs) -> None:
         """Add each pair to both rows, then prune rows over capacity (weakest out)."""
-        rows, anchors = self._rows, self._anchor
-        inv_h = 1.0 / self.params.covis_half_life_ms
-        rebase = _REBASE * self.params.covis_half_life_ms
-        for a, b, t, w, wr in zip(pairs.left, pairs.right, pairs.ts, pairs.weight, pairs.back):
-            # both directions, unrolled: this loop is the hot path of the signals
-            row = rows.get(a)
-            if row is None:
-                rows[a] = {b: w}
-                anchors[a] = t
-            else:
-                d = t - anchors[a]
-                if d > rebase:
-                    self._rebase(a, t)
-                    d = 0
-                row[b] = row.get(b, 0.0) + w * 2.0 ** (d * inv_h)
-            if not wr:  # covis_backward 0: no reverse entry (it would hold a row slot at 0)
-                continue
-            row = rows.get(b)
-            if row is None:
-                rows[b] = {a: wr}
-                anchors[b] = t
-            else:
-                d = t - anchors[b]
-                if d > rebase:
-                    self._rebase(b, t)
-                    d = 0
-                row[a] = row.get(a, 0.0) + wr * 2.0 ** (d * inv_h)
+        n = len(pairs.left)
+        if n == 0:
+            return
+        a, b = self._codes(pairs.left), self._codes(pairs.right)
+        back = np.asarray(pairs.back, dtype=np.float64)
+        # the updates in the one-pair-at-a-time order: a -> b, then b -> a unless back is 0
+        # (covis_backward 0: no reverse entry, which would hold a row slot at 0)
+        keep = np.ones(2 * n, dtype=bool)
+        keep[1::2] = back != 0
+        rows = np.column_stack([a, b]).ravel()[keep]
+        nbs = np.column_stack([b, a]).ravel()[keep]
+        ts = np.repeat(np.asarray(pairs.ts, dtype=np.int64), 2)[keep]
+        ws = np.column_stack([np.asarray(pairs.weight, dtype=np.float64), back]).ravel()[keep]
+        self._new_rows(rows, ts)
+        d = ts - self._anchor[rows]
+        moving = d > _REBASE * self.params.covis_half_life_ms
+        if moving.any():  # rows whose reference time moves in this batch: pair by pair
+            slow = np.isin(rows, rows[moving])
+            self._add_slowly(rows[slow], nbs[slow], ts[slow], ws[slow])
+            fast = ~slow
+            rows, nbs, d, ws = rows[fast], nbs[fast], d[fast], ws[fast]
+        if rows.size:
+            self._add_fast(rows, nbs, d, ws)
         touched = set(pairs.left)
-        touched.update(b for b, wr in zip(pairs.right, pairs.back) if wr)
-        cap = self.params.covis_capacity
-        # A full row drops to 7/8 of the capacity (weakest out), so pruning runs once per
-        # capacity/8 new neighbours instead of on every one; rows never exceed the capacity
-        # after add() returns.
-        keep = max(self.params.covis_top_m, cap - cap // 8)
-        get = _VALUE
-        for x in touched:
-            row = rows[x]
-            if len(row) > cap:
-                rows[x] = dict(sorted(row.items(), key=get, reverse=True)[:keep])
+        touched.update(itertools.compress(pairs.right, pairs.back))
+        self._prune(np.unique(np.concatenate([a, b[back != 0]])))
+        self._compact()
         self._changed |= touched
         self.dirty |= touched
 
-    def _rebase(self, item: str, t: int) -> None:
-        """Move a row's reference time to ``t`` (rescaling its values)."""
-        f = 2.0 ** ((self._anchor[item] - t) / self.params.covis_half_life_ms)
-        row = self._rows[item]
-        for k in row:
-            row[k] *= f
-        self._anchor[item] = t
+    def _add_fast(self, rows: np.ndarray, nbs: np.ndarray, d: np.ndarray, ws: np.ndarray
+                  ) -> None:
+        """The updates of rows whose reference time stays: find or append each (row,
+        neighbour), then add the increments in order."""
+        inv_h = 1.0 / self.params.covis_half_life_ms
+        # w * 2 ** (d / H) as the loop computes it: the product d * inv_h is IEEE in numpy as
+        # in Python, the power is libm's pow through Python (a vectorised pow may differ in the
+        # last bit, and by position in the array)
+        inc = ws * np.fromiter(map(pow, itertools.repeat(2.0), (d * inv_h).tolist()),
+                               dtype=np.float64, count=d.shape[0])
+        keys = (rows << 32) | nbs
+        uk, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+        ur, unb = uk >> 32, uk & 0xFFFFFFFF
+        # the existing entries of the rows touched, as sorted (row, neighbour) keys
+        trow = np.unique(ur)
+        lens = self._len[trow].astype(np.int64)
+        total = int(lens.sum())
+        slot = np.full(uk.shape[0], -1, dtype=np.int64)  # entry's index in its row's block
+        if total:
+            starts = np.cumsum(lens) - lens
+            pos = np.repeat(self._off[trow] - starts, lens) + np.arange(total)
+            ekeys = (np.repeat(trow, lens) << 32) | self._nb[pos].astype(np.int64)
+            order = np.argsort(ekeys, kind="stable")
+            ekeys, pos = ekeys[order], pos[order]
+            at = np.minimum(np.searchsorted(ekeys, uk), total - 1)
+            hit = ekeys[at] == uk
+            slot[hit] = pos[at[hit]] - self._off[ur[hit]]
+        new = np.flatnonzero(slot < 0)
+        if new.size:
+            # appended to their rows in order of first appearance (a dict's insertion order)
+            new = new[np.lexsort((first[new], ur[new]))]
+            nr = ur[new]
+            starts = np.flatnonzero(np.r_[True, nr[1:] != nr[:-1]])
+            counts = np.diff(np.r_[starts, nr.shape[0]])
+            grow_rows = nr[starts]
+            need = self._len[grow_rows].astype(np.int64) + counts
+            for r, m in zip(grow_rows[need > self._cap[grow_rows]].tolist(),
+                            need[need > self._cap[grow_rows]].tolist()):
+                self._move(r, self._size(m))
+            at = self._len[nr] + np.arange(nr.shape[0]) - np.repeat(starts, counts)
+            pos = self._off[nr] + at
+            self._nb[pos] = unb[new]
+            self._val[pos] = 0.0
+            slot[new] = at
+            self._len[grow_rows] = need
+        # blocks may have moved: the positions are taken after the appends
+        np.add.at(self._val, (self._off[ur] + slot)[inv], inc)
+
+    def _add_slowly(self, rows: np.ndarray, nbs: np.ndarray, ts: np.ndarray, ws: np.ndarray
+                    ) -> None:
+        """The updates of rows whose reference time moves, one at a time (the loop's rule)."""
+        h = self.params.covis_half_life_ms
+        inv_h, rebase = 1.0 / h, _REBASE * h
+        for r, nb, t, w in zip(rows.tolist(), nbs.tolist(), ts.tolist(), ws.tolist()):
+            anchor = int(self._anchor[r])
+            d = t - anchor
+            o, e = self._block(r)
+            if d > rebase:  # move the row's reference time to t (rescaling its values)
+                self._val[o:e] *= 2.0 ** ((anchor - t) / h)
+                self._anchor[r] = t
+                d = 0
+            inc = w * 2.0 ** (d * inv_h)
+            at = np.flatnonzero(self._nb[o:e] == nb)
+            if at.size:
+                self._val[o + int(at[0])] += inc
+                continue
+            if e - o == self._cap[r]:
+                self._move(r, self._size(e - o + 1))
+                o, e = self._block(r)
+            self._nb[e], self._val[e] = nb, 0.0 + inc
+            self._len[r] += 1
+
+    def _prune(self, rows: np.ndarray) -> None:
+        """A row over capacity drops to 7/8 of it (weakest out), so pruning runs once per
+        capacity/8 new neighbours instead of on every one; rows never exceed the capacity
+        after add() returns."""
+        cap = self.params.covis_capacity
+        over = rows[self._len[rows] > cap]
+        if not over.size:
+            return
+        keep = max(self.params.covis_top_m, cap - cap // 8)
+        for r in over.tolist():
+            o, e = self._block(r)
+            best = np.argsort(-self._val[o:e], kind="stable")[:keep]  # sorted(), reverse: stable
+            nb, val = self._nb[o:e][best], self._val[o:e][best]
+            self._len[r] = keep
+            if self._size(keep) < self._cap[r]:
+                self._move(r, self._size(keep))
+                o = int(self._off[r])
+            self._nb[o:o + keep], self._val[o:o + keep] = nb, val
+
+    # ---- reads ---------------------------------------------------------------------------
+    def _top(self, item: str, m: int) -> tuple[int, list[str], list[float]] | None:
+        r = self._index.get(item)
+        if r is None or self._anchor[r] == _NO_ANCHOR:
+            return None
+        o, e = self._block(r)
+        vals = self._val[o:e]
+        best = np.argsort(-vals, kind="stable")[:m]  # equal values: the row's order
+        names = self._names
+        return (int(self._anchor[r]), [names[c] for c in self._nb[o:e][best].tolist()],
+                vals[best].tolist())
 
     def partial(self, item: str) -> CovisPartial | None:
         """(anchor, neighbours, values): the row's top covis_top_m, best first."""
-        row = self._rows.get(item)
-        if row is None:
-            return None
-        top = _top(row, self.params.covis_top_m)
-        return (self._anchor[item], [k for k, _ in top], [v for _, v in top])
+        return self._top(item, self.params.covis_top_m)
 
     def neighbours(self, item: str, now: float, m: int | None = None) -> list[tuple[str, float]]:
         """This partition's top ``m`` neighbours of ``item`` decayed to ``now`` (best first)."""
-        row = self._rows.get(item)
-        if row is None:
+        top = self._top(item, self.params.covis_top_m if m is None else m)
+        if top is None:
             return []
-        f = float(decay(self._anchor[item], now, self.params.covis_half_life_ms))
-        return [(k, v * f) for k, v in _top(row, self.params.covis_top_m if m is None else m)]
+        f = float(decay(top[0], now, self.params.covis_half_life_ms))
+        return [(k, v * f) for k, v in zip(top[1], top[2])]
 
     def row(self, item: str) -> tuple[int, dict[str, float]] | None:
         """(anchor, copy of the whole row) for tests and debugging."""
-        row = self._rows.get(item)
-        return None if row is None else (self._anchor[item], dict(row))
+        r = self._index.get(item)
+        if r is None or self._anchor[r] == _NO_ANCHOR:
+            return None
+        o, e = self._block(r)
+        names = self._names
+        return (int(self._anchor[r]), dict(zip([names[c] for c in self._nb[o:e].tolist()],
+                                               self._val[o:e].tolist())))
+
+    def entries(self) -> int:
+        """Neighbour entries held in all rows."""
+        return int(self._len.sum())
 
     def take_changed(self) -> set[str]:
         out, self._changed = self._changed, set()
         return out
 
     def items(self) -> list[str]:
-        return list(self._rows)
+        return list(self._order)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._order)
 
     def keys_newest_first(self) -> Iterator[str]:
-        return reversed(self._rows)
+        return reversed(self._order)
 
     def __contains__(self, item: object) -> bool:
-        return item in self._rows
+        r = self._index.get(item) if isinstance(item, str) else None
+        return r is not None and self._anchor[r] != _NO_ANCHOR
 
     def state(self, only: Sequence[str] | None = None) -> dict[str, Any]:
         """Every row, or ``only`` those known (in that order: an incremental snapshot's)."""
-        items = list(self._rows) if only is None else [i for i in only if i in self._rows]
-        rows = list(map(self._rows.__getitem__, items))  # one lookup per row, then flat
-        nbs = list(itertools.chain.from_iterable(rows))  # (C iterators: no Python step each)
-        return {"items": items,
-                "anchors": np.fromiter(map(self._anchor.__getitem__, items), np.int64,
-                                       len(items)),
-                "lengths": np.fromiter(map(len, rows), np.int64, len(items)),
-                "neighbours": nbs,
-                "values": np.fromiter(itertools.chain.from_iterable(map(dict.values, rows)),
-                                      np.float64, len(nbs))}
+        items = list(self._order) if only is None else [i for i in only if i in self]
+        index = self._index
+        codes = np.fromiter(map(index.__getitem__, items), np.int64, len(items))
+        lens = self._len[codes].astype(np.int64)
+        total = int(lens.sum())
+        pos = np.repeat(self._off[codes] - (np.cumsum(lens) - lens), lens) + np.arange(total)
+        names = self._names
+        return {"items": items, "anchors": self._anchor[codes], "lengths": lens,
+                "neighbours": [names[c] for c in self._nb[pos].tolist()],
+                "values": self._val[pos]}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: SignalParams) -> CoVisitation:
         out = cls(params)
-        canon: dict[str, str] = {}  # one string object per item id (not one per row entry)
-        items = [canon.setdefault(s, s) for s in map(str, state["items"])]
-        anchors = np.asarray(state["anchors"], dtype=np.int64).reshape(-1).tolist()
-        lengths = np.asarray(state["lengths"], dtype=np.int64).reshape(-1).tolist()
-        nbs = [canon.setdefault(s, s) for s in map(str, state["neighbours"])]
-        vals = np.asarray(state["values"], dtype=np.float64).reshape(-1).tolist()
-        if not (len(items) == len(anchors) == len(lengths)) or not (
-                sum(lengths) == len(nbs) == len(vals)) or len(set(items)) != len(items):
+        items = [str(s) for s in state["items"]]
+        anchors = np.asarray(state["anchors"], dtype=np.int64).reshape(-1)
+        lens = np.asarray(state["lengths"], dtype=np.int64).reshape(-1)
+        nbs = [str(s) for s in state["neighbours"]]
+        vals = np.asarray(state["values"], dtype=np.float64).reshape(-1)
+        if not (len(items) == anchors.shape[0] == lens.shape[0]) or not (
+                int(lens.sum()) == len(nbs) == vals.shape[0]) or len(set(items)) != len(items) \
+                or (lens < 0).any():
             raise ValueError("co-visitation state: lengths disagree")
-        pos = 0
-        for it, a, n in zip(items, anchors, lengths):
-            out._rows[it] = dict(zip(nbs[pos:pos + n], vals[pos:pos + n]))
-            out._anchor[it] = int(a)
-            pos += n
+        rows, nb = out._codes(items), out._codes(nbs)  # one string object per item id
+        total = int(lens.sum())
+        starts = np.cumsum(lens) - lens
+        if np.unique((np.repeat(rows, lens) << 32) | nb).shape[0] != total:
+            raise ValueError("co-visitation state: a neighbour repeats in a row")
+        sizes = np.fromiter(map(cls._size, lens.tolist()), np.int64, lens.shape[0])
+        offs = np.cumsum(sizes) - sizes
+        out._end = int(sizes.sum())
+        out._nb = np.zeros(max(1024, out._end), dtype=np.int32)
+        out._val = np.zeros(max(1024, out._end), dtype=np.float64)
+        pos = np.repeat(offs - starts, lens) + np.arange(total)
+        out._nb[pos], out._val[pos] = nb, vals
+        out._anchor[rows], out._off[rows] = anchors, offs
+        out._len[rows], out._cap[rows] = lens, sizes
+        out._order = [out._names[c] for c in rows.tolist()]
         return out
-
-
-_VALUE = operator.itemgetter(1)
-
-
-def _top(row: Mapping[str, float], m: int) -> list[tuple[str, float]]:
-    """The ``m`` largest (neighbour, value), best first; equal values keep the row's insertion
-    order (deterministic for a given history)."""
-    if len(row) <= 2 * m:
-        return sorted(row.items(), key=_VALUE, reverse=True)[:m]
-    return heapq.nlargest(m, row.items(), key=_VALUE)
 
 
 # --------------------------------------------------------------------------------------------

@@ -112,15 +112,19 @@ def test_user_stats_state_with_many_categories_per_user():
 
 
 def test_covisitation_state_lists_every_row_in_order():
-    cv = CoVisitation(SignalParams())
-    cv._rows.update({"a": {"x": 1.5, "y": 0.25}, "b": {}, "c": {"a": 2.0}})
-    cv._anchor.update({"a": 10, "b": 20, "c": 30})
+    want_rows = {"a": {"x": 1.5, "y": 0.25}, "b": {}, "c": {"a": 2.0}}
+    anchors = {"a": 10, "b": 20, "c": 30}
+    cv = CoVisitation.from_state(
+        {"items": list(want_rows), "anchors": list(anchors.values()),
+         "lengths": [len(r) for r in want_rows.values()],
+         "neighbours": [k for r in want_rows.values() for k in r],
+         "values": [v for r in want_rows.values() for v in r.values()]}, SignalParams())
     for only, items in ((None, ["a", "b", "c"]), (["c", "zz", "a"], ["c", "a"]), ([], [])):
         got = cv.state(only)
-        rows = [cv._rows[i] for i in items]
+        rows = [want_rows[i] for i in items]
         assert got["items"] == items
         assert got["anchors"].dtype == np.int64 and got["anchors"].tolist() == [
-            cv._anchor[i] for i in items]
+            anchors[i] for i in items]
         assert got["lengths"].dtype == np.int64 and got["lengths"].tolist() == [
             len(r) for r in rows]
         assert got["neighbours"] == [k for r in rows for k in r]
