@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import repeat
@@ -35,6 +36,7 @@ from typing import Any, cast
 import numpy as np
 
 from stream.core.eventtypes import DEFAULT_REWARD_WEIGHTS, IMPRESSION_TYPES
+from stream.core.rows import row_ints
 
 __all__ = [
     "CONTEXTS",
@@ -181,7 +183,7 @@ class ArmStats:
                     if limit is not None and len(self._names) >= limit:
                         continue  # table full: not counted (rows[i] stays -1)
                     r = len(self._names)
-                    index[a] = r
+                    index[a] = row_ints(r + 1)[r]  # one int object per row number
                     self._names.append(a)
                 rows[i] = r
             self._grow(len(self._names))
@@ -378,7 +380,7 @@ class ArmStats:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: BanditParams) -> ArmStats:
-        arms = [str(a) for a in state["arms"]]
+        arms = [sys.intern(str(a)) for a in state["arms"]]  # shared with the decoder's ids
         if len(set(arms)) != len(arms):
             raise ValueError("state has duplicate arms")
         out = cls(params, capacity=max(len(arms), 1))

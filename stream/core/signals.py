@@ -62,12 +62,13 @@ import functools
 import itertools
 import math
 import struct
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from stream.core.rows import grown
+from stream.core.rows import grown, row_ints
 from stream.core.signal_params import CovisPartial, PopPartial, SignalParams, decay, read_pop
 from stream.core.signal_view import SignalView
 
@@ -127,8 +128,8 @@ class ItemPopularity:
             for k in missing.tolist():
                 it = items[k]
                 r = index.get(it)
-                if r is None:
-                    r = index[it] = len(self._names)
+                if r is None:  # the shared int object of the row number (rows.row_ints)
+                    r = index[it] = row_ints(len(self._names) + 1)[len(self._names)]
                     self._names.append(it)
                 rows[k] = r
             self._grow(len(self._names))
@@ -222,7 +223,8 @@ class ItemPopularity:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: SignalParams) -> ItemPopularity:
-        items = [str(i) for i in state["items"]]
+        # interned: the decoder's ids are, so every partition and table shares one object
+        items = [sys.intern(str(i)) for i in state["items"]]
         n = len(items)
         if len(set(items)) != n:
             raise ValueError("popularity state has duplicate items")
@@ -234,7 +236,7 @@ class ItemPopularity:
                 raise ValueError(f"popularity state: {key} has shape {arr.shape}, want ({n},)")
             getattr(out, attr)[:n] = arr
         out._names = items
-        out._index = {it: i for i, it in enumerate(items)}
+        out._index = dict(zip(items, row_ints(n)))
         return out
 
 
@@ -654,7 +656,7 @@ class CoVisitation:
                     it = items[k]
                     c = index.get(it)
                     if c is None:
-                        c = index[it] = len(names)
+                        c = index[it] = row_ints(len(names) + 1)[len(names)]
                         names.append(it)
                     codes[k] = c
             n = len(names)
@@ -933,10 +935,10 @@ class CoVisitation:
     @classmethod
     def from_state(cls, state: Mapping[str, Any], params: SignalParams) -> CoVisitation:
         out = cls(params)
-        items = [str(s) for s in state["items"]]
+        items = [sys.intern(str(s)) for s in state["items"]]
         anchors = np.asarray(state["anchors"], dtype=np.int64).reshape(-1)
         lens = np.asarray(state["lengths"], dtype=np.int64).reshape(-1)
-        nbs = [str(s) for s in state["neighbours"]]
+        nbs = [sys.intern(str(s)) for s in state["neighbours"]]
         vals = np.asarray(state["values"], dtype=np.float64).reshape(-1)
         if not (len(items) == anchors.shape[0] == lens.shape[0]) or not (
                 int(lens.sum()) == len(nbs) == vals.shape[0]) or len(set(items)) != len(items) \

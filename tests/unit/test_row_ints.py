@@ -66,3 +66,43 @@ def test_tables_loaded_from_state_share_the_row_ints_and_equal_the_originals() -
                       np.ones((1, DIM), np.float32))
     objs, vals = _row_objects(profiles + back_p)
     assert objs == vals
+
+
+def test_item_tables_share_row_ints_and_interned_ids_after_a_load() -> None:
+    """Popularity, co-visitation and bandit arms are item-keyed tables of every partition (a
+    10^6-item catalogue: millions of rows): their id -> row dicts hold the shared row ints, and
+    a load interns the ids, so partitions restored from snapshots (each decodes its own copy of
+    every id) share one string per item with each other and with the decoder's interned ids."""
+    import sys
+
+    from stream.core.bandit import ArmStats, BanditParams
+    from stream.core.signals import SignalParams, Signals
+
+    rng = np.random.default_rng(1)
+    sigs, arms = [Signals(SignalParams(recent_n=3)) for _ in range(2)], []
+    for p, sig in enumerate(sigs):
+        a = ArmStats(BanditParams())
+        for b in range(6):
+            items = ["".join(["item-", str(k)]) for k in rng.integers(0, 900, 400).tolist()]
+            users = [f"u{k}" for k in rng.integers(0, 50, 400).tolist()]
+            sig.apply(users, items, np.arange(400, dtype=np.int64) + b * 1000, ["view"] * 400)
+            a.update(items, ["view"] * 400)
+        arms.append(a)
+    tables = [t for s in sigs for t in (s.popularity, s.covis)] + arms
+    objs, vals = _row_objects(tables)
+    assert vals > 600 and objs == vals  # before: one int object per row beyond 256, per table
+    fresh = [Signals.from_state(s.state(), s.params) for s in sigs]
+    back_arms = [ArmStats.from_state(a.state(), a.params) for a in arms]
+    loaded = [t for s in fresh for t in (s.popularity, s.covis)] + back_arms
+    objs, vals = _row_objects(loaded + tables)
+    assert objs == vals
+    names = [n for t in loaded for n in t._names]
+    assert len({id(n) for n in names}) == len(set(names))  # one object per id, all partitions
+    assert all(sys.intern(n) is n for n in names[:200])
+    for a, b in zip(sigs, fresh):
+        assert a.popularity.state()["items"] == b.popularity.state()["items"]
+        assert [a.covis.row(i) for i in a.covis.items()] == [b.covis.row(i) for i in b.covis.items()]
+    for a, b in zip(arms, back_arms):
+        sa, sb = a.state(), b.state()
+        assert sa["arms"] == sb["arms"]
+        assert np.array_equal(sa["impressions"], sb["impressions"])
