@@ -564,3 +564,6 @@ class IvfIndex(SlotIndex):
             self._mat = None  # the IVF (or the source) holds the vectors now: one copy
         self.trainings += 1
         log.info("%s index: %s over %d vectors", self.name or "an", self.factory, len(self))
+        # It may have outgrown this training while it ran (a catalogue bulk-loaded meanwhile):
+        # the next one starts now, not at the next upsert, which may never come.
+        self._maybe_train()
