@@ -80,7 +80,7 @@ def test_item_tables_share_row_ints_and_interned_ids_after_a_load() -> None:
 
     rng = np.random.default_rng(1)
     sigs, arms = [Signals(SignalParams(recent_n=3)) for _ in range(2)], []
-    for p, sig in enumerate(sigs):
+    for sig in sigs:
         a = ArmStats(BanditParams())
         for b in range(6):
             items = ["".join(["item-", str(k)]) for k in rng.integers(0, 900, 400).tolist()]
