@@ -614,11 +614,13 @@ class CoVisitation:
     """item -> at most ``covis_capacity`` neighbours with decayed pair weights (one reference
     time per row).
 
-    Layout (columnar, ~12 B an entry where a dict of floats per row took ~80-90 B): every item
-    of the partition has an int32 code (``_index`` / ``_names``, one string object per item);
-    a row is a block of a pool, neighbour codes (int32) and values (float64), ``_len[r]`` used of
-    ``_cap[r]`` (a power of two; a row that outgrows its block moves to one twice the size, the
-    old block is reused by the next row of that size).  A block lists its neighbours in the
+    Layout (columnar: ~16 B of pool an entry, 12 B plus block slack, where a dict of Python
+    floats per row took ~50-90 B): every item of the partition has an int32 code (``_index`` /
+    ``_names``, one string object per item); a row is a block of a pool, neighbour codes
+    (int32) and values (float64), ``_len[r]`` used of ``_cap[r]`` (sizes 4, 6, 8, 12, 16, ...;
+    a row that outgrows its block moves to the next size, and the old block goes to the next
+    row of that size; when free blocks exceed a quarter of the pool, the rows are laid out
+    end to end again: :meth:`_compact`).  A block lists its neighbours in the
     order they were first added, and pruning rewrites it best first: the order a ``dict`` row
     kept, so ties rank, prune and serialise as before.  :meth:`add` takes a batch of pairs in a
     few array steps; its sums are the one-pair-at-a-time loop's, to the bit (each value adds
