@@ -430,7 +430,7 @@ class MergedArms:
         for j, a in enumerate(names):
             r = index.get(a)
             if r is None:
-                r = index[a] = len(self._names)
+                r = index[a] = row_ints(len(self._names) + 1)[len(self._names)]
                 self._names.append(a)
             rows[j] = r
         if len(self._names) > len(self._refs):

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from stream.core.rows import row_ints
 from stream.core.signal_params import CovisPartial, PopPartial, SignalParams, decay, read_pop
 
 __all__ = ["CovisSource", "LocalSignals", "PopSource", "SignalView"]
@@ -135,7 +136,7 @@ class SignalView:
     def _row(self, item: str) -> int:
         r = self._index.get(item)
         if r is None:
-            r = self._index[item] = len(self._names)
+            r = self._index[item] = row_ints(len(self._names) + 1)[len(self._names)]
             self._names.append(item)
             self._grow(r + 1)
         return r
