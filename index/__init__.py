@@ -18,7 +18,14 @@ from typing import Any
 
 from index.base import VectorIndex
 from index.flat import FlatIndex
-from index.ivf import CODES, DEFAULT_EXACT_BELOW, MIN_POINTS_PER_LIST, IvfIndex, VectorSource
+from index.ivf import (
+    CODES,
+    DEFAULT_EXACT_BELOW,
+    DEFAULT_TARGET_RECALL,
+    MIN_POINTS_PER_LIST,
+    IvfIndex,
+    VectorSource,
+)
 from stream.core.errors import IndexShapeError
 
 __all__ = ["CODES", "DEFAULT_EXACT_BELOW", "INDEX_KINDS", "FlatIndex", "IndexShapeError",
@@ -34,7 +41,8 @@ class IndexSpec:
 
     kind: str = "flat"
     exact_below: int = DEFAULT_EXACT_BELOW
-    nprobe: int = 0  # 0: chosen from the number of lists
+    nprobe: int = 0  # 0: the fewest lists reaching target_recall on a calibration sample
+    target_recall: float = DEFAULT_TARGET_RECALL
     background: bool = True  # train IVF centroids off the caller's thread
     codes: str = "Flat"  # the IVF's codes: Flat (the IVF is the store) or SQ* (re-ranked)
 
@@ -47,7 +55,7 @@ class IndexSpec:
     def _options(self) -> dict[str, Any]:
         below = 2 * MIN_POINTS_PER_LIST if self.kind == "ivf" else self.exact_below
         return {"exact_below": below, "nprobe": self.nprobe, "background": self.background,
-                "codes": self.codes}
+                "codes": self.codes, "target_recall": self.target_recall}
 
     def make(self, dim: int, name: str = "", source: VectorSource | None = None) -> VectorIndex:
         """A new, empty index; ``source``: where an IVF with lossy codes re-ranks from (the

@@ -104,7 +104,25 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def bench_items(n: int, dim: int, queries: int, exact_below: int) -> dict[str, Any]:
+def _by_nprobe(idx: IvfIndex, q: np.ndarray, want: list[list[tuple[str, float]]], k: int,
+               nprobes: list[int]) -> dict[str, dict[str, float]]:
+    """Recall@k and single-query p50/p99 with each of ``nprobes`` lists probed (the index's
+    own ``nprobe`` is restored)."""
+    out: dict[str, dict[str, float]] = {}
+    keep = idx.nprobe
+    try:
+        for npb in nprobes:
+            idx.nprobe = npb
+            p50, p99 = _latency(idx, q, k)
+            out[str(npb)] = {"recall": round(_recall(idx.search(q, k), want), 4),
+                             "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
+    finally:
+        idx.nprobe = keep
+    return out
+
+
+def bench_items(n: int, dim: int, queries: int, exact_below: int,
+                nprobes: list[int] | None = None) -> dict[str, Any]:
     g = Gen(dim)
     vecs = g.items(n)
     ids = [f"i{j}" for j in range(n)]
@@ -123,7 +141,9 @@ def bench_items(n: int, dim: int, queries: int, exact_below: int) -> dict[str, A
     out = {"n": n, "kind": factory_of(idx), "fill_s_inline_training": round(fill_s, 2),
            "recall_at_20": round(_recall(got, want), 4), "search_p50_ms": round(p50, 3),
            "search_p99_ms": round(p99, 3), "exact_p50_ms": round(e50, 3),
-           "exact_p99_ms": round(e99, 3)}
+           "exact_p99_ms": round(e99, 3), "nprobe": idx.probes}
+    if nprobes:
+        out["by_nprobe"] = _by_nprobe(idx, q, want, 20, nprobes)
     _log(f"items n={n}: {out}")
     # background training: the longest single call while it runs
     bg = IvfIndex(dim, name="items-bg", exact_below=exact_below, background=True)
@@ -155,7 +175,7 @@ def bench_items(n: int, dim: int, queries: int, exact_below: int) -> dict[str, A
 
 
 def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float,
-                codes: str = "SQ4") -> dict[str, Any]:
+                codes: str = "SQ4", nprobes: list[int] | None = None) -> dict[str, Any]:
     g = Gen(dim, seed=11)
     items = g.items(20_000)
     live: dict[str, np.ndarray] = {}  # the profiles: the index re-ranks from them (its source)
@@ -219,7 +239,10 @@ def bench_users(n: int, dim: int, queries: int, exact_below: int, churn: float,
            "exact_p50_ms": round(e50, 3), "exact_p99_ms": round(e99, 3),
            "live": len(idx), "ivf_rows": int(idx._ivf.ntotal) if idx._ivf is not None else None,
            "trainings": idx.trainings, "rss_growth_mb_during_churn": round(rss1 - rss0, 1),
-           "index_bytes_per_vector": round(idx.nbytes() / max(len(idx), 1), 1)}
+           "index_bytes_per_vector": round(idx.nbytes() / max(len(idx), 1), 1),
+           "nprobe": idx.probes}
+    if nprobes:
+        out["by_nprobe"] = _by_nprobe(idx, q, want, 10, nprobes)
     _log(f"users n={n}: {out}")
     return out
 
@@ -280,8 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", nargs="+", choices=("items", "users"), default=["items", "users"])
     ap.add_argument("--user-codes", default="SQ4",
                     help="users IVF codes (PROFILES_INDEX_USER_CODES), re-ranked from the profiles")
+    ap.add_argument("--nprobes", type=int, nargs="*", default=[],
+                    help="also report recall and latency with each of these lists probed")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     a = ap.parse_args(argv)
+    if any(v < 1 for v in a.nprobes):
+        ap.error("--nprobes must be >= 1")
     _SETUP["topics"] = a.topics
     report: dict[str, Any] = {"dim": a.dim, "topics": a.topics, "items": [], "users": [],
                               "hnsw_vs_ivf": None}
@@ -289,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         report["hnsw_vs_ivf"] = bench_hnsw(a.hnsw_n, a.dim, a.queries)
     for n in a.sizes:
         if "items" in a.parts:
-            report["items"].append(bench_items(n, a.dim, a.queries, a.exact_below))
+            report["items"].append(bench_items(n, a.dim, a.queries, a.exact_below,
+                                               a.nprobes))
         if "users" in a.parts:
             report["users"].append(bench_users(n, a.dim, a.queries, a.exact_below, a.churn,
-                                               a.user_codes))
+                                               a.user_codes, a.nprobes))
     if a.json:
         print(json.dumps(report))
     else:

@@ -66,7 +66,8 @@ from index.slots import SlotIndex, checked
 faiss: Any = _faiss_typed
 
 __all__ = ["CODES", "DEFAULT_EXACT_BELOW", "Coarse", "IvfIndex", "VectorSource",
-           "assign_lists", "auto_nprobe", "choose_nlist", "local_lists"]
+           "assign_lists", "auto_nprobe", "calibration_queries", "choose_nlist", "local_lists",
+           "probe_ladder"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,13 @@ EXACT_ASSIGN_LISTS = 16_384
 ASSIGN_EF = 128
 #: rows per product of the exact assignment (1024 x 4,000 scores: 16 MB)
 _ASSIGN_CHUNK = 1024
+#: a calibrated search never probes fewer lists (a margin for queries unlike the sample)
+MIN_PROBES = 16
+#: queries and neighbours (k) of a calibration
+CALIBRATION_QUERIES = 128
+CALIBRATION_K = 20
+#: recall@k against exact search that the calibrated probe count reaches (PROFILES_INDEX_TARGET_RECALL)
+DEFAULT_TARGET_RECALL = 0.99
 
 #: the exact current vectors of ids (float32 [n, dim]; zero rows for ids it does not know)
 VectorSource = Callable[[Sequence[str]], np.ndarray]
@@ -109,9 +117,41 @@ def choose_nlist(n: int) -> int:
 
 
 def auto_nprobe(nlist: int) -> int:
-    """Lists probed per query when not set: a tenth of the lists, 32 to 256 (recall and
-    latency measured with ``python -m index.bench``)."""
+    """Lists probed per query before a calibration has chosen (and if it failed): a tenth of
+    the lists, 32 to 256."""
     return int(min(nlist, max(32, min(256, nlist // 10))))
+
+
+def probe_ladder(nlist: int) -> list[int]:
+    """The probe counts a calibration tries, fewest first: ``MIN_PROBES``, doubling, then all
+    ``nlist`` lists (exhaustive: exact)."""
+    out = [min(MIN_PROBES, nlist)]
+    while out[-1] < nlist:
+        out.append(min(2 * out[-1], nlist))
+    return out
+
+
+def calibration_queries(vectors: np.ndarray, lists: np.ndarray, m: int, seed: int
+                        ) -> np.ndarray:
+    """``m`` profile-like queries from the stored ``vectors`` (float32 [n, dim]) and their
+    lists: a random vector mixed with 1-7 others of its own list, weights decaying 0.8 a step
+    (a profile is a decayed sum of a few similar items), normalised.  Never a stored vector
+    alone unless its list holds only it."""
+    rng = np.random.default_rng(seed)
+    n = vectors.shape[0]
+    order = np.argsort(lists, kind="stable")
+    starts = np.searchsorted(lists[order], lists)  # each row's list: [start, end) in order
+    ends = np.searchsorted(lists[order], lists, side="right")
+    out = np.empty((m, vectors.shape[1]), dtype=np.float64)
+    for i in range(m):
+        a = int(rng.integers(0, n))
+        lo, hi = int(starts[a]), int(ends[a])
+        k = int(rng.integers(1, 8))
+        rows = np.concatenate([[a], order[lo + rng.integers(0, hi - lo, k)]])
+        w = 0.8 ** np.arange(rows.size)
+        out[i] = w @ vectors[rows].astype(np.float64)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
 class Coarse:
@@ -180,6 +220,22 @@ def local_lists(coarse: Coarse, x: np.ndarray, start: np.ndarray,
     return lists, scores, moving
 
 
+def _exact_top(q: np.ndarray, x: np.ndarray, k: int, chunk: int = 65_536) -> np.ndarray:
+    """Rows of ``x`` with the ``k`` highest inner products per query (unordered), in chunks
+    of ``x`` (128 queries x 65,536 rows: 32 MB of scores at a time)."""
+    best_s = np.full((q.shape[0], 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((q.shape[0], 0), dtype=np.int64)
+    for lo in range(0, x.shape[0], chunk):
+        s = np.concatenate([best_s, q @ x[lo:lo + chunk].T], axis=1)
+        i = np.concatenate([best_i, np.broadcast_to(
+            np.arange(lo, min(lo + chunk, x.shape[0]), dtype=np.int64), (q.shape[0], s.shape[1] - best_s.shape[1]))], axis=1)
+        keep = np.argpartition(-s, k - 1, axis=1)[:, :k] if s.shape[1] > k else \
+            np.broadcast_to(np.arange(s.shape[1]), s.shape)
+        best_s = np.take_along_axis(s, keep, axis=1)
+        best_i = np.take_along_axis(i, keep, axis=1)
+    return best_i
+
+
 def _add(ivf: Any, vals: np.ndarray, slots: np.ndarray, lists: np.ndarray) -> None:
     """Put float32 rows ``vals`` into ``ivf`` under labels ``slots``, each in its list
     ``lists[i]`` (FAISS's ``add`` would ask the quantiser at its own efSearch)."""
@@ -202,6 +258,8 @@ class _Build:
         self.index: Any = None
         self.coarse: Coarse | None = None
         self.nlist = 0
+        self.calibration: dict[int, float] = {}
+        self.probes = 0
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.held: np.ndarray | None = None  # catch-up: slot -> version held by ``index``
@@ -213,12 +271,19 @@ class IvfIndex(SlotIndex):
 
     def __init__(self, dim: int, name: str = "", *, exact_below: int = DEFAULT_EXACT_BELOW,
                  nprobe: int = 0, background: bool = True, seed: int = 0,
-                 codes: str = "Flat", source: VectorSource | None = None) -> None:
+                 codes: str = "Flat", source: VectorSource | None = None,
+                 target_recall: float = DEFAULT_TARGET_RECALL) -> None:
         super().__init__(dim, name)
+        if not 0.0 < target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
         if codes not in CODES:
             raise ValueError(f"unknown IVF codes {codes!r}; expected one of {CODES}")
         self.exact_below = max(int(exact_below), 2 * MIN_POINTS_PER_LIST)
         self.nprobe = int(nprobe)
+        self.target_recall = float(target_recall)
+        #: the calibration of the IVF in use: {probes: recall@k} on its sample, and the pick
+        self.calibration: dict[int, float] = {}
+        self._calibrated = 0  # the probe count it chose (0: none yet; auto_nprobe)
         self.background = background
         self.seed = seed
         self.codes = codes
@@ -263,7 +328,7 @@ class IvfIndex(SlotIndex):
         the search is exact)."""
         if self._ivf is None:
             return 0
-        return min(self._nlist, self.nprobe or auto_nprobe(self._nlist))
+        return min(self._nlist, self.nprobe or self._calibrated or auto_nprobe(self._nlist))
 
     @property
     def building(self) -> bool:
@@ -427,11 +492,15 @@ class IvfIndex(SlotIndex):
     def _ivf_search(self, q: np.ndarray, fetch: int, nprobe: int
                     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots) of candidates per query; lossy codes fetch more, to be re-ranked."""
+        return self._ivf_search_on(self._ivf, q, min(len(self._slot_of), fetch), nprobe)
+
+    def _ivf_search_on(self, ivf: Any, q: np.ndarray, fetch: int, nprobe: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
         if self.codes != "Flat":
-            fetch = min(len(self._slot_of), 2 * fetch + 16)
+            fetch = min(int(ivf.ntotal), 2 * fetch + 16)
         params = faiss.SearchParametersIVF(
             nprobe=nprobe, quantizer_params=faiss.SearchParametersHNSW(efSearch=max(64, 2 * nprobe)))
-        scores, labels = self._ivf.search(q, fetch, params=params)
+        scores, labels = ivf.search(q, fetch, params=params)
         return scores, labels
 
     def _hits(self, q: np.ndarray, scores: np.ndarray, labels: np.ndarray, k: int,
@@ -507,6 +576,7 @@ class IvfIndex(SlotIndex):
                 mat[live] = self._read(live)
                 self._mat = mat
             self._ivf, self._nlist, self._trained_n, self._coarse = None, 0, 0, None
+            self.calibration, self._calibrated = {}, 0
             return
         if n < self.exact_below or (self._ivf is not None and n < REGROW * self._trained_n):
             return
@@ -564,7 +634,10 @@ class IvfIndex(SlotIndex):
                 sample = vectors[np.sort(pick)]
             ivf.train(sample)
             job.coarse = Coarse(ivf)  # here, off the owner thread
-            _add(ivf, vectors, slots, assign_lists(job.coarse, ivf.quantizer, vectors))
+            lists = assign_lists(job.coarse, ivf.quantizer, vectors)
+            _add(ivf, vectors, slots, lists)
+            if not self.nprobe:
+                job.calibration, job.probes = self._calibrate(ivf, vectors, slots, lists, nlist)
             job.vectors = np.zeros((0, self.dim), dtype=np.float32)  # the copy is no longer needed
             job.index, job.nlist = ivf, nlist
         except BaseException as exc:  # reported by _poll on the owner thread
@@ -572,6 +645,40 @@ class IvfIndex(SlotIndex):
         finally:
             if not background:
                 faiss.omp_set_num_threads(threads)
+
+    def _calibrate(self, ivf: Any, vectors: np.ndarray, slots: np.ndarray, lists: np.ndarray,
+                   nlist: int) -> tuple[dict[int, float], int]:
+        """The fewest lists (of :func:`probe_ladder`) whose recall@``CALIBRATION_K`` against
+        exact search, on :func:`calibration_queries` of the training's copy, reaches
+        ``target_recall`` (all lists, i.e. exact, if none does); with every recall tried.
+
+        Runs on the training's thread against the new IVF before anything else sees it, with
+        the copy as the exact store.  How many lists a query needs depends on the data: at
+        10^5 items of 1,000 topics 4 lists found 0.9999 of the true 20, of 10,000 topics 128
+        found 0.78 (``python -m index.bench --topics``), so no fixed share of the lists fits
+        both."""
+        n = vectors.shape[0]
+        k = min(CALIBRATION_K, n)
+        q = calibration_queries(vectors, lists, CALIBRATION_QUERIES, self.seed + 1)
+        truth = [set(slots[row].tolist()) for row in _exact_top(q, vectors, k)]
+        row_of = np.empty(0, dtype=np.int64)
+        if self.codes != "Flat":  # re-ranked from the copy, as searches re-rank from the store
+            row_of = np.full(int(slots.max()) + 1, -1, dtype=np.int64)
+            row_of[slots] = np.arange(n)
+        found: dict[int, float] = {}
+        for probes in probe_ladder(nlist):
+            _, labels = self._ivf_search_on(ivf, q, k, probes)
+            hit = 0
+            for i in range(q.shape[0]):
+                got = labels[i][labels[i] >= 0]
+                if self.codes != "Flat" and got.size:
+                    exact = vectors[row_of[got]] @ q[i]
+                    got = got[np.argsort(-exact, kind="stable")[:k]]
+                hit += len(truth[i] & set(got[:k].tolist()))
+            found[probes] = hit / (k * q.shape[0])
+            if found[probes] >= self.target_recall:
+                return found, probes
+        return found, nlist
 
     def _poll(self) -> None:
         """Bring a finished training up to date, at most ``CATCH_UP`` rows per call, then
@@ -612,10 +719,13 @@ class IvfIndex(SlotIndex):
         self._job = None
         self._ivf, self._nlist, self._trained_n = ivf, job.nlist, job.slots.size
         self._coarse = job.coarse
+        self.calibration, self._calibrated = job.calibration, job.probes
         if self._ivf_is_store:
             self._mat = None  # the IVF (or the source) holds the vectors now: one copy
         self.trainings += 1
-        log.info("%s index: %s over %d vectors", self.name or "an", self.factory, len(self))
+        log.info("%s index: %s over %d vectors, %d lists probed (recall@%d %s)",
+                 self.name or "an", self.factory, len(self), self.probes, CALIBRATION_K,
+                 ", ".join(f"{p}: {r:.4f}" for p, r in self.calibration.items()) or "-")
         # It may have outgrown this training while it ran (a catalogue bulk-loaded meanwhile):
         # the next one starts now, not at the next upsert, which may never come.
         self._maybe_train()

@@ -274,7 +274,12 @@ class Settings:
     index_exact_below: int = field(default=20_000, metadata={
         "help": "auto index kind: vectors below which search is exact (>= 78)"})
     index_nprobe: int = field(default=0, metadata={
-        "help": "IVF lists probed per search (0: a tenth of the lists, 32 to 256)"})
+        "help": "IVF lists probed per search (0: the fewest reaching index_target_recall, "
+                "measured at each training)"})
+    index_target_recall: float = field(default=0.99, metadata={
+        "help": "with index_nprobe 0: the recall@20 against exact search that each IVF training "
+                "calibrates its lists probed to reach, on profile-like queries from its vectors "
+                "(0 < r <= 1)"})
     index_user_codes: str = field(default="SQ4", metadata={
         "help": "users IVF codes above index_exact_below: SQ4/SQ6/SQ8/SQfp16 (compressed, re-ranked "
                 "exactly from the profiles: no float32 copy) or Flat"})
@@ -499,6 +504,8 @@ class Settings:
             problems.append(f"index_exact_below must be >= 78, got {self.index_exact_below}")
         if self.index_nprobe < 0:
             problems.append(f"index_nprobe must be >= 0 (0: auto), got {self.index_nprobe}")
+        if not 0.0 < self.index_target_recall <= 1.0:
+            problems.append(f"index_target_recall must be in (0, 1], got {self.index_target_recall}")
         if self.index_user_codes not in ("Flat", "SQfp16", "SQ8", "SQ6", "SQ4"):
             problems.append("index_user_codes must be Flat, SQfp16, SQ8, SQ6 or SQ4, got "
                             f"{self.index_user_codes!r}")

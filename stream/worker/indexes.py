@@ -12,10 +12,12 @@ __all__ = ["index_spec", "publish_index_info", "users_index_spec"]
 
 
 def index_spec(settings: Settings) -> IndexSpec:
-    """``PROFILES_INDEX_KIND``, ``PROFILES_INDEX_EXACT_BELOW`` and ``PROFILES_INDEX_NPROBE``;
+    """``PROFILES_INDEX_KIND``, ``PROFILES_INDEX_EXACT_BELOW``, ``PROFILES_INDEX_NPROBE`` and
+    ``PROFILES_INDEX_TARGET_RECALL``;
     IVF centroids are trained off the event loop."""
     return IndexSpec(kind=settings.index_kind, exact_below=settings.index_exact_below,
-                     nprobe=settings.index_nprobe, background=True)
+                     nprobe=settings.index_nprobe, background=True,
+                     target_recall=settings.index_target_recall)
 
 
 def users_index_spec(settings: Settings) -> IndexSpec:
@@ -24,7 +26,7 @@ def users_index_spec(settings: Settings) -> IndexSpec:
     it holds no float32 copy."""
     return IndexSpec(kind=settings.index_kind, exact_below=settings.index_exact_below,
                      nprobe=settings.index_nprobe, background=True,
-                     codes=settings.index_user_codes)
+                     codes=settings.index_user_codes, target_recall=settings.index_target_recall)
 
 
 def publish_index_info(gauge: Any, **indexes: VectorIndex) -> None:
