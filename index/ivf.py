@@ -227,8 +227,8 @@ def _exact_top(q: np.ndarray, x: np.ndarray, k: int, chunk: int = 65_536) -> np.
     best_i = np.zeros((q.shape[0], 0), dtype=np.int64)
     for lo in range(0, x.shape[0], chunk):
         s = np.concatenate([best_s, q @ x[lo:lo + chunk].T], axis=1)
-        i = np.concatenate([best_i, np.broadcast_to(
-            np.arange(lo, min(lo + chunk, x.shape[0]), dtype=np.int64), (q.shape[0], s.shape[1] - best_s.shape[1]))], axis=1)
+        rows = np.arange(lo, min(lo + chunk, x.shape[0]), dtype=np.int64)
+        i = np.concatenate([best_i, np.broadcast_to(rows, (q.shape[0], rows.size))], axis=1)
         keep = np.argpartition(-s, k - 1, axis=1)[:, :k] if s.shape[1] > k else \
             np.broadcast_to(np.arange(s.shape[1]), s.shape)
         best_s = np.take_along_axis(s, keep, axis=1)
@@ -324,8 +324,9 @@ class IvfIndex(SlotIndex):
 
     @property
     def probes(self) -> int:
-        """Lists a search probes now (``nprobe``, or :func:`auto_nprobe` of the lists; 0 while
-        the search is exact)."""
+        """Lists a search probes now: ``nprobe`` if set, else the count the installed
+        training calibrated (:meth:`_calibrate`; :func:`auto_nprobe` had it none); 0 while the
+        search is exact."""
         if self._ivf is None:
             return 0
         return min(self._nlist, self.nprobe or self._calibrated or auto_nprobe(self._nlist))
