@@ -107,6 +107,8 @@ def report(args: Any, runs: dict[str, dict[str, Any]], recovery: dict[str, Any] 
     out: dict[str, Any] = {
         "item_index_kind": large["item_index_kind"],
         "user_index_kind": large["user_index_kind"],
+        "item_index_probes": large.get("item_index_probes"),
+        "user_index_probes": large.get("user_index_probes"),
         "bytes_per_user": round(slope(sizes, [small["memory_loaded"], large["memory_loaded"]]), 1),
         "bytes_per_user_all_features": round(slope(
             sizes, [runs["all_small"]["memory_loaded"], runs["all_large"]["memory_loaded"]]), 1),
@@ -152,7 +154,9 @@ def _fmt(v: Any) -> str:
 def goals_table(r: dict[str, Any]) -> str:
     """The figures with their goals side by side (the text form)."""
     rows = [("figure", "measured", "goal", ""), ("item_index_kind", r["item_index_kind"], "", ""),
-            ("user_index_kind", r["user_index_kind"], "", "")]
+            ("user_index_kind", r["user_index_kind"], "", ""),
+            ("item_index_probes", _fmt(r.get("item_index_probes")), "", ""),
+            ("user_index_probes", _fmt(r.get("user_index_probes")), "", "")]
     for key, (goal, op) in GOALS.items():
         v = r.get(key)
         rows.append((key, _fmt(v), f"{op} {goal:g}", _met(v, goal, op)))

@@ -432,6 +432,9 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     out["dead_letters"] = h.dead.reasons()
     out["item_index_kind"] = factory_of(h.p.catalog.index)
     out["user_index_kind"] = factory_of(h.p.profiles.index)
+    # lists a search probes (calibrated at each training; 0 while exact)
+    out["item_index_probes"] = int(getattr(h.p.catalog.index, "probes", 0))
+    out["user_index_probes"] = int(getattr(h.p.profiles.index, "probes", 0))
     if a.builder:
         for st in h.p.profiles.states.values():
             st.next_offset = 0  # the bulk log is not in the topic: the tail starts at 0
@@ -450,6 +453,7 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         out["churn"] = await _churn(h, a.churn)
         out["user_recall_at_10_after_churn"] = round(_user_recall(h), 4)
         out["user_index_kind_after_churn"] = factory_of(h.p.profiles.index)
+        out["user_index_probes_after_churn"] = int(getattr(h.p.profiles.index, "probes", 0))
     if a.breakdown:
         out["bytes_per_user_by_part"] = _breakdown(h)
     await h.p.encoder_service.stop()

@@ -34,6 +34,7 @@ def test_a_tiny_run_prints_one_json_object_with_every_figure() -> None:
     assert r["recovery"] is None
     assert r["recovery_s"] is r["candidates_p99_ms"] is r["similar_p99_ms"] is None
     assert r["item_index_kind"] == "Flat" and r["user_index_kind"] == "Flat"  # below 20,000
+    assert r["item_index_probes"] == 0 and r["user_index_probes"] == 0  # exact: no lists
     assert 0.0 < r["bytes_per_user"] < 1e6
     assert r["bytes_per_user_all_features"] > 0
     for key in ("item_recall_at_20", "user_recall_at_10_after_churn"):

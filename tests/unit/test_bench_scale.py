@@ -113,10 +113,12 @@ def test_oracle_sums_equal_a_per_event_loop() -> None:
 
 
 def test_goals_table_puts_each_figure_next_to_its_goal() -> None:
-    r = {k: None for k in GOALS} | {"item_index_kind": "Flat", "user_index_kind": "Flat",
+    r = {k: None for k in GOALS} | {"item_index_kind": "IVF4000_HNSW32,Flat",
+                                    "user_index_kind": "Flat", "item_index_probes": 16,
                                     "bytes_per_user": 2500.0, "item_recall_at_20": 0.99}
     text = goals_table(r)
     lines = {line.split()[0]: line.split() for line in text.splitlines()}
     assert lines["bytes_per_user"][1:] == ["2,500", "<=", "2048", "MISSED"]
     assert lines["item_recall_at_20"][1:] == ["0.99", ">=", "0.98", "ok"]
     assert lines["recovery_s"][1:] == ["-", "<=", "60", "-"]
+    assert lines["item_index_probes"][1:] == ["16"] and lines["user_index_probes"][1:] == ["-"]
