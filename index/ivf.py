@@ -158,19 +158,23 @@ class Coarse:
     """An IVF's centroids (float32 [nlist, dim]) and each centroid's ``COARSE_NEIGHBOURS + 1``
     nearest centroids by inner product, itself first (int64 [nlist, K + 1])."""
 
-    def __init__(self, ivf: Any) -> None:
+    def __init__(self, ivf: Any, chunk: int = 1024) -> None:
         nlist = int(ivf.nlist)
         self.centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, nlist),
                                               dtype=np.float32)
         k = min(COARSE_NEIGHBOURS, nlist - 1)
-        g = self.centroids @ self.centroids.T
-        np.fill_diagonal(g, np.inf)  # itself first, whatever its norm
-        near = np.argpartition(-g, k, axis=1)[:, :k + 1] if k + 1 < nlist else \
-            np.tile(np.arange(nlist), (nlist, 1))
-        # order each row by score, best first (itself: +inf)
-        order = np.argsort(-np.take_along_axis(g, near, axis=1), axis=1, kind="stable")
-        self.neighbours = np.ascontiguousarray(np.take_along_axis(near, order, axis=1),
-                                               dtype=np.int64)
+        self.neighbours = np.empty((nlist, k + 1), dtype=np.int64)
+        # ``chunk`` rows of the centroids' scores at a time: all of them at once would be
+        # nlist^2 floats (1 GB at 16,384 lists)
+        for lo in range(0, nlist, chunk):
+            hi = min(lo + chunk, nlist)
+            g = self.centroids[lo:hi] @ self.centroids.T
+            g[np.arange(hi - lo), np.arange(lo, hi)] = np.inf  # itself first, whatever its norm
+            near = np.argpartition(-g, k, axis=1)[:, :k + 1] if k + 1 < nlist else \
+                np.tile(np.arange(nlist), (hi - lo, 1))
+            # order each row by score, best first (itself: +inf)
+            order = np.argsort(-np.take_along_axis(g, near, axis=1), axis=1, kind="stable")
+            self.neighbours[lo:hi] = np.take_along_axis(near, order, axis=1)
 
 
 def assign_lists(coarse: Coarse, quantizer: Any, x: np.ndarray) -> np.ndarray:

@@ -124,3 +124,14 @@ def test_recall_after_churn_matches_exact_search() -> None:
     recall = np.mean([len({ids[j] for j in truth[i]} & {u for u, _ in got[i]}) / 10
                       for i in range(len(q))])
     assert recall >= 0.95
+
+
+def test_coarse_neighbours_do_not_depend_on_the_chunk_of_centroid_rows() -> None:
+    """The centroids' neighbour lists are computed ``chunk`` rows at a time (all at once is
+    nlist^2 floats: 1 GB at 16,384 lists); any chunk gives the same lists."""
+    ix, *_ = _index(3000, 7)
+    whole = Coarse(ix._ivf, chunk=1 << 20)
+    for chunk in (1, 7, 64):
+        part = Coarse(ix._ivf, chunk=chunk)
+        assert np.array_equal(part.neighbours, whole.neighbours)
+        assert np.array_equal(part.centroids, whole.centroids)
