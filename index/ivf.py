@@ -88,8 +88,6 @@ CODES: tuple[str, ...] = ("Flat", "SQfp16", "SQ8", "SQ6", "SQ4")
 COARSE_NEIGHBOURS = 16
 #: rounds of that local search (a moved vector takes the HNSW choice when it scores higher)
 COARSE_ROUNDS = 3
-#: rows whose candidate centroids are gathered at once (~1.7 MB at K 16, dim 384)
-_LOCAL_CHUNK = 64
 #: up to this many lists a vector's list is its best centroid found exactly (~13 us a row at
 #: 4,000 lists and dim 384, one thread, in chunks; the HNSW quantiser at efSearch 16 took 39
 #: and missed the best list for 3 % of the rows); above, the HNSW quantiser at ``ASSIGN_EF``
@@ -205,14 +203,18 @@ def local_lists(coarse: Coarse, x: np.ndarray, start: np.ndarray,
     rows = np.arange(lists.size)
     moving = np.zeros(lists.size, dtype=bool)
     c, nb = coarse.centroids, coarse.neighbours
+    x = np.ascontiguousarray(x, dtype=np.float32)
     for _ in range(rounds):
         if not rows.size:
             break
-        cand = nb[lists[rows]]  # [m, K + 1]
+        cand = np.ascontiguousarray(nb[lists[rows]])  # [m, K + 1]
+        xr = x if rows.size == x.shape[0] else np.ascontiguousarray(x[rows])
         s = np.empty(cand.shape, dtype=np.float32)
-        for lo in range(0, rows.size, _LOCAL_CHUNK):  # small gathers: they stay in cache
-            hi = lo + _LOCAL_CHUNK
-            s[lo:hi] = np.matmul(c[cand[lo:hi]], x[rows[lo:hi], :, None])[..., 0]
+        # each row's products with its candidate centroids in C, without gathering them (a
+        # copy of K + 1 centroids per row took ~3/4 of the time: 6 us a row at dim 384)
+        faiss.fvec_inner_products_by_idx(faiss.swig_ptr(s), faiss.swig_ptr(xr),
+                                         faiss.swig_ptr(c), faiss.swig_ptr(cand),
+                                         x.shape[1], rows.size, cand.shape[1])
         best = np.argmax(s, axis=1)  # ties: the first (its own list comes first)
         pick = cand[np.arange(rows.size), best]
         scores[rows] = s[np.arange(rows.size), best]
@@ -249,6 +251,15 @@ def _add(ivf: Any, vals: np.ndarray, slots: np.ndarray, lists: np.ndarray) -> No
                  faiss.swig_ptr(np.ascontiguousarray(lists, dtype=np.int64)))
 
 
+def _grown_lists(lists: np.ndarray, size: int) -> np.ndarray:
+    """``lists`` (slot -> list, int32) covering at least ``size`` slots, new ones -1."""
+    if lists.size >= size:
+        return lists
+    out = np.full(size, -1, dtype=np.int32)
+    out[: lists.size] = lists
+    return out
+
+
 class _Build:
     """A training job: copies of the slots, their versions, vectors and liveness (filled
     ``COPY_CHUNK`` rows per call), and the result."""
@@ -267,6 +278,7 @@ class _Build:
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
         self.held: np.ndarray | None = None  # catch-up: slot -> version held by ``index``
+        self.lists = np.full(0, -1, dtype=np.int32)  # slot -> its list in ``index`` (-1: none)
 
 
 class IvfIndex(SlotIndex):
@@ -299,6 +311,9 @@ class IvfIndex(SlotIndex):
         self._mat: np.ndarray | None = np.zeros((0, dim), dtype=np.float32)  # exact store
         self._ivf: Any = None  # faiss.IndexIVF* once trained
         self._coarse: Coarse | None = None  # its centroids and their neighbours (updates)
+        # slot -> its list in the IVF (-1: not in it).  FAISS's hashtable direct map has it too,
+        # but one ``direct_map.get`` call from Python took ~2.5 us, 4 bytes a slot here do not
+        self._list_at = np.full(0, -1, dtype=np.int32)
         self._nlist = 0
         self._trained_n = 0
         self._job: _Build | None = None
@@ -371,6 +386,7 @@ class IvfIndex(SlotIndex):
             new = np.zeros(cap, dtype=old.dtype)
             new[: old.size] = old
             setattr(self, attr, new)
+        self._list_at = _grown_lists(self._list_at, cap)
         if self._mat is not None:
             mat = np.zeros((cap, self.dim), dtype=np.float32)
             mat[: self._mat.shape[0]] = self._mat
@@ -423,9 +439,7 @@ class IvfIndex(SlotIndex):
         lists = np.full(slots.size, -1, dtype=np.int64)
         old = np.flatnonzero(was)
         if old.size:
-            get = ivf.direct_map.get
-            start = np.fromiter((get(s) >> 32 for s in slots[old].tolist()), dtype=np.int64,
-                                count=old.size)
+            start = self._list_at[slots[old]].astype(np.int64)
             got, _, moving = local_lists(coarse, vals[old], start)
             lists[old] = got
         ask_mask = lists < 0
@@ -443,6 +457,7 @@ class IvfIndex(SlotIndex):
             lists[ask] = hnsw
         self._ivf_remove(ivf, slots)
         _add(ivf, vals, slots, lists)
+        self._list_at[slots] = lists
 
     def remove(self, ids: Iterable[str]) -> int:
         """Drop ids (unknown ones are ignored); returns how many were live."""
@@ -456,6 +471,7 @@ class IvfIndex(SlotIndex):
                 self._mat[slots] = 0.0
             if self._ivf is not None:
                 self._ivf_remove(self._ivf, slots)
+                self._list_at[slots] = -1
         self._maybe_train()
         return len(gone)
 
@@ -581,6 +597,7 @@ class IvfIndex(SlotIndex):
                 mat[live] = self._read(live)
                 self._mat = mat
             self._ivf, self._nlist, self._trained_n, self._coarse = None, 0, 0, None
+            self._list_at = np.full(self._ver.size, -1, dtype=np.int32)
             self.calibration, self._calibrated = {}, 0
             return
         if n < self.exact_below or (self._ivf is not None and n < REGROW * self._trained_n):
@@ -641,6 +658,8 @@ class IvfIndex(SlotIndex):
             job.coarse = Coarse(ivf)  # here, off the owner thread
             lists = assign_lists(job.coarse, ivf.quantizer, vectors)
             _add(ivf, vectors, slots, lists)
+            job.lists = _grown_lists(job.lists, int(job.slots.max()) + 1 if n else 0)
+            job.lists[slots] = lists
             if not self.nprobe:
                 job.calibration, job.probes = self._calibrate(ivf, vectors, slots, lists, nlist)
             job.vectors = np.zeros((0, self.dim), dtype=np.float32)  # the copy is no longer needed
@@ -708,22 +727,27 @@ class IvfIndex(SlotIndex):
         if job.held.size < self._ver.size:
             job.held = np.concatenate(
                 [job.held, np.zeros(self._ver.size - job.held.size, dtype=np.uint32)])
+        job.lists = _grown_lists(job.lists, self._ver.size)
         # Re-apply what changed since the copy: stale rows out, current rows of live slots in.
         diff = np.flatnonzero(self._ver != job.held)
         chunk = diff[:CATCH_UP]
         if chunk.size:
             self._ivf_remove(ivf, chunk)
+            job.lists[chunk] = -1
             live = self._live_of(chunk)
             if live.size:
                 assert job.coarse is not None
                 vals = np.ascontiguousarray(self._read(live), dtype=np.float32)
-                _add(ivf, vals, live, assign_lists(job.coarse, ivf.quantizer, vals))
+                lists = assign_lists(job.coarse, ivf.quantizer, vals)
+                _add(ivf, vals, live, lists)
+                job.lists[live] = lists
             job.held[chunk] = self._ver[chunk]
         if diff.size > CATCH_UP:
             return  # the rest on the next calls: no call blocks for long
         self._job = None
         self._ivf, self._nlist, self._trained_n = ivf, job.nlist, job.slots.size
         self._coarse = job.coarse
+        self._list_at = job.lists
         self.calibration, self._calibrated = job.calibration, job.probes
         if self._ivf_is_store:
             self._mat = None  # the IVF (or the source) holds the vectors now: one copy
