@@ -105,15 +105,16 @@ def start_worker(broker, topics, tmp_path):
     from stream.settings import Settings
     from stream.tools.runner import WorkerProcess
 
-    workers = []
+    workers: list[WorkerProcess] = []
     state_dir = tmp_path / "state"
 
-    def start(**overrides):
+    def start(extra_env: dict[str, str] | None = None, **overrides):
         values = {"bootstrap_servers": broker.bootstrap, "state_dir": str(state_dir),
                   "http_port": free_port(), "session_timeout_s": 6.0,
                   "encoder_dtype": "fp32", **topics, **overrides}  # the oracles are fp32
         settings = Settings.from_env({}, **values)
-        w = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log").start()
+        w = WorkerProcess(settings, tmp_path / f"worker-{len(workers)}.log",
+                          extra_env=dict(extra_env or {})).start()
         workers.append(w)
         return w
 

@@ -217,28 +217,69 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         if s.gc_freeze and ready_logged:  # states a rebalance loaded (the first: when ready)
             freeze_heap()
 
+    # the deferred seeks of :func:`install_seek` (kept: the loop holds tasks weakly)
+    deferred: set[asyncio.Future[None]] = set()
+
+    async def seek_when_loaded(generation: int, waiting: list[TP]) -> None:
+        """Load the partitions :func:`install_seek` paused, then seek each to where its snapshot
+        ends and resume it, unless a newer rebalance has begun (its own seek does it then)."""
+        try:
+            await pipeline.assign(sorted(tp.partition for tp in waiting))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # as faust does when the assignment signal fails
+            log.critical("loading partitions %s failed (%s: %s): stopping the worker",
+                         sorted(tp.partition for tp in waiting), type(exc).__name__, exc)
+            await app.crash(exc)
+            return
+
+        def current() -> bool:  # no rebalance began since that seek
+            return bool(app.consumer_generation_id == generation
+                        and revoked_generation[0] != generation)
+
+        resumed = []
+        for tp in waiting:
+            st = pipeline.profiles.get(tp.partition)
+            if st is not None and current():
+                await app.consumer.seek(tp, st.next_offset)
+                resumed.append(tp)
+        if resumed and current():
+            app.consumer.resume_partitions(resumed)
+            log.info("partitions %s loaded: resumed at their snapshots' offsets",
+                     sorted(tp.partition for tp in resumed))
+
     def install_seek() -> None:
         """After faust seeks to committed offsets, move to where each snapshot ends.
 
         faust's recovery seeks concurrently with the ``on_partitions_assigned`` signal, whose
-        ``pipeline.assign`` may wait for the lock (the snapshot timer holds it while it writes
-        the catalogue): a seek that covered only the partitions already loaded left the others
-        at the committed offset, ahead of their snapshots.  So the seek loads the assignment's
-        partitions itself first (under the same lock; ``assign`` skips what is loaded), unless
-        the assignment was revoked and no new one has arrived yet."""
+        ``pipeline.assign`` may still be loading (the changelog restore: tens of seconds at
+        10^5 users a partition) or waiting for the lock (the snapshot timer holds it while it
+        writes the catalogue).  The seek must neither go on without the snapshots' offsets (a
+        partition left at the committed offset, ahead of its snapshot, skipped the events in
+        between) nor wait for the load: faust waits for it at most ``broker_request_timeout``
+        (30 s), then ends its recovery silently and the worker never becomes ready.  So the
+        partitions already loaded are seeked at once; the others are paused, loaded by a task
+        (``assign`` skips what the signal loaded) and seeked and resumed when loaded.  Nothing
+        is loaded while the assignment is revoked and no new one has arrived."""
         consumer = app.consumer
         original = consumer.perform_seek
 
         async def perform_seek() -> None:
             await original()
-            if app.consumer_generation_id != revoked_generation[0]:
-                mine = events_partitions(consumer.assignment())
-                if mine:
-                    await pipeline.assign(mine)
+            generation = app.consumer_generation_id
+            current = generation != revoked_generation[0]
+            waiting: list[TP] = []
             for tp in consumer.assignment():
                 st = pipeline.profiles.get(tp.partition) if is_events(tp) else None
                 if st is not None:
                     await consumer.seek(tp, st.next_offset)
+                elif current and is_events(tp):
+                    waiting.append(tp)
+            if waiting:
+                consumer.pause_partitions(waiting)
+                task = asyncio.ensure_future(seek_when_loaded(generation, waiting))
+                deferred.add(task)
+                task.add_done_callback(deferred.discard)
 
         consumer.perform_seek = perform_seek  # type: ignore[method-assign]  # faust has no hook
 

@@ -1,11 +1,14 @@
-"""Issue 10 point 8: the seek to the snapshot offset waits for the partition's load.
+"""Issue 10 point 8 and issue 12: no partition is read before the seek to its snapshot's
+offset, and the seek does not wait for the load.
 
 faust's recovery calls ``consumer.perform_seek()`` concurrently with the
 ``on_partitions_assigned`` signal; the signal's ``pipeline.assign`` waits for the pipeline's
-lock, which the snapshot timer holds during a catalogue write.  The seek must not run first
-and leave the partition at the committed offset (the records between the snapshot and the
-commit would be skipped).  Driven through :func:`stream.kafka.app.wire` with a fake app and
-consumer, in one event loop, without sleeps.
+lock, which the snapshot timer holds during a catalogue write, or loads for tens of seconds.
+The partition must not be read from the committed offset (the records between the snapshot and
+the commit would be skipped), and faust's recovery must not wait for the load: it waits at most
+``broker_request_timeout`` (30 s) and then ends silently, and the worker never becomes ready.
+So a partition not loaded yet is paused, and seeked and resumed once loaded.  Driven through
+:func:`stream.kafka.app.wire` with a fake app and consumer, in one event loop, without sleeps.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ class FakeConsumer:
     def __init__(self, assigned: set[TP]) -> None:
         self.assigned = set(assigned)
         self.position: dict[TP, int] = {}
+        self.paused: set[TP] = set()
+
+    def pause_partitions(self, tps: Any) -> None:
+        self.paused |= set(tps)
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.paused -= set(tps)
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
@@ -64,6 +74,10 @@ class FakeApp:
         self.on_partitions_revoked = FakeSignal()
         self.on_partitions_assigned = FakeSignal()
         self.on_before_shutdown = FakeSignal()
+        self.crashed: list[BaseException] = []
+
+    async def crash(self, exc: BaseException) -> None:
+        self.crashed.append(exc)
 
     def agent(self, *a: Any, **kw: Any) -> Any:
         return lambda fn: fn
@@ -106,6 +120,73 @@ def _wired(tmp_path) -> tuple[Pipeline, FakeApp, TP]:
     return pipe, app, tp
 
 
+async def _until(cond: Any, what: str) -> None:
+    """Let the loop run until ``cond()`` (the deferred load and seek), within a deadline."""
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0)
+    try:
+        await asyncio.wait_for(poll(), timeout=10)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def test_the_seek_pauses_a_partition_still_loading_and_seeks_it_when_loaded(tmp_path) -> None:
+    _snapshot_partition0(tmp_path)
+    pipe, app, tp = _wired(tmp_path)
+
+    async def run() -> None:
+        await pipe.lock.acquire()  # the snapshot timer writing the catalogue, or a long load
+        assigned = asyncio.create_task(app.on_partitions_assigned.send({tp}))
+        # faust's recovery, meanwhile: it must not wait for the load (it gives up after 30 s)
+        await asyncio.wait_for(app.consumer.perform_seek(), timeout=5)
+        assert tp in app.consumer.paused, "read from the committed offset before the load"
+        pipe.lock.release()
+        await asyncio.wait_for(assigned, timeout=10)
+        await _until(lambda: tp not in app.consumer.paused, "the partition to be resumed")
+        assert pipe.states[0].next_offset == SNAPSHOT
+        assert app.consumer.position[tp] == SNAPSHOT, (
+            f"consumer reads partition 0 from {app.consumer.position[tp]}, its state covers "
+            f"up to {SNAPSHOT}")
+        assert not app.crashed
+
+    asyncio.run(run())
+
+
+def test_a_load_that_finishes_after_a_new_rebalance_resumes_nothing(tmp_path) -> None:
+    _snapshot_partition0(tmp_path)
+    pipe, app, tp = _wired(tmp_path)
+
+    async def run() -> None:
+        await pipe.lock.acquire()
+        await asyncio.wait_for(app.consumer.perform_seek(), timeout=5)
+        assert tp in app.consumer.paused
+        app.consumer_generation_id = 2  # another rebalance: its own seek takes over
+        pipe.lock.release()
+        await _until(lambda: 0 in pipe.states, "the load")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert tp in app.consumer.paused and app.consumer.position[tp] == COMMITTED
+
+    asyncio.run(run())
+
+
+def test_a_failed_deferred_load_crashes_the_worker(tmp_path, monkeypatch) -> None:
+    pipe, app, tp = _wired(tmp_path)
+
+    def broken(partition: int) -> Any:
+        raise OSError("changelog unreadable")
+
+    monkeypatch.setattr(pipe, "read_partition", broken)
+
+    async def run() -> None:
+        await app.consumer.perform_seek()
+        await _until(lambda: app.crashed, "the crash")
+        assert isinstance(app.crashed[0], OSError) and tp in app.consumer.paused
+
+    asyncio.run(run())
+
+
 def test_seek_waits_for_the_load_while_the_snapshot_timer_holds_the_lock(tmp_path) -> None:
     _snapshot_partition0(tmp_path)
     pipe, app, tp = _wired(tmp_path)
@@ -118,6 +199,7 @@ def test_seek_waits_for_the_load_while_the_snapshot_timer_holds_the_lock(tmp_pat
             await asyncio.sleep(0)
         pipe.lock.release()
         await asyncio.wait_for(asyncio.gather(assigned, seek), timeout=10)
+        await _until(lambda: tp not in app.consumer.paused, "the partition to be resumed")
         assert pipe.states[0].next_offset == SNAPSHOT
         assert app.consumer.position[tp] == SNAPSHOT, (
             f"consumer reads partition 0 from {app.consumer.position[tp]}, its state covers "
@@ -150,6 +232,7 @@ def test_a_seek_between_revocation_and_the_new_assignment_loads_nothing(tmp_path
         assert 0 not in pipe.states  # not reloaded: the partition may be another worker's now
         app.consumer_generation_id = 2  # the new assignment arrives
         await app.consumer.perform_seek()
+        await _until(lambda: tp not in app.consumer.paused, "the partition to be resumed")
         assert 0 in pipe.states and app.consumer.position[tp] == SNAPSHOT
 
     asyncio.run(run())
