@@ -18,7 +18,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NO_ANCHOR", "UserRows", "checked_batch", "grown", "row_ints"]
+__all__ = ["NO_ANCHOR", "UserRows", "checked_batch", "grown", "row_ints", "unique_ints"]
+
+def unique_ints(a: Any) -> np.ndarray:
+    """The sorted distinct values of an integer array (``np.unique(a)``), by one sort.
+
+    numpy 2.3+ answers a plain ``np.unique`` from a hash table.  On this project's machine
+    (numpy 2.4.6, one core, int64) that was 2x slower than sorting at 50 values, 12x at
+    50,000 and 35x at 642,000 (0.61 s, a co-visitation table's load check): it sat on the
+    batch path (co-visitation rows, the dedupe window's check) and the snapshot load."""
+    s = np.sort(np.asarray(a).reshape(-1))
+    if s.size < 2:
+        return s
+    keep = np.empty(s.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
 
 # Anchor of a row that has never received an event; never used in arithmetic.
 NO_ANCHOR = np.iinfo(np.int64).min

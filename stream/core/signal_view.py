@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream.core.rows import row_ints
+from stream.core.rows import row_ints, unique_ints
 from stream.core.signal_params import CovisPartial, PopPartial, SignalParams, decay, read_pop
 
 __all__ = ["CovisSource", "LocalSignals", "PopSource", "SignalView"]
@@ -274,7 +274,7 @@ class SignalView:
             return
         dirty, self._pop_dirty = self._pop_dirty, []
         if self._pop_dirty_one:
-            dirty.append(np.unique(np.array(self._pop_dirty_one, dtype=np.intp)))
+            dirty.append(unique_ints(np.array(self._pop_dirty_one, dtype=np.intp)))
             self._pop_dirty_one = []
         # a column put twice is merged twice, to the same values
         rows = dirty[0] if len(dirty) == 1 else np.concatenate(dirty)

@@ -48,6 +48,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
+from stream.core.rows import unique_ints
+
 __all__ = ["STAGES", "BatchTiming", "FetchLog", "GcTimer", "StageHistograms", "freeze_heap",
            "observe_applied", "observe_parked", "set_torch_threads", "stage_times"]
 
@@ -116,7 +118,7 @@ class FetchLog:
         returned it; else that poll's time (the first poll whose last offset is at or past
         it); NaN when neither covers it."""
         out = np.full(len(offsets), np.nan)
-        for p in np.unique(partitions).tolist():
+        for p in unique_ints(partitions).tolist():
             rows = np.flatnonzero(partitions == p)
             want = offsets[rows]
             polled = np.full(len(rows), np.nan)
