@@ -24,11 +24,11 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from encoder import HashingEncoder
-from stream.core.events import Item
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.worker.snapshots import SnapshotStore
 from tests.conftest import assert_matches_oracle, kafka, total_outcomes
+from tests.vectors import catalogue_vectors
 
 pytestmark = pytest.mark.timeout(300)
 DEFAULTS = Settings()
@@ -159,10 +159,4 @@ def test_takeover_of_partitions_snapshotted_behind_the_commit_while_the_catalogu
     stats = survivor.stats()
     assert stats["events_applied"] == len(events) and stats.get("events_duplicate", 0) == 0
     assert survivor.total("profiles_offset_gaps") == 0
-    enc = HashingEncoder()
-    items = [Item(**{k: it.get(k) for k in ("item_id", "title", "category", "brand", "price")})
-             for it in ds.items]
-    item_vecs = dict(zip([i.item_id for i in items], enc.encode([i.text() for i in items])))
-    queries = sorted({e["query"] for e in events if e["type"] == "search"})
-    query_vecs = dict(zip(queries, enc.encode(queries))) if queries else {}
-    assert_matches_oracle(survivor, events, (item_vecs, query_vecs))
+    assert_matches_oracle(survivor, events, catalogue_vectors(ds, HashingEncoder()))

@@ -20,7 +20,6 @@ import orjson
 import pytest
 
 from encoder import HashingEncoder
-from stream.core.events import Item
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.worker.snapshots import SnapshotStore
@@ -32,6 +31,7 @@ from tests.integration.test_issue10_seek import (
     _resumed,
     _send,
 )
+from tests.vectors import catalogue_vectors
 
 pytestmark = pytest.mark.timeout(300)
 DEFAULTS = Settings()
@@ -89,10 +89,4 @@ def test_a_restart_whose_load_outlasts_fausts_recovery_timeout_becomes_ready_and
     stats = second.stats()
     assert stats["events_applied"] == len(events) and stats.get("events_duplicate", 0) == 0
     assert second.total("profiles_offset_gaps") == 0
-    enc = HashingEncoder()
-    items = [Item(**{k: it.get(k) for k in ("item_id", "title", "category", "brand", "price")})
-             for it in ds.items]
-    item_vecs = dict(zip([i.item_id for i in items], enc.encode([i.text() for i in items])))
-    queries = sorted({e["query"] for e in events if e["type"] == "search"})
-    query_vecs = dict(zip(queries, enc.encode(queries))) if queries else {}
-    assert_matches_oracle(second, events, (item_vecs, query_vecs))
+    assert_matches_oracle(second, events, catalogue_vectors(ds, HashingEncoder()))
