@@ -434,8 +434,7 @@ def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.lexsort((rev[:, 1], rev[:, 0]))  # stable: a key's newest row comes first
     srt = rev[order]
     new = np.ones(n, dtype=bool)
-    if n > 1:
-        new[1:] = (srt[1:] != srt[:-1]).any(axis=1)
+    new[1:] = (srt[1:] != srt[:-1]).any(axis=1)
     starts = np.flatnonzero(new)
     counts = np.diff(np.append(starts, n))
     newest = (n - 1 - order[starts]).astype(np.int64)

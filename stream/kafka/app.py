@@ -267,13 +267,15 @@ def wire(app: faust.App, io: FaustIO, s: Settings, pipeline: Pipeline, *,
         async def perform_seek() -> None:
             await original()
             generation = app.consumer_generation_id
-            current = generation != revoked_generation[0]
+            assigned_now = generation != revoked_generation[0]  # not revoked meanwhile
             waiting: list[TP] = []
             for tp in consumer.assignment():
-                st = pipeline.profiles.get(tp.partition) if is_events(tp) else None
+                if not is_events(tp):
+                    continue
+                st = pipeline.profiles.get(tp.partition)
                 if st is not None:
                     await consumer.seek(tp, st.next_offset)
-                elif current and is_events(tp):
+                elif assigned_now:
                     waiting.append(tp)
             if waiting:
                 consumer.pause_partitions(waiting)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 
 import orjson
 import pytest
@@ -53,6 +54,15 @@ def _item(item_id: str, title: str) -> tuple[bytes, bytes]:
     return item_id.encode(), orjson.dumps({"item_id": item_id, "title": title})
 
 
+def _topics_with_catalogue(bootstrap: str, topics: dict[str, str], partitions: int,
+                           items: list[dict], extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """The test's fresh topics, with ``items`` (and ``extra`` records) in the items topic."""
+    create_topics(kafka(bootstrap), {topics["events_topic"]: partitions,
+                                     topics["items_topic"]: 1, topics["dlq_topic"]: 1})
+    _send(bootstrap, topics["items_topic"],
+          [(it["item_id"].encode(), orjson.dumps(it)) for it in items] + list(extra))
+
+
 def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
@@ -79,11 +89,9 @@ def test_takeover_of_partitions_snapshotted_behind_the_commit_while_the_catalogu
         broker, topics, dataset, start_worker):
     ds, _ = dataset
     bootstrap, n_parts = broker.bootstrap, DEFAULTS.partitions
-    ev_topic, items_topic = topics["events_topic"], topics["items_topic"]
-    create_topics(kafka(bootstrap), {ev_topic: n_parts, items_topic: 1, topics["dlq_topic"]: 1})
-    _send(bootstrap, items_topic,
-          [(it["item_id"].encode(), orjson.dumps(it)) for it in ds.items]
-          + [_item(f"pad-{i}", f"padding widget {i} of the catalogue") for i in range(PADDING)])
+    ev_topic = topics["events_topic"]
+    _topics_with_catalogue(bootstrap, topics, n_parts, ds.items, [
+        _item(f"pad-{i}", f"padding widget {i} of the catalogue") for i in range(PADDING)])
     events = ds.events[:A + B + C]
     settings = dict(encoder_kind="hashing", snapshot_interval_s=3600.0)
 
@@ -126,7 +134,7 @@ def test_takeover_of_partitions_snapshotted_behind_the_commit_while_the_catalogu
         k = 0
         while not stop.is_set():
             key, value = _item(f"late-{k}", f"late widget {k}")
-            p.send(items_topic, key=key, value=value)
+            p.send(topics["items_topic"], key=key, value=value)
             p.flush()
             k += 1
             stop.wait(0.02)

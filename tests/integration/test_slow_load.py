@@ -16,20 +16,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import orjson
 import pytest
 
 from encoder import HashingEncoder
-from stream.kafka.clients import create_topics
 from stream.settings import Settings
 from stream.worker.snapshots import SnapshotStore
-from tests.conftest import assert_matches_oracle, kafka, total_outcomes
+from tests.conftest import assert_matches_oracle, total_outcomes
 from tests.integration.test_issue10_seek import (
     _committed,
     _events,
     _next_offsets,
     _resumed,
     _send,
+    _topics_with_catalogue,
 )
 from tests.vectors import catalogue_vectors
 
@@ -43,9 +42,8 @@ def test_a_restart_whose_load_outlasts_fausts_recovery_timeout_becomes_ready_and
         broker, topics, dataset, start_worker):
     ds, _ = dataset
     bootstrap, n_parts = broker.bootstrap, DEFAULTS.partitions
-    ev_topic, items_topic = topics["events_topic"], topics["items_topic"]
-    create_topics(kafka(bootstrap), {ev_topic: n_parts, items_topic: 1, topics["dlq_topic"]: 1})
-    _send(bootstrap, items_topic, [(it["item_id"].encode(), orjson.dumps(it)) for it in ds.items])
+    ev_topic = topics["events_topic"]
+    _topics_with_catalogue(bootstrap, topics, n_parts, ds.items)
     events = ds.events[:A + B + C]
     settings = dict(encoder_kind="hashing", snapshot_interval_s=3600.0)
 
