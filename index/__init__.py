@@ -29,8 +29,9 @@ from index.ivf import (
 from stream.core.errors import IndexShapeError
 
 __all__ = ["CODES", "DEFAULT_EXACT_BELOW", "INDEX_KINDS", "FlatIndex", "IndexShapeError",
-           "IndexSpec", "IvfIndex", "VectorIndex", "VectorSource", "factory_of",
-           "index_from_state", "make_index", "training_deferred"]
+           "IndexSpec", "IvfIndex", "VectorIndex", "VectorSource", "adopt_trained",
+           "factory_of", "index_from_state", "ivf_installs", "make_index", "trained_state",
+           "training_deferred"]
 
 INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "ivf")
 
@@ -92,3 +93,22 @@ def training_deferred(index: VectorIndex) -> AbstractContextManager[None]:
     if isinstance(index, IvfIndex):
         return index.training_deferred()
     return nullcontext()
+
+
+def ivf_installs(index: VectorIndex) -> int:
+    """How many IVFs ``index`` has installed (trained or adopted); 0 for kinds without."""
+    if isinstance(index, IvfIndex):
+        return index.trainings + index.adoptions
+    return 0
+
+
+def trained_state(index: VectorIndex) -> dict[str, Any] | None:
+    """The installed IVF's centroids and calibration (:meth:`IvfIndex.trained_state`), data
+    only; None for an exact index."""
+    return index.trained_state() if isinstance(index, IvfIndex) else None
+
+
+def adopt_trained(index: VectorIndex, trained: dict[str, Any]) -> bool:
+    """:meth:`IvfIndex.adopt_trained` (in the index's background mode); False for kinds
+    without centroids."""
+    return index.adopt_trained(trained) if isinstance(index, IvfIndex) else False

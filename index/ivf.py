@@ -260,6 +260,25 @@ def _grown_lists(lists: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+#: the scalar quantiser type of each lossy code kind
+_SQ_TYPES = {"SQfp16": faiss.ScalarQuantizer.QT_fp16, "SQ8": faiss.ScalarQuantizer.QT_8bit,
+             "SQ6": faiss.ScalarQuantizer.QT_6bit, "SQ4": faiss.ScalarQuantizer.QT_4bit}
+
+
+def _sq_size(dim: int, codes: str) -> int:
+    """Floats of trained ranges an IVF of ``codes`` holds (0 for ``Flat``): asked of FAISS by
+    training the same kind on two rows, so a kept array of another length is refused rather
+    than read past its end."""
+    qtype = _SQ_TYPES.get(codes)
+    if qtype is None:
+        return 0
+    sq = faiss.ScalarQuantizer(dim, qtype)
+    x = np.zeros((2, dim), dtype=np.float32)
+    x[1] = 1.0
+    sq.train(x)
+    return int(sq.trained.size())
+
+
 class _Build:
     """A training job: copies of the slots, their versions, vectors and liveness (filled
     ``COPY_CHUNK`` rows per call), and the result."""
@@ -279,6 +298,26 @@ class _Build:
         self.thread: threading.Thread | None = None
         self.held: np.ndarray | None = None  # catch-up: slot -> version held by ``index``
         self.lists = np.full(0, -1, dtype=np.int32)  # slot -> its list in ``index`` (-1: none)
+        #: trained centroids to reuse instead of k-means (:meth:`IvfIndex.adopt_trained`)
+        self.preset: _Trained | None = None
+        self.trained_n = slots.size  # the size the regrow rule counts from
+
+
+class _Trained:
+    """A trained IVF's reusable parts (:meth:`IvfIndex.trained_state`), checked: centroids
+    float32 [nlist, dim], the scalar quantiser's trained ranges (lossy codes), the size it was
+    trained at, its calibration; and optionally each vector's list (``lists``, aligned with
+    the slots it is adopted for)."""
+
+    def __init__(self, centroids: np.ndarray, sq: np.ndarray | None, trained_n: int,
+                 probes: int, calibration: dict[int, float],
+                 lists: np.ndarray | None = None) -> None:
+        self.centroids = centroids
+        self.sq = sq
+        self.trained_n = trained_n
+        self.probes = probes
+        self.calibration = calibration
+        self.lists = lists
 
 
 class IvfIndex(SlotIndex):
@@ -318,6 +357,7 @@ class IvfIndex(SlotIndex):
         self._trained_n = 0
         self._job: _Build | None = None
         self.trainings = 0  # installed trainings (a figure for the bench and tests)
+        self.adoptions = 0  # IVFs installed from kept centroids (adopt_trained)
         self._deferred = 0  # open training_deferred() blocks
 
     @contextmanager
@@ -334,6 +374,118 @@ class IvfIndex(SlotIndex):
             self._deferred -= 1
             if not self._deferred:
                 self._maybe_train()
+
+    # -- trained centroids kept across restarts ----------------------------------------------
+    def trained_state(self) -> dict[str, Any] | None:
+        """The installed IVF's trained parts, data only, for a snapshot (None while exact):
+        ``{"codes", "centroids" float32 [nlist, dim], "sq" (float32 ranges of lossy codes),
+        "trained_n", "probes", "calibration" [[probes, recall], ...]}``.  A restart that adopts
+        them (:meth:`adopt_trained`) assigns its vectors to these centroids instead of running
+        k-means and the calibration again."""
+        if self._ivf is None or self._coarse is None:
+            return None
+        out: dict[str, Any] = {
+            "codes": self.codes, "centroids": self._coarse.centroids,
+            "trained_n": int(self._trained_n), "probes": int(self._calibrated),
+            "calibration": [[int(p), float(r)] for p, r in self.calibration.items()]}
+        sq = getattr(self._ivf, "sq", None)
+        if sq is not None:
+            out["sq"] = faiss.vector_to_array(sq.trained).astype(np.float32)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """:meth:`SlotIndex.state`, and with an IVF installed its :meth:`trained_state` with
+        each vector's list (``"ivf"``; ``"lists"`` int32, aligned with ``"ids"``)."""
+        out = super().state()
+        trained = self.trained_state()
+        if trained is not None:
+            live = self._live_slots()
+            trained["lists"] = self._list_at[live].astype(np.int32)
+            out["ivf"] = trained
+        return out
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """:meth:`SlotIndex._load_state`; the state's IVF, if it had one and it fits this
+        index's options, is installed at once from the kept centroids and lists (no k-means,
+        no calibration); otherwise the index trains as after any bulk insert."""
+        with self.training_deferred():
+            super()._load_state(state)
+            trained = state.get("ivf")
+            if len(self) and isinstance(trained, dict):
+                self.adopt_trained(trained, ids=list(state["ids"]), background=False)
+
+    def adopt_trained(self, trained: dict[str, Any], ids: Sequence[str] | None = None,
+                      background: bool | None = None) -> bool:
+        """Install an IVF over the live vectors from :meth:`trained_state` (another index's, or
+        this one's before a restart) instead of training one: its centroids, quantiser ranges
+        and calibration; each vector goes to its best centroid, or to ``trained["lists"]``
+        (aligned with ``ids``) where those are given and valid.  Only while no IVF is installed
+        or training, with at least ``exact_below // 2`` vectors (below, the index would go
+        back to exact search) and the same codes; anything that does not check out (shape,
+        non-finite values, counts) is refused with a warning, and the index trains as usual.
+        ``background`` (default: the index's): the assignment runs on the training thread and
+        is installed by a later call, as a training is.  Returns whether it was taken."""
+        if self._ivf is not None or self._job is not None:
+            return False
+        n = len(self._slot_of)
+        if n < self.exact_below // 2 or n == 0:
+            return False
+        try:
+            preset = self._checked_trained(trained)
+        except (TypeError, ValueError, KeyError) as exc:
+            log.warning("%s index: kept IVF centroids not used (%s); training instead",
+                        self.name or "an", exc)
+            return False
+        if preset is None:
+            return False
+        slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=n)
+        job = _Build(slots, self.dim)
+        job.preset, job.trained_n = preset, preset.trained_n
+        lists = trained.get("lists")
+        if ids is not None and isinstance(lists, np.ndarray) and lists.ndim == 1 \
+                and lists.size == len(ids) and lists.dtype.kind in "iu" and len(ids) == n:
+            nlist = preset.centroids.shape[0]
+            by_slot = np.full(int(slots.max()) + 1, -1, dtype=np.int64)
+            at = np.fromiter((self._slot_of.get(i, -1) for i in ids), dtype=np.int64,
+                             count=len(ids))
+            ok = (at >= 0) & (lists >= 0) & (lists < nlist)
+            by_slot[at[ok]] = lists[ok]
+            if ok.all():
+                preset.lists = by_slot[slots]
+        self._job = job
+        if self.background if background is None else background:
+            self._copy_step(job, COPY_CHUNK)
+        else:
+            self._copy_step(job, n, thread=False)
+            self._build(job, False)
+            self._poll()
+        return True
+
+    def _checked_trained(self, d: dict[str, Any]) -> _Trained | None:
+        """:meth:`trained_state` checked against this index (None: other codes)."""
+        if d.get("codes") != self.codes:
+            return None
+        c = d["centroids"]
+        if not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim != 2 \
+                or c.shape[1] != self.dim or not 1 <= c.shape[0] <= 65_536:
+            raise ValueError(f"centroids of {getattr(c, 'dtype', type(c).__name__)} "
+                             f"{list(np.shape(c))}, expected float32 [nlist, {self.dim}]")
+        if not np.isfinite(c).all():
+            raise ValueError("non-finite centroids")
+        sq = d.get("sq")
+        want = _sq_size(self.dim, self.codes)
+        if want:
+            if not isinstance(sq, np.ndarray) or sq.dtype != np.float32 or sq.shape != (want,) \
+                    or not np.isfinite(sq).all():
+                got = list(sq.shape) if isinstance(sq, np.ndarray) else type(sq).__name__
+                raise ValueError(f"quantiser ranges of {got}, expected {want} finite float32")
+        else:
+            sq = None
+        trained_n, probes = int(d["trained_n"]), int(d["probes"])
+        if trained_n < 1 or not 0 <= probes <= c.shape[0]:
+            raise ValueError(f"trained_n {trained_n}, probes {probes} out of range")
+        calibration = {int(p): float(r) for p, r in d.get("calibration", [])}
+        return _Trained(np.ascontiguousarray(c), sq, trained_n, probes, calibration)
 
     # -- what is in use ------------------------------------------------------------------
     @property
@@ -612,8 +764,9 @@ class IvfIndex(SlotIndex):
             self._build(job, False)
             self._poll()
 
-    def _copy_step(self, job: _Build, rows: int) -> None:
-        """Copy the next ``rows`` rows with their versions; start the training after the last.
+    def _copy_step(self, job: _Build, rows: int, thread: bool = True) -> None:
+        """Copy the next ``rows`` rows with their versions; after the last, start the training
+        thread (a background index, unless ``thread`` is False: the caller builds inline).
         A row's version is taken with it, so a slot changed later is caught up, like any
         change made during the training."""
         lo = job.copied
@@ -624,7 +777,7 @@ class IvfIndex(SlotIndex):
         job.vectors[lo:hi][live] = self._read(part[live])
         job.versions[lo:hi] = self._ver[part]
         job.copied = hi
-        if hi == job.slots.size and self.background:
+        if hi == job.slots.size and self.background and thread:
             job.thread = threading.Thread(target=self._build, args=(job, True), daemon=True,
                                           name=f"ivf-train-{self.name}")
             job.thread.start()
@@ -642,25 +795,37 @@ class IvfIndex(SlotIndex):
             if not job.live.all():  # slots removed between the listing and their copy
                 vectors, slots = vectors[job.live], slots[job.live]
             n = slots.size
-            nlist = choose_nlist(n)
+            preset = job.preset
+            nlist = choose_nlist(n) if preset is None else preset.centroids.shape[0]
             ivf = faiss.index_factory(self.dim, f"IVF{nlist}_HNSW{HNSW_M},{self.codes}",
                                       faiss.METRIC_INNER_PRODUCT)
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-            ivf.cp.seed = self.seed
-            ivf.cp.min_points_per_centroid = 1
-            ivf.cp.niter = 15
-            cap = nlist * 40  # a seeded sample is enough for the centroids
-            sample = vectors
-            if n > cap:
-                pick = np.random.default_rng(self.seed).choice(n, cap, replace=False)
-                sample = vectors[np.sort(pick)]
-            ivf.train(sample)
+            if preset is not None:  # kept centroids: no k-means
+                ivf.quantizer.add(preset.centroids)
+                if preset.sq is not None:
+                    faiss.copy_array_to_vector(preset.sq, ivf.sq.trained)
+                ivf.is_trained = True
+            else:
+                ivf.cp.seed = self.seed
+                ivf.cp.min_points_per_centroid = 1
+                ivf.cp.niter = 15
+                cap = nlist * 40  # a seeded sample is enough for the centroids
+                sample = vectors
+                if n > cap:
+                    pick = np.random.default_rng(self.seed).choice(n, cap, replace=False)
+                    sample = vectors[np.sort(pick)]
+                ivf.train(sample)
             job.coarse = Coarse(ivf)  # here, off the owner thread
-            lists = assign_lists(job.coarse, ivf.quantizer, vectors)
+            if preset is not None and preset.lists is not None and job.live.all():
+                lists = preset.lists  # each vector's list as kept (checked in range)
+            else:
+                lists = assign_lists(job.coarse, ivf.quantizer, vectors)
             _add(ivf, vectors, slots, lists)
             job.lists = _grown_lists(job.lists, int(job.slots.max()) + 1 if n else 0)
             job.lists[slots] = lists
-            if not self.nprobe:
+            if preset is not None:
+                job.calibration, job.probes = preset.calibration, preset.probes
+            elif not self.nprobe:
                 job.calibration, job.probes = self._calibrate(ivf, vectors, slots, lists, nlist)
             job.vectors = np.zeros((0, self.dim), dtype=np.float32)  # the copy is no longer needed
             job.index, job.nlist = ivf, nlist
@@ -745,15 +910,20 @@ class IvfIndex(SlotIndex):
         if diff.size > CATCH_UP:
             return  # the rest on the next calls: no call blocks for long
         self._job = None
-        self._ivf, self._nlist, self._trained_n = ivf, job.nlist, job.slots.size
+        self._ivf, self._nlist, self._trained_n = ivf, job.nlist, job.trained_n
         self._coarse = job.coarse
         self._list_at = job.lists
         self.calibration, self._calibrated = job.calibration, job.probes
         if self._ivf_is_store:
             self._mat = None  # the IVF (or the source) holds the vectors now: one copy
-        self.trainings += 1
-        log.info("%s index: %s over %d vectors, %d lists probed (recall@%d %s)",
-                 self.name or "an", self.factory, len(self), self.probes, CALIBRATION_K,
+        if job.preset is None:
+            self.trainings += 1
+        else:
+            self.adoptions += 1
+        log.info("%s index: %s over %d vectors%s, %d lists probed (recall@%d %s)",
+                 self.name or "an", self.factory, len(self),
+                 "" if job.preset is None else " (kept centroids, no training)", self.probes,
+                 CALIBRATION_K,
                  ", ".join(f"{p}: {r:.4f}" for p, r in self.calibration.items()) or "-")
         # It may have outgrown this training while it ran (a catalogue bulk-loaded meanwhile):
         # the next one starts now, not at the next upsert, which may never come.

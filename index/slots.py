@@ -166,10 +166,14 @@ class SlotIndex:
     def from_state(cls, state: dict[str, Any], **options: Any) -> Self:
         """Rebuild from :meth:`state` (``options``: the kind's constructor keywords)."""
         idx = cls(int(state["dim"]), name=str(state.get("name", "")), **options)
+        idx._load_state(state)
+        return idx
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Insert :meth:`state`'s rows into this new index."""
         ids = list(state["ids"])
         if ids:
-            idx.upsert(ids, state["vectors"])
+            self.upsert(ids, state["vectors"])
         elif np.asarray(state["vectors"]).size:
             shape = list(np.shape(state["vectors"]))
             raise IndexShapeError(f"state has no ids but vectors of shape {shape}")
-        return idx

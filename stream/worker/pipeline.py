@@ -37,7 +37,7 @@ import numpy as np
 import orjson
 
 from encoder.base import Encoder
-from index import training_deferred
+from index import adopt_trained, ivf_installs, trained_state, training_deferred
 from stream.core.bandit import context_arm
 from stream.core.errors import StateError
 from stream.core.events import Event
@@ -90,6 +90,9 @@ log = logging.getLogger(__name__)
 #: at 10^5 users two at a time made each read ~3x slower (GIL-bound merge and build; 4
 #: partitions 22 s vs 14 s one after another, `profiles bench scale`, stop 21)
 LOAD_CONCURRENCY = 1
+
+#: the users index's kept centroids in ``Pipeline.index_store``
+USERS_IVF = "users"
 
 def _guarded(sink: DeadLetterSink) -> DeadLetterSink:
     """``sink`` whose failures are :class:`DeadLetterError` (an outage the batch waits out)."""
@@ -154,6 +157,9 @@ class Pipeline:
         self.store = SnapshotStore(state_dir, settings.events_topic, self.blobs,
                                    max_deltas=settings.snapshot_max_deltas, compact=True)
         self.items_store = SnapshotStore(state_dir, settings.items_topic)
+        # the users index's trained centroids (a cache on this disk: a restart here assigns
+        # the loaded profiles to them instead of running k-means again)
+        self.index_store = SnapshotStore(state_dir, "indexes")
         self.schedule = Scheduler(settings.snapshot_interval_s, settings.snapshot_budget,
                                   self.clock.monotonic)
         self.pseudonymize = Pseudonymizer(settings.id_secret.reveal(), settings.id_cache_bytes,
@@ -166,8 +172,13 @@ class Pipeline:
         self._applying = False
         self.assigned_once = asyncio.Event()
         self.loading = 0  # partitions being read (restored) right now: not ready meanwhile
-        self._catalog_saved = 0
+        # what the last catalogue snapshot held: (catalogue version, its index's IVF installs)
+        self._catalog_saved = (0, 0)
         self._catalog_version_seen = 0
+        # the users index's IVF installs as of its last kept centroids, and the centroids read
+        # at start, adopted by the first assignment (then dropped)
+        self._users_ivf_saved = 0
+        self._users_ivf_kept: dict[str, Any] | None = None
         # parked events: the last tick of each partition's park clock (the state it was for,
         # monotonic time), and their bytes as of the last resolve plus those parked since
         self._park_ticks: dict[int, tuple[PartitionState, float]] = {}
@@ -261,6 +272,7 @@ class Pipeline:
             # the users index trains once, at the assignment's size (index.training_deferred)
             with training_deferred(self.profiles.index):
                 await self._load(todo, failed)
+                self._adopt_users_ivf()
             if failed:  # the reads in flight have finished: the first partition's error
                 raise failed[min(failed, key=order.__getitem__)]
         self.assigned_once.set()
@@ -471,20 +483,55 @@ class Pipeline:
         return 1
 
     async def _snapshot_catalog(self) -> None:
-        if self.catalog.version != self._catalog_saved:
-            self._catalog_saved = self.catalog.version
+        # also when its index installed an IVF: the snapshot then keeps the centroids
+        mark = (self.catalog.version, ivf_installs(self.catalog.index))
+        if mark != self._catalog_saved:
+            self._catalog_saved = mark
             # captured on the loop (a copy: the feed adds items on the loop, without the lock),
             # built, packed and written on a thread (stream.worker.capture)
             await asyncio.get_running_loop().run_in_executor(
                 None, self.items_store.write_data, "catalogue", catalogue_state(self.catalog))
+        await self._snapshot_users_ivf()
+
+    async def _snapshot_users_ivf(self) -> None:
+        """Keep the users index's trained centroids when it has installed a new IVF."""
+        installs = ivf_installs(self.profiles.index)
+        if installs == self._users_ivf_saved:
+            return
+        self._users_ivf_saved = installs
+        trained = trained_state(self.profiles.index)
+        if trained is None:
+            return
+        data = {"model": self.model, "dim": self.dim, "ivf": trained}
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.index_store.write_data, USERS_IVF, lambda: data)
+
+    def _adopt_users_ivf(self) -> None:
+        """The first assignment: the users index takes the centroids kept at the last run
+        (assigning the loaded profiles to them in the background) instead of training."""
+        kept, self._users_ivf_kept = self._users_ivf_kept, None
+        if kept is None:
+            return
+        if kept.get("model") != self.model or kept.get("dim") != self.dim \
+                or not isinstance(kept.get("ivf"), dict):
+            log.info("users index: kept centroids are for another model; training instead")
+            return
+        if adopt_trained(self.profiles.index, kept["ivf"]):
+            log.info("users index: adopting the kept centroids (%d users)",
+                     len(self.profiles.index))
 
     def load_catalog(self) -> None:
-        """Adopt the item catalogue's snapshot, if there is one made by this model."""
+        """Adopt the item catalogue's snapshot, if there is one made by this model (with its
+        IVF's centroids), and read the users index's kept centroids."""
         d = self.items_store.read("catalogue")
         if d is not None and self.catalog.load_state(d):
-            self._catalog_saved = self.catalog.version
+            self._catalog_saved = (self.catalog.version, ivf_installs(self.catalog.index))
             log.info("item catalogue: %d items from snapshot, resuming at offsets %s",
                      len(self.catalog.index), self.catalog.offsets)
+        try:
+            self._users_ivf_kept = self.index_store.read(USERS_IVF)
+        except Exception as exc:  # a cache: a damaged one costs a training, nothing else
+            log.warning("users index: kept centroids unreadable (%s); training instead", exc)
 
     # ------------------------------------------------------------------ batches
     async def process(self, records: Sequence[Record], timing: BatchTiming | None = None

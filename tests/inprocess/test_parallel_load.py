@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from encoder.fake import HashingEncoder
@@ -108,25 +109,72 @@ def test_a_failed_read_raises_after_the_reads_in_flight_and_loading_returns_to_z
     asyncio.run(main())
 
 
-def test_a_restart_trains_the_users_index_once_at_the_assignment_size(tmp_path: Path) -> None:
+def _restart_setup(tmp_path: Path) -> Settings:
+    return Settings.from_env({}, state_dir=str(tmp_path / "state"), index_exact_below=78)
+
+
+async def _worker_with_400_users(s: Settings, items: int = 20) -> InProcessWorker:
+    w = InProcessWorker(s, HashingEncoder(16))
+    await w.__aenter__()
+    await w.items([{"item_id": f"i{i}", "title": f"item {i}"} for i in range(items)])
+    await w.events([{"event_id": f"e{k}", "user_id": f"u{k % 400}", "type": "view",
+                     "ts": 1_700_000_000_000 + k, "item_id": f"i{k % items}"}
+                    for k in range(1200)])
+    return w
+
+
+def test_a_restart_trains_the_users_index_once_at_the_assignment_size(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Partitions load one after another; the users index trains when the assignment is
-    loaded, on all its users (before: on the first partition's, then again at 4x that)."""
+    loaded, on all its users (before: on the first partition's, then again at 4x that).
+    Here without the centroids the last run kept (a new host): the next test has them."""
     from index import IvfIndex
 
-    s = Settings.from_env({}, state_dir=str(tmp_path / "state"), index_exact_below=78)
+    monkeypatch.setattr(pipeline_mod.Pipeline, "_adopt_users_ivf", lambda self: None)
+    s = _restart_setup(tmp_path)
 
     async def main() -> None:
-        w = InProcessWorker(s, HashingEncoder(16))
-        await w.__aenter__()
-        await w.items([{"item_id": f"i{i}", "title": f"item {i}"} for i in range(20)])
-        await w.events([{"event_id": f"e{k}", "user_id": f"u{k % 400}", "type": "view",
-                         "ts": 1_700_000_000_000 + k, "item_id": f"i{k % 20}"}
-                        for k in range(1200)])
+        w = await _worker_with_400_users(s)
         again = await w.restart()
         idx = again.pipeline.profiles.index
         assert isinstance(idx, IvfIndex) and len(idx) == 400
         assert idx.wait_built(60)
         assert idx.trainings == 1 and idx._trained_n == 400  # before: ~100 (one partition)
+        await again.__aexit__(None, None, None)
+
+    asyncio.run(main())
+
+
+def test_a_restart_reuses_both_indexes_centroids_instead_of_training(tmp_path: Path) -> None:
+    """The catalogue snapshot keeps its IVF (also when the IVF was installed after the
+    catalogue was last written) and the worker keeps the users index's centroids: a restart
+    installs the item IVF as it loads and assigns the users to the kept centroids, with no
+    k-means, and both answer as an index trained afresh would (every user finds itself)."""
+    from index import IvfIndex
+
+    s = _restart_setup(tmp_path)
+
+    async def main() -> None:
+        w = await _worker_with_400_users(s, items=200)
+        items, users = w.pipeline.catalog.index, w.pipeline.profiles.index
+        assert isinstance(items, IvfIndex) and isinstance(users, IvfIndex)
+        await w.pipeline.snapshot()  # the catalogue written, perhaps before its IVF installs
+        assert items.wait_built(60) and users.wait_built(60)
+        assert items.factory.startswith("IVF") and users.factory.startswith("IVF")
+        kept_items, kept_users = items._coarse, users._coarse
+        assert kept_items is not None and kept_users is not None
+        again = await w.restart()
+        items2, users2 = again.pipeline.catalog.index, again.pipeline.profiles.index
+        assert isinstance(items2, IvfIndex) and isinstance(users2, IvfIndex)
+        # the items: installed while the catalogue loaded, before anything else ran
+        assert (items2.trainings, items2.adoptions, items2.factory) == (0, 1, items.factory)
+        assert np.array_equal(items2._coarse.centroids, kept_items.centroids)
+        assert users2.wait_built(60)
+        assert (users2.trainings, users2.adoptions, users2.factory) == (0, 1, users.factory)
+        assert np.array_equal(users2._coarse.centroids, kept_users.centroids)
+        for uid in ("u0", "u17", "u399"):  # u17 and u217 saw the same items: a tie
+            vec = users2.get(uid)
+            assert vec is not None and uid in {h for h, _ in users2.search(vec, 2)[0]}
         await again.__aexit__(None, None, None)
 
     asyncio.run(main())

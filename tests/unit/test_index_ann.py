@@ -240,12 +240,17 @@ def test_state_round_trip_rebuilds_the_ivf_from_vectors() -> None:
     idx.upsert([f"s{i}" for i in range(900)], v)
     idx.remove([f"s{i}" for i in range(0, 900, 3)])
     state = idx.state()
-    assert set(state) == {"dim", "name", "ids", "vectors"}  # data only: no FAISS blob
-    clone = spec.from_state(state)
-    assert factory_of(clone).startswith("IVF") and sorted(clone.ids()) == sorted(idx.ids())
-    live = dict(zip(state["ids"], state["vectors"]))
-    q = _queries(live, 2, 10)
-    _check_no_stale(clone, live, q, 10, {f"s{i}" for i in range(0, 900, 3)})
+    # data only: no FAISS blob; the IVF's trained parts as arrays and numbers
+    assert set(state) == {"dim", "name", "ids", "vectors", "ivf"}
+    assert {k: type(v).__name__ for k, v in state["ivf"].items()} == {
+        "codes": "str", "centroids": "ndarray", "trained_n": "int", "probes": "int",
+        "calibration": "list", "lists": "ndarray"}
+    for state_of in (state, {k: v for k, v in state.items() if k != "ivf"}):
+        clone = spec.from_state(state_of)  # with the kept centroids, and trained afresh
+        assert factory_of(clone).startswith("IVF") and sorted(clone.ids()) == sorted(idx.ids())
+        live = dict(zip(state["ids"], state["vectors"]))
+        q = _queries(live, 2, 10)
+        _check_no_stale(clone, live, q, 10, {f"s{i}" for i in range(0, 900, 3)})
 
 
 def test_settings_choose_the_workers_index_kind() -> None:
