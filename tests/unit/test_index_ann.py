@@ -233,7 +233,7 @@ def test_the_copy_for_a_training_is_taken_in_chunks_across_calls(monkeypatch) ->
     _check_no_stale(idx, live, _queries(live, 99, 5), 20, set(late))
 
 
-def test_state_round_trip_rebuilds_the_ivf_from_vectors() -> None:
+def test_state_round_trip_rebuilds_the_ivf_with_or_without_its_kept_parts() -> None:
     spec = IndexSpec("auto", exact_below=300, background=False)
     idx = spec.make(DIM, "items")
     v = _vecs(21, 900)
