@@ -8,6 +8,7 @@ stops the assignment with its error once the reads in flight have finished."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -178,3 +179,35 @@ def test_a_restart_reuses_both_indexes_centroids_instead_of_training(tmp_path: P
         await again.__aexit__(None, None, None)
 
     asyncio.run(main())
+
+
+def test_a_damaged_users_centroid_cache_costs_a_training_and_nothing_else(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The users index's kept centroids are a cache on the worker's disk: garbage there is
+    one warning, the restart trains as on a new host, and every user is still found."""
+    from index import IvfIndex
+
+    s = _restart_setup(tmp_path)
+
+    async def main() -> None:
+        w = await _worker_with_400_users(s, items=200)
+        users = w.pipeline.profiles.index
+        assert isinstance(users, IvfIndex) and users.wait_built(60)
+        await w.pipeline.snapshot()
+        cache = [f for f in (tmp_path / "state").rglob("*") if f.is_file()
+                 and "indexes" in f.relative_to(tmp_path / "state").parts[0]]
+        assert cache, "the users index's centroids were not kept"
+        for f in cache:
+            f.write_bytes(b"\x00not a snapshot\xff" * 7)
+        again = await w.restart()
+        users2 = again.pipeline.profiles.index
+        assert isinstance(users2, IvfIndex) and users2.wait_built(60)
+        assert (users2.trainings, users2.adoptions, len(users2)) == (1, 0, 400)
+        for uid in ("u0", "u399"):
+            vec = users2.get(uid)
+            assert vec is not None and uid in {h for h, _ in users2.search(vec, 2)[0]}
+        await again.__aexit__(None, None, None)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(main())
+    assert "users index: kept centroids unreadable" in caplog.text
