@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=2000.0,
                    help="events/s of the replay, so latency is that of a live stream (0: as fast "
                         "as possible, a backlog)")
+    p.add_argument("--runs", type=_positive(int), default=1,
+                   help="with --once: the whole demo N times in a row (a fresh broker, worker "
+                        "and state each), then one JSON summary: each run's, and the min / "
+                        "median / max of their quantiles")
     p.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser("bench", help="benchmarks")
@@ -580,8 +584,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from stream.tools.demo import run_demo
+    from stream.tools.demo import run_demo, run_demos
 
+    if args.runs > 1:
+        if not args.once:
+            raise ConfigError("--runs needs --once (an interactive demo serves until Ctrl-C)")
+        return run_demos(args)
     return run_demo(args)
 
 
