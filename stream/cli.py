@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=_positive(int), default=2_000)
     p.add_argument("--bootstrap", default=None)
     p.add_argument("--latency-seconds", type=_positive(float), default=20.0)
+    p.add_argument("--latency-runs", type=_positive(int), default=1,
+                   help="run each latency configuration this many times (alternating, a fresh "
+                        "worker and topic each) and print the min / median / max of their "
+                        "p50 / p99 and how many met the target")
     p.add_argument("--processes", type=_process_list, default=[1, 2],
                    help="`profiles worker --processes N` runs to drain the same backlog, next to "
                         "the plain worker P: comma-separated N (default 1,2)")

@@ -21,7 +21,7 @@ from stream.data.generate import generate
 from stream.kafka.broker import bootstrap_or_embedded, free_port
 from stream.kafka.clients import create_topics
 from stream.settings import Settings
-from stream.tools.latency_report import latency_budget
+from stream.tools.latency_report import latency_budget, min_median_max
 from stream.tools.replay import load_items, replay
 from stream.tools.runner import WorkerProcess, histogram_quantile
 
@@ -67,14 +67,11 @@ def spread(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out[key] = sum(int(r.get(key) or 0) for r in runs)
     spreads: dict[str, dict[str, float] | None] = {}
     for key in SPREAD_FIELDS:
-        vals = sorted(float(r[key]) for r in runs if r.get(key) is not None)
-        if not vals:
-            out[key], spreads[key] = None, None
-            continue
-        mid = len(vals) // 2
-        med = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
-        out[key] = round(med, 1)
-        spreads[key] = {"min": vals[0], "median": round(med, 1), "max": vals[-1]}
+        mmm = min_median_max(r.get(key) for r in runs)
+        if mmm is not None:
+            mmm["median"] = round(mmm["median"], 1)
+        out[key] = None if mmm is None else mmm["median"]
+        spreads[key] = mmm
     out["spread"] = spreads
     out["runs"] = list(runs)
     return out

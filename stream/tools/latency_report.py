@@ -4,12 +4,25 @@ pauses, from a worker's ``/metrics`` (``WorkerProcess.metrics()``: family -> sam
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from stream.tools.runner import histogram_quantile
 from stream.worker.latency import STAGES
 
-__all__ = ["latency_budget"]
+__all__ = ["latency_budget", "min_median_max"]
+
+
+def min_median_max(values: Iterable[float | None]) -> dict[str, float] | None:
+    """``{"min", "median", "max"}`` of the values that are not None (None if none are): how far
+    repeated runs of one measurement spread.  The median of an even count is the mean of the
+    middle two."""
+    vals = sorted(float(v) for v in values if v is not None)
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    med = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+    return {"min": vals[0], "median": med, "max": vals[-1]}
 
 
 def _ms(x: float | None) -> float | None:
