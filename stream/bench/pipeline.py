@@ -475,6 +475,11 @@ def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{1000 * x:.0f} ms"
 
 
+def _mmm(d: dict[str, float] | None) -> str:
+    """A :func:`min_median_max` of seconds as "min / median / max" in ms."""
+    return "n/a" if d is None else " / ".join(_ms(d[k]) for k in ("min", "median", "max"))
+
+
 def _print_latency(lats: dict[str, list[dict]]) -> None:
     """Each latency run: its quantiles against the target, the stage budget, the producer; with
     more than one run of a configuration, the spread of their p50 / p99 and how many met the
@@ -491,16 +496,12 @@ def _print_latency(lats: dict[str, list[dict]]) -> None:
         p50 = min_median_max(r["p50"] for r in reps)
         p99 = min_median_max(r["p99"] for r in reps)
         met = sum(r["p99"] is not None and r["p99"] <= target for r in reps)
-
-        def mmm(d: dict[str, float] | None) -> str:
-            return "n/a" if d is None else " / ".join(_ms(d[k]) for k in ("min", "median", "max"))
-
         line = (f"ingest->index at {key} of P over {len(reps)} runs (min / median / max): "
-                f"p50 {mmm(p50)}, p99 {mmm(p99)}; p99 <= {1000 * target:.0f} ms in {met} of "
+                f"p50 {_mmm(p50)}, p99 {_mmm(p99)}; p99 <= {1000 * target:.0f} ms in {met} of "
                 f"{len(reps)}")
         cands = [r["candidates"] for r in reps if r["candidates"] is not None]
         if cands:
-            line += f"; /candidates p99 {mmm(min_median_max(c['p99'] for c in cands))}"
+            line += f"; /candidates p99 {_mmm(min_median_max(c['p99'] for c in cands))}"
         print(line)
     print("  (quantiles interpolated within buckets 5,10,25,50,100,150,250,500,750 ms, 1 s, ...)")
     print("  (broker: to the Fetch response reaching aiokafka, which fetches a partition again "
